@@ -1,0 +1,66 @@
+//! Broadcasting elementwise kernel shared by add, sub, mul and div.
+//!
+//! Legend: `a`, `b` the operands with their own shapes; `out` their broadcast shape; a "row" is one index of
+//! every dimension but the last.
+
+use crate::shape::{broadcast_strides, contiguous_strides, for_each_row};
+
+/// The plain reference: for every output index, find each operand's element through its broadcast strides.
+pub fn binary_forward_naive(
+    a: &[f32], // [a_shape]
+    a_shape: &[usize],
+    b: &[f32], // [b_shape]
+    b_shape: &[usize],
+    out_shape: &[usize], // broadcast(a_shape, b_shape)
+    f: impl Fn(f32, f32) -> f32,
+) -> Vec<f32> {
+    let sa = broadcast_strides(a_shape, out_shape);
+    let sb = broadcast_strides(b_shape, out_shape);
+    let so = contiguous_strides(out_shape);
+    let numel: usize = out_shape.iter().product();
+    (0..numel)
+        .map(|flat| {
+            let (mut ia, mut ib) = (0, 0);
+            for d in 0..out_shape.len() {
+                let i = flat / so[d] % out_shape[d];
+                ia += i * sa[d];
+                ib += i * sb[d];
+            }
+            f(a[ia], b[ib])
+        })
+        .collect()
+}
+
+/// Must equal [`binary_forward_naive`]. Why it is faster: no per-element index arithmetic. The index is
+/// advanced once per row, and the inner loop over the last dimension is one of four straight loops
+/// (each operand either walks with stride 1 or repeats one value), which the compiler vectorizes.
+pub fn binary_forward(
+    a: &[f32],
+    a_shape: &[usize],
+    b: &[f32],
+    b_shape: &[usize],
+    out_shape: &[usize],
+    f: impl Fn(f32, f32) -> f32,
+) -> Vec<f32> {
+    let numel: usize = out_shape.iter().product();
+    // Same shapes: one flat loop.
+    if a_shape == b_shape {
+        return a.iter().zip(b).map(|(&x, &y)| f(x, y)).collect();
+    }
+    let mut out = Vec::with_capacity(numel);
+    if out_shape.is_empty() {
+        out.push(f(a[0], b[0]));
+        return out;
+    }
+    let sa = broadcast_strides(a_shape, out_shape);
+    let sb = broadcast_strides(b_shape, out_shape);
+    let inner = *out_shape.last().expect("rank ≥ 1");
+    let (step_a, step_b) = (sa[sa.len() - 1], sb[sb.len() - 1]);
+    for_each_row(out_shape, [&sa, &sb], |[oa, ob]| match (step_a, step_b) {
+        (1, 1) => out.extend(a[oa..oa + inner].iter().zip(&b[ob..ob + inner]).map(|(&x, &y)| f(x, y))),
+        (1, _) => out.extend(a[oa..oa + inner].iter().map(|&x| f(x, b[ob]))),
+        (_, 1) => out.extend(b[ob..ob + inner].iter().map(|&y| f(a[oa], y))),
+        _ => out.extend(std::iter::repeat_n(f(a[oa], b[ob]), inner)),
+    });
+    out
+}

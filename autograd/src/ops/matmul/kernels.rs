@@ -1,0 +1,111 @@
+//! Matrix product kernels. Legend: `m` rows of the output, `k` the summed (inner) dimension, `n` columns of
+//! the output; a matrix is read through (row stride, column stride), so a transposed operand is the same
+//! buffer with its strides swapped.
+
+use crate::shape::broadcast_strides;
+
+/// The plain reference: c [m, n] = a [m, k] · b [k, n], all row-major, by the triple loop.
+pub fn matmul_naive(a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
+    let mut c = vec![0.0; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            let mut acc = 0.0;
+            for p in 0..k {
+                acc += a[i * k + p] * b[p * n + j];
+            }
+            c[i * n + j] = acc;
+        }
+    }
+    c
+}
+
+/// c [m, n] = a [m, k] · b [k, n] + beta · c, with a and b read through strides (rs, cs) and c row-major.
+///
+/// Must equal [`matmul_naive`] up to rounding. Why it is faster: matrixmultiply packs panels of a and b into
+/// cache-sized blocks and runs a SIMD micro-kernel (AVX2/FMA or NEON, picked at run time) on them; see
+/// bluss's matrixmultiply crate for the BLIS-style design.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm(
+    m: usize,
+    k: usize,
+    n: usize,
+    a: &[f32],
+    (rsa, csa): (usize, usize),
+    b: &[f32],
+    (rsb, csb): (usize, usize),
+    c: &mut [f32],
+    beta: f32,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k > 0 {
+        // The one unsafe call: sgemm reads a and b through raw pointers and strides, so prove the last
+        // element it can touch is inside each slice.
+        assert!((m - 1) * rsa + (k - 1) * csa < a.len(), "gemm: a too small for [{m}, {k}] with strides");
+        assert!((k - 1) * rsb + (n - 1) * csb < b.len(), "gemm: b too small for [{k}, {n}] with strides");
+    }
+    assert!(c.len() >= m * n, "gemm: c too small for [{m}, {n}]");
+    // SAFETY: the asserts above bound every index sgemm forms; c is exclusively borrowed.
+    unsafe {
+        matrixmultiply::sgemm(
+            m,
+            k,
+            n,
+            1.0,
+            a.as_ptr(),
+            rsa as isize,
+            csa as isize,
+            b.as_ptr(),
+            rsb as isize,
+            csb as isize,
+            beta,
+            c.as_mut_ptr(),
+            n as isize,
+            1,
+        );
+    }
+}
+
+/// Batched product: for every index β of `batch`, out[β] [m, n] = op(a[β]) · op(b[β]), where op(a) is a
+/// stored [m, k] (or [k, m] read transposed when `a_t`), likewise b [k, n] (or [n, k] when `b_t`). `a_batch`
+/// and `b_batch` broadcast to `batch`.
+#[allow(clippy::too_many_arguments)]
+pub fn bmm(
+    batch: &[usize],
+    m: usize,
+    k: usize,
+    n: usize,
+    a: &[f32],
+    a_batch: &[usize],
+    a_t: bool,
+    b: &[f32],
+    b_batch: &[usize],
+    b_t: bool,
+) -> Vec<f32> {
+    let count: usize = batch.iter().product();
+    let mut out = vec![0.0; count * m * n];
+    let strides_a = if a_t { (1, m) } else { (k, 1) };
+    let strides_b = if b_t { (1, k) } else { (n, 1) };
+    // b shared by the whole batch and a in plain layout: fold the batch into the rows, one big gemm.
+    if b_batch.is_empty() && !a_t && a_batch == batch {
+        gemm(count * m, k, n, a, strides_a, b, strides_b, &mut out, 0.0);
+        return out;
+    }
+    let sa = broadcast_strides(a_batch, batch);
+    let sb = broadcast_strides(b_batch, batch);
+    for (beta, c) in out.chunks_mut(m * n).enumerate() {
+        // Offsets of this batch entry's a and b matrices, in units of whole matrices.
+        let (mut ia, mut ib, mut rest) = (0, 0, beta);
+        for d in (0..batch.len()).rev() {
+            let i = rest % batch[d];
+            rest /= batch[d];
+            ia += i * sa[d];
+            ib += i * sb[d];
+        }
+        let a_mat = &a[ia * m * k..(ia + 1) * m * k];
+        let b_mat = &b[ib * k * n..(ib + 1) * k * n];
+        gemm(m, k, n, a_mat, strides_a, b_mat, strides_b, c, 0.0);
+    }
+    out
+}

@@ -1,0 +1,18 @@
+//! Every op, one folder each (a family of ops that share one kernel shares a folder): `mod.rs` holds the
+//! public forward as a method on [`crate::Tape`] and the op struct with its backward, `kernels.rs` the plain
+//! slice functions, `tests.rs` the gradient checks and fast == naive tests.
+
+pub mod arith;
+pub mod broadcast_to;
+pub mod concat;
+pub mod cross_entropy;
+pub mod dropout;
+pub mod linear;
+pub mod matmul;
+pub mod mse_loss;
+pub mod narrow;
+pub mod permute;
+pub mod reduce;
+pub mod reshape;
+pub mod softmax;
+pub mod unary;

@@ -1,0 +1,345 @@
+//! The tape: reverse-mode automatic differentiation as a flat list of nodes (a Wengert list).
+//!
+//! Every op that takes an input which requires a gradient appends one node: the op (a struct that holds
+//! what its backward needs, and knows how to run it) and the ids of its inputs. Nodes are appended in
+//! creation order, which is already a topological order, so `backward` is one loop over the list in
+//! reverse: no sort, no recursion, no reference-counted graph.
+//!
+//! Only values that lead back to a leaf that requires a gradient (a parameter, or a tensor made with
+//! [`Tape::leaf`]) get a node. Data, constants and everything computed from them alone are plain values
+//! ([`Var`]s without a node), so no gradient is ever computed or stored for them. In an inference tape
+//! ([`Tape::inference`]) nothing gets a node at all, so sampling a thousand steps never grows a tape.
+//!
+//! Parameters live in a [`ParamStore`] across steps; each step binds them to a fresh (or cleared) tape with
+//! [`Tape::param`], and [`Tape::backward`] returns their gradients keyed by [`ParamId`]. Backward consumes
+//! the recorded nodes, dropping each op (and the activations it saved) as soon as its gradient has been
+//! passed on, so the tape is empty and ready for the next step afterwards.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+
+use crate::params::{ParamId, ParamStore};
+use crate::tensor::Tensor;
+
+/// Index of a node on a tape.
+pub type NodeId = usize;
+
+/// A value flowing through a computation: a tensor, plus the tape node that produced it when a gradient
+/// must flow back through it.
+#[derive(Clone, Debug)]
+pub struct Var {
+    value: Tensor,
+    node: Option<NodeId>,
+}
+
+impl Var {
+    /// A value that takes no part in differentiation (data, targets, noise).
+    pub fn constant(value: Tensor) -> Var {
+        Var { value, node: None }
+    }
+
+    pub fn value(&self) -> &Tensor {
+        &self.value
+    }
+
+    pub fn shape(&self) -> &[usize] {
+        self.value.shape()
+    }
+
+    /// The value, dropping the link to the tape.
+    pub fn into_value(self) -> Tensor {
+        self.value
+    }
+
+    /// True when a gradient will flow back through this value.
+    pub fn requires_grad(&self) -> bool {
+        self.node.is_some()
+    }
+
+    pub fn node(&self) -> Option<NodeId> {
+        self.node
+    }
+}
+
+/// The backward half of an op. The forward half is a method on [`Tape`] in the op's own module; it computes
+/// the output and builds this struct with whatever the backward needs ("saved for backward").
+pub trait Op {
+    /// Short name for the graph printout and for error messages, e.g. `"matmul"`.
+    fn name(&self) -> &'static str;
+
+    /// Given `dout` = ∂L/∂output, returns ∂L/∂input for each input (in the order they were recorded).
+    /// `wants[i]` says whether input i needs its gradient; the op may return `None` where it is false.
+    fn backward(&self, dout: &Tensor, wants: &[bool]) -> Vec<Option<Tensor>>;
+}
+
+/// Where a leaf's gradient goes.
+enum Leaf {
+    Param(ParamId),
+    Input,
+}
+
+struct Node {
+    /// `None` for a leaf.
+    op: Option<Box<dyn Op>>,
+    leaf: Option<Leaf>,
+    /// One entry per op input: its node, or `None` if it does not require a gradient.
+    inputs: Vec<Option<NodeId>>,
+    input_shapes: Vec<Vec<usize>>,
+    shape: Vec<usize>,
+}
+
+/// A recording of one forward pass, for one backward pass.
+pub struct Tape {
+    nodes: Vec<Node>,
+    recording: bool,
+    bound_params: HashMap<ParamId, NodeId>,
+}
+
+impl Default for Tape {
+    fn default() -> Self {
+        Tape::new()
+    }
+}
+
+/// Gradients produced by [`Tape::backward`]: for every parameter and every [`Tape::leaf`] that the loss
+/// depends on.
+#[derive(Default, Debug)]
+pub struct Gradients {
+    params: BTreeMap<ParamId, Tensor>,
+    leaves: HashMap<NodeId, Tensor>,
+}
+
+impl Gradients {
+    /// ∂L/∂parameter, or `None` if the loss does not depend on it.
+    pub fn param(&self, id: ParamId) -> Option<&Tensor> {
+        self.params.get(&id)
+    }
+
+    /// ∂L/∂leaf for a leaf made with [`Tape::leaf`].
+    pub fn leaf(&self, var: &Var) -> Option<&Tensor> {
+        var.node.and_then(|n| self.leaves.get(&n))
+    }
+
+    /// Parameter gradients in parameter order.
+    pub fn params(&self) -> impl Iterator<Item = (ParamId, &Tensor)> {
+        self.params.iter().map(|(id, g)| (*id, g))
+    }
+
+    pub fn params_mut(&mut self) -> impl Iterator<Item = (ParamId, &mut Tensor)> {
+        self.params.iter_mut().map(|(id, g)| (*id, g))
+    }
+
+    /// Replaces a parameter's gradient (used by gradient clipping and tests).
+    pub fn set_param(&mut self, id: ParamId, grad: Tensor) {
+        self.params.insert(id, grad);
+    }
+}
+
+impl Tape {
+    /// A tape that records: ops on values that require gradients get nodes.
+    pub fn new() -> Tape {
+        Tape { nodes: Vec::new(), recording: true, bound_params: HashMap::new() }
+    }
+
+    /// A tape that records nothing (PyTorch's `torch.no_grad()`): every value is a plain constant.
+    pub fn inference() -> Tape {
+        Tape { recording: false, ..Tape::new() }
+    }
+
+    pub fn is_recording(&self) -> bool {
+        self.recording
+    }
+
+    /// Number of recorded nodes.
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// Forgets everything recorded (parameters stay in their store).
+    pub fn clear(&mut self) {
+        self.nodes.clear();
+        self.bound_params.clear();
+    }
+
+    /// A value that requires no gradient; the same as [`Var::constant`].
+    pub fn constant(&self, value: Tensor) -> Var {
+        Var::constant(value)
+    }
+
+    /// A leaf whose gradient [`Tape::backward`] reports in [`Gradients::leaf`].
+    pub fn leaf(&mut self, value: Tensor) -> Var {
+        self.push_leaf(value, Leaf::Input)
+    }
+
+    /// Binds parameter `id` of `store` to this tape. Binding the same parameter twice returns the same node,
+    /// so its gradient is accumulated once over every use.
+    pub fn param(&mut self, store: &ParamStore, id: ParamId) -> Var {
+        let value = store.get(id).clone();
+        if !self.recording {
+            return Var::constant(value);
+        }
+        if let Some(&node) = self.bound_params.get(&id) {
+            return Var { value, node: Some(node) };
+        }
+        let var = self.push_leaf(value, Leaf::Param(id));
+        self.bound_params.insert(id, var.node.expect("recording tape gives leaves a node"));
+        var
+    }
+
+    fn push_leaf(&mut self, value: Tensor, leaf: Leaf) -> Var {
+        if !self.recording {
+            return Var::constant(value);
+        }
+        let id = self.nodes.len();
+        self.nodes.push(Node {
+            op: None,
+            leaf: Some(leaf),
+            inputs: Vec::new(),
+            input_shapes: Vec::new(),
+            shape: value.shape().to_vec(),
+        });
+        Var { value, node: Some(id) }
+    }
+
+    /// True when an op on these inputs must be recorded (some input requires a gradient and the tape is
+    /// recording). Ops may check this to skip saving state that only backward needs.
+    pub fn needs_grad(&self, inputs: &[&Var]) -> bool {
+        self.recording && inputs.iter().any(|v| v.node.is_some())
+    }
+
+    /// Appends an op's node (when [`Tape::needs_grad`]) and wraps its output. Called by every op's forward.
+    pub fn record(&mut self, op: impl Op + 'static, inputs: &[&Var], output: Tensor) -> Var {
+        if !self.needs_grad(inputs) {
+            return Var::constant(output);
+        }
+        let id = self.nodes.len();
+        self.nodes.push(Node {
+            op: Some(Box::new(op)),
+            leaf: None,
+            inputs: inputs.iter().map(|v| v.node).collect(),
+            input_shapes: inputs.iter().map(|v| v.shape().to_vec()).collect(),
+            shape: output.shape().to_vec(),
+        });
+        Var { value: output, node: Some(id) }
+    }
+
+    /// Reverse pass from a scalar loss: seeds ∂L/∂L = 1 and returns the gradients of every parameter and
+    /// leaf the loss depends on. Consumes the recorded nodes; the tape is empty afterwards.
+    #[track_caller]
+    pub fn backward(&mut self, loss: &Var) -> Gradients {
+        assert!(
+            loss.value.numel() == 1,
+            "backward: the loss must hold one value, got shape {:?} (use backward_from to seed a gradient)",
+            loss.shape()
+        );
+        let seed = Tensor::ones(loss.shape());
+        self.backward_from(loss, seed)
+    }
+
+    /// Reverse pass seeded with `doutput` = ∂L/∂output for a non-scalar output (a vector-Jacobian product).
+    #[track_caller]
+    pub fn backward_from(&mut self, output: &Var, doutput: Tensor) -> Gradients {
+        assert!(
+            doutput.shape() == output.shape(),
+            "backward_from: seed gradient {:?} does not match output {:?}",
+            doutput.shape(),
+            output.shape()
+        );
+        let mut result = Gradients::default();
+        let Some(root) = output.node else {
+            self.clear();
+            return result; // nothing on the path requires a gradient
+        };
+        // Nodes after the output cannot contribute to it.
+        self.nodes.truncate(root + 1);
+        let mut grads: Vec<Option<Tensor>> = vec![None; root + 1];
+        grads[root] = Some(doutput);
+
+        // The one reverse loop. Each node is popped (and dropped at the end of the iteration, freeing what
+        // its op saved) and its gradient taken (so it is dropped once passed on).
+        while let Some(node) = self.nodes.pop() {
+            let id = self.nodes.len();
+            let Some(dout) = grads[id].take() else { continue };
+            match (&node.leaf, &node.op) {
+                // A leaf has exactly one node (parameters are bound once per tape), so every use has
+                // already been summed into `dout` by the time it is popped.
+                (Some(Leaf::Param(pid)), _) => {
+                    result.params.insert(*pid, dout);
+                }
+                (Some(Leaf::Input), _) => {
+                    result.leaves.insert(id, dout);
+                }
+                (None, Some(op)) => {
+                    let wants: Vec<bool> = node.inputs.iter().map(Option::is_some).collect();
+                    let dinputs = op.backward(&dout, &wants);
+                    assert!(
+                        dinputs.len() == node.inputs.len(),
+                        "{} backward returned {} gradients for {} inputs",
+                        op.name(),
+                        dinputs.len(),
+                        node.inputs.len()
+                    );
+                    for (k, (input, dinput)) in node.inputs.iter().zip(dinputs).enumerate() {
+                        let Some(input) = *input else { continue };
+                        let dinput = dinput.unwrap_or_else(|| {
+                            panic!("{} backward gave no gradient for input {k}, which needs one", op.name())
+                        });
+                        assert!(
+                            dinput.shape() == node.input_shapes[k],
+                            "{} backward: gradient for input {k} has shape {:?}, the input has shape {:?}",
+                            op.name(),
+                            dinput.shape(),
+                            node.input_shapes[k]
+                        );
+                        match &mut grads[input] {
+                            Some(g) => add_into(g, &dinput),
+                            slot => *slot = Some(dinput),
+                        }
+                    }
+                }
+                (None, None) => unreachable!("a node is a leaf or an op"),
+            }
+        }
+        self.bound_params.clear();
+        result
+    }
+
+    /// The recorded graph, one node per line: id, op, output shape, and input ids with their shapes.
+    pub fn graph(&self) -> String {
+        let mut out = String::new();
+        for (id, node) in self.nodes.iter().enumerate() {
+            let what = match (&node.leaf, &node.op) {
+                (Some(Leaf::Param(p)), _) => format!("param #{}", p.0),
+                (Some(Leaf::Input), _) => "leaf".to_string(),
+                (None, Some(op)) => op.name().to_string(),
+                (None, None) => unreachable!(),
+            };
+            let _ = write!(out, "%{id:<3} {what:<16} {:?}", node.shape);
+            if !node.inputs.is_empty() {
+                let ins: Vec<String> = node
+                    .inputs
+                    .iter()
+                    .zip(&node.input_shapes)
+                    .map(|(i, s)| match i {
+                        Some(i) => format!("%{i} {s:?}"),
+                        None => format!("const {s:?}"),
+                    })
+                    .collect();
+                let _ = write!(out, " <- {}", ins.join(", "));
+            }
+            out.push('\n');
+        }
+        out
+    }
+}
+
+/// g += other, elementwise (gradient accumulation where a value feeds several ops).
+fn add_into(g: &mut Tensor, other: &Tensor) {
+    for (a, b) in g.data_mut().iter_mut().zip(other.data()) {
+        *a += b;
+    }
+}

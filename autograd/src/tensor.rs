@@ -1,0 +1,230 @@
+//! `Tensor`: an f32 array, contiguous and row-major, with a shape.
+//!
+//! The data lives behind an `Arc`, so cloning a tensor is cheap (the tape clones the tensors an op saves for
+//! its backward; a parameter is bound to each step's tape by a clone). Writing through [`Tensor::data_mut`]
+//! copies the buffer only if someone else still holds it (copy on write), so a value never changes under a
+//! reader's feet.
+
+use std::fmt;
+use std::sync::Arc;
+
+use ndarray::{ArrayD, IxDyn};
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+use rand_distr::{Distribution, StandardNormal};
+
+/// An f32 tensor: a shape and `shape.iter().product()` values in row-major order.
+#[derive(Clone, PartialEq)]
+pub struct Tensor {
+    shape: Vec<usize>,
+    data: Arc<Vec<f32>>,
+}
+
+impl Tensor {
+    /// A tensor from its shape and row-major values.
+    #[track_caller]
+    pub fn from_vec(shape: &[usize], data: Vec<f32>) -> Tensor {
+        let numel: usize = shape.iter().product();
+        assert!(data.len() == numel, "Tensor::from_vec: shape {shape:?} holds {numel} values, got {}", data.len());
+        Tensor { shape: shape.to_vec(), data: Arc::new(data) }
+    }
+
+    /// A 0-dimensional tensor holding one value.
+    pub fn scalar(value: f32) -> Tensor {
+        Tensor::from_vec(&[], vec![value])
+    }
+
+    pub fn full(shape: &[usize], value: f32) -> Tensor {
+        Tensor::from_vec(shape, vec![value; shape.iter().product()])
+    }
+
+    pub fn zeros(shape: &[usize]) -> Tensor {
+        Tensor::full(shape, 0.0)
+    }
+
+    pub fn ones(shape: &[usize]) -> Tensor {
+        Tensor::full(shape, 1.0)
+    }
+
+    /// Standard normal draws N(0, 1) from `rng`.
+    pub fn randn(shape: &[usize], rng: &mut StdRng) -> Tensor {
+        let n = shape.iter().product();
+        let data = (0..n).map(|_| StandardNormal.sample(rng)).collect();
+        Tensor::from_vec(shape, data)
+    }
+
+    /// Uniform draws from [low, high) taken from `rng`.
+    pub fn rand_uniform(shape: &[usize], low: f32, high: f32, rng: &mut StdRng) -> Tensor {
+        let n = shape.iter().product();
+        let data = (0..n).map(|_| low + (high - low) * rng.random::<f32>()).collect();
+        Tensor::from_vec(shape, data)
+    }
+
+    /// Standard normal draws from a fresh generator seeded with `seed`.
+    pub fn randn_seeded(shape: &[usize], seed: u64) -> Tensor {
+        Tensor::randn(shape, &mut StdRng::seed_from_u64(seed))
+    }
+
+    /// Uniform [low, high) draws from a fresh generator seeded with `seed`.
+    pub fn rand_uniform_seeded(shape: &[usize], low: f32, high: f32, seed: u64) -> Tensor {
+        Tensor::rand_uniform(shape, low, high, &mut StdRng::seed_from_u64(seed))
+    }
+
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    pub fn ndim(&self) -> usize {
+        self.shape.len()
+    }
+
+    /// Number of elements.
+    pub fn numel(&self) -> usize {
+        self.data.len()
+    }
+
+    pub fn data(&self) -> &[f32] {
+        &self.data
+    }
+
+    /// Mutable access to the values; copies them first if another tensor shares the buffer.
+    pub fn data_mut(&mut self) -> &mut [f32] {
+        Arc::make_mut(&mut self.data).as_mut_slice()
+    }
+
+    /// The values as a `Vec`, without a copy when this tensor is their only owner.
+    pub fn into_vec(self) -> Vec<f32> {
+        Arc::try_unwrap(self.data).unwrap_or_else(|shared| (*shared).clone())
+    }
+
+    /// The same values under another shape with the same number of elements (no copy).
+    #[track_caller]
+    pub fn reshape(&self, shape: &[usize]) -> Tensor {
+        let numel: usize = shape.iter().product();
+        assert!(
+            numel == self.numel(),
+            "reshape: cannot view x {:?} ({} values) as {shape:?} ({numel} values)",
+            self.shape,
+            self.numel()
+        );
+        Tensor { shape: shape.to_vec(), data: self.data.clone() }
+    }
+
+    /// Row-major offset of a multi-index.
+    #[track_caller]
+    fn offset(&self, index: &[usize]) -> usize {
+        assert!(
+            index.len() == self.shape.len() && index.iter().zip(&self.shape).all(|(i, n)| i < n),
+            "Tensor index {index:?} is out of bounds for shape {:?}",
+            self.shape
+        );
+        index.iter().zip(&self.shape).fold(0, |off, (i, n)| off * n + i)
+    }
+
+    /// The element at a multi-index, e.g. `t.at(&[n, c, h, w])`.
+    #[track_caller]
+    pub fn at(&self, index: &[usize]) -> f32 {
+        self.data[self.offset(index)]
+    }
+
+    #[track_caller]
+    pub fn set(&mut self, index: &[usize], value: f32) {
+        let off = self.offset(index);
+        self.data_mut()[off] = value;
+    }
+
+    /// The value of a one-element tensor.
+    #[track_caller]
+    pub fn item(&self) -> f32 {
+        assert!(self.numel() == 1, "item: tensor of shape {:?} is not a single value", self.shape);
+        self.data[0]
+    }
+
+    pub fn to_ndarray(&self) -> ArrayD<f32> {
+        ArrayD::from_shape_vec(IxDyn(&self.shape), self.data.to_vec()).expect("shape matches length")
+    }
+
+    /// Copies any ndarray (whatever its strides) into a contiguous row-major tensor.
+    pub fn from_ndarray(array: &ArrayD<f32>) -> Tensor {
+        Tensor::from_vec(array.shape(), array.iter().copied().collect())
+    }
+
+    /// Largest absolute difference to another tensor of the same shape.
+    #[track_caller]
+    pub fn max_abs_diff(&self, other: &Tensor) -> f32 {
+        assert_eq!(self.shape, other.shape, "max_abs_diff: shapes differ");
+        self.data.iter().zip(other.data.iter()).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max)
+    }
+
+    /// True if every value is finite (no NaN, no ±inf).
+    pub fn all_finite(&self) -> bool {
+        self.data.iter().all(|v| v.is_finite())
+    }
+}
+
+impl fmt::Debug for Tensor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const SHOWN: usize = 8;
+        write!(f, "Tensor{:?} [", self.shape)?;
+        for (i, v) in self.data.iter().take(SHOWN).enumerate() {
+            if i > 0 {
+                write!(f, ", ")?;
+            }
+            write!(f, "{v:.4}")?;
+        }
+        if self.numel() > SHOWN {
+            write!(f, ", … {} more", self.numel() - SHOWN)?;
+        }
+        write!(f, "]")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ndarray_round_trip_keeps_shape_and_order() {
+        let t = Tensor::from_vec(&[2, 3], vec![0., 1., 2., 3., 4., 5.]);
+        let a = t.to_ndarray();
+        assert_eq!(a[[1, 0]], 3.0);
+        // A transposed (non-contiguous) view comes back contiguous in its own row-major order.
+        let back = Tensor::from_ndarray(&a.t().to_owned().into_dyn());
+        assert_eq!(back.shape(), &[3, 2]);
+        assert_eq!(back.data(), &[0., 3., 1., 4., 2., 5.]);
+    }
+
+    #[test]
+    fn element_access_is_row_major() {
+        let mut t = Tensor::zeros(&[2, 3, 4]);
+        t.set(&[1, 2, 3], 7.0);
+        assert_eq!(t.data()[12 + 8 + 3], 7.0);
+        assert_eq!(t.at(&[1, 2, 3]), 7.0);
+    }
+
+    #[test]
+    fn clone_is_copy_on_write() {
+        let a = Tensor::ones(&[4]);
+        let mut b = a.clone();
+        b.data_mut()[0] = 5.0;
+        assert_eq!(a.data()[0], 1.0);
+        assert_eq!(b.data()[0], 5.0);
+    }
+
+    #[test]
+    fn seeded_draws_repeat_and_have_the_right_moments() {
+        let a = Tensor::randn_seeded(&[10_000], 3);
+        assert_eq!(a, Tensor::randn_seeded(&[10_000], 3));
+        let mean = a.data().iter().sum::<f32>() / 10_000.0;
+        let var = a.data().iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / 10_000.0;
+        assert!(mean.abs() < 0.05 && (var - 1.0).abs() < 0.05, "mean {mean} var {var}");
+        let u = Tensor::rand_uniform_seeded(&[10_000], -2.0, 3.0, 4);
+        assert!(u.data().iter().all(|&v| (-2.0..3.0).contains(&v)));
+    }
+
+    #[test]
+    #[should_panic(expected = "Tensor::from_vec: shape [2, 3] holds 6 values, got 5")]
+    fn from_vec_rejects_wrong_length() {
+        Tensor::from_vec(&[2, 3], vec![0.0; 5]);
+    }
+}
