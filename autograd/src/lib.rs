@@ -27,7 +27,9 @@
 
 pub mod gradcheck;
 pub mod init;
+pub mod nn;
 pub mod ops;
+pub mod optim;
 pub mod params;
 pub mod shape;
 pub mod tape;

@@ -343,3 +343,111 @@ fn add_into(g: &mut Tensor, other: &Tensor) {
         *a += b;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> (ParamStore, ParamId, ParamId) {
+        let mut params = ParamStore::new();
+        let w = params.add("w", Tensor::from_vec(&[3], vec![1.0, 2.0, 3.0]));
+        let unused = params.add("unused", Tensor::ones(&[2]));
+        (params, w, unused)
+    }
+
+    #[test]
+    fn a_parameter_used_twice_gets_both_contributions() {
+        // L = Σ w⊙w  ⇒  ∂L/∂w = 2w, reached through both inputs of one mul.
+        let (params, w, unused) = store();
+        let mut tape = Tape::new();
+        let a = tape.param(&params, w);
+        let b = tape.param(&params, w);
+        let y = tape.mul(&a, &b);
+        let loss = tape.sum_all(&y);
+        let grads = tape.backward(&loss);
+        assert_eq!(grads.param(w).unwrap().data(), &[2.0, 4.0, 6.0]);
+        assert!(grads.param(unused).is_none(), "a parameter the loss does not use has no gradient");
+        assert!(tape.is_empty(), "backward consumes the tape");
+    }
+
+    #[test]
+    fn only_paths_to_a_parameter_are_recorded() {
+        let (params, w, _) = store();
+        let mut tape = Tape::new();
+        let x = tape.constant(Tensor::ones(&[3]));
+        let x2 = tape.mul(&x, &x); // data only: no node
+        assert!(!x2.requires_grad());
+        assert_eq!(tape.len(), 0);
+        let wv = tape.param(&params, w);
+        let y = tape.mul(&x2, &wv);
+        assert!(y.requires_grad());
+        assert_eq!(tape.len(), 2, "the parameter leaf and the mul");
+    }
+
+    #[test]
+    fn inference_tape_records_nothing() {
+        let (params, w, _) = store();
+        let mut tape = Tape::inference();
+        let wv = tape.param(&params, w);
+        let mut y = tape.exp(&wv);
+        for _ in 0..100 {
+            y = tape.silu(&y);
+        }
+        assert_eq!(tape.len(), 0);
+        assert!(!y.requires_grad());
+    }
+
+    #[test]
+    fn graph_lists_ids_ops_and_shapes() {
+        let (params, w, _) = store();
+        let mut tape = Tape::new();
+        let wv = tape.param(&params, w);
+        let x = tape.constant(Tensor::ones(&[2, 3]));
+        let y = tape.mul(&x, &wv);
+        let _ = tape.sum(&y, &[1], false);
+        let graph = tape.graph();
+        let lines: Vec<&str> = graph.lines().collect();
+        assert_eq!(lines.len(), 3);
+        assert!(lines[0].starts_with("%0") && lines[0].contains("param #0") && lines[0].contains("[3]"));
+        assert!(lines[1].contains("mul") && lines[1].contains("[2, 3] <- const [2, 3], %0 [3]"), "{graph}");
+        assert!(lines[2].contains("sum") && lines[2].contains("[2] <- %1 [2, 3]"), "{graph}");
+    }
+
+    #[test]
+    fn backward_from_seeds_a_vector_jacobian_product() {
+        let mut tape = Tape::new();
+        let x = tape.leaf(Tensor::from_vec(&[2], vec![1.0, 2.0]));
+        let y = tape.mul_scalar(&x, 3.0);
+        let g = tape.backward_from(&y, Tensor::from_vec(&[2], vec![10.0, 100.0]));
+        assert_eq!(g.leaf(&x).unwrap().data(), &[30.0, 300.0]);
+    }
+
+    #[test]
+    #[should_panic(expected = "backward: the loss must hold one value, got shape [2]")]
+    fn backward_needs_a_scalar() {
+        let mut tape = Tape::new();
+        let x = tape.leaf(Tensor::ones(&[2]));
+        tape.backward(&x);
+    }
+
+    #[test]
+    fn a_wrong_gradient_shape_is_caught_and_named() {
+        struct BadShape;
+        impl Op for BadShape {
+            fn name(&self) -> &'static str {
+                "bad_shape"
+            }
+            fn backward(&self, _: &Tensor, _: &[bool]) -> Vec<Option<Tensor>> {
+                vec![Some(Tensor::zeros(&[5]))]
+            }
+        }
+        let result = std::panic::catch_unwind(|| {
+            let mut tape = Tape::new();
+            let x = tape.leaf(Tensor::ones(&[2]));
+            let y = tape.record(BadShape, &[&x], Tensor::zeros(&[]));
+            tape.backward(&y);
+        });
+        let msg = *result.unwrap_err().downcast::<String>().unwrap();
+        assert_eq!(msg, "bad_shape backward: gradient for input 0 has shape [5], the input has shape [2]");
+    }
+}

@@ -1,0 +1,93 @@
+use super::Optimizer;
+use crate::params::ParamStore;
+use crate::tape::Gradients;
+
+/// Adam (Kingma & Ba 2015) with bias correction, written in the order `torch.optim.Adam` computes it, so
+/// that the results agree to rounding. With `decoupled` it is AdamW (Loshchilov & Hutter 2019).
+/// ```text
+/// t ← t + 1                                    (per parameter, counting its own steps)
+/// Adam:  g ← g + weight_decay · p              (L2 penalty folded into the gradient)
+/// AdamW: p ← p · (1 − lr · weight_decay)       (decay applied to the weight directly)
+/// m ← β₁ m + (1 − β₁) g
+/// v ← β₂ v + (1 − β₂) g²
+/// p ← p − (lr / (1 − β₁ᵗ)) · m / (√v / √(1 − β₂ᵗ) + ε)
+/// ```
+pub struct Adam {
+    pub lr: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    pub weight_decay: f32,
+    /// AdamW's decoupled weight decay instead of Adam's L2 penalty.
+    pub decoupled: bool,
+    state: Vec<Option<AdamState>>,
+}
+
+/// Per-parameter state: step count and the two moment estimates.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AdamState {
+    pub step: u64,
+    pub m: Vec<f32>,
+    pub v: Vec<f32>,
+}
+
+impl Adam {
+    /// Adam with PyTorch's defaults: β = (0.9, 0.999), ε = 1e-8, no weight decay.
+    pub fn new(lr: f32) -> Adam {
+        Adam { lr, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0, decoupled: false, state: Vec::new() }
+    }
+
+    /// AdamW with PyTorch's defaults (β = (0.9, 0.999), ε = 1e-8) and the given decoupled weight decay
+    /// (PyTorch's default is 0.01).
+    pub fn adamw(lr: f32, weight_decay: f32) -> Adam {
+        Adam { weight_decay, decoupled: true, ..Adam::new(lr) }
+    }
+
+    /// The state of every parameter (for checkpoints); `None` before a parameter's first step.
+    pub fn state(&self) -> &[Option<AdamState>] {
+        &self.state
+    }
+
+    /// Restores state saved with [`Adam::state`].
+    pub fn set_state(&mut self, state: Vec<Option<AdamState>>) {
+        self.state = state;
+    }
+}
+
+impl Optimizer for Adam {
+    fn step(&mut self, params: &mut ParamStore, grads: &Gradients) {
+        self.state.resize(params.len(), None);
+        let (lr, b1, b2, eps, wd) = (self.lr, self.beta1, self.beta2, self.eps, self.weight_decay);
+        for (id, grad) in grads.params() {
+            let p = params.get_mut(id).data_mut();
+            let s = self.state[id.0].get_or_insert_with(|| AdamState {
+                step: 0,
+                m: vec![0.0; p.len()],
+                v: vec![0.0; p.len()],
+            });
+            s.step += 1;
+            let t = s.step as i32;
+            let bias_correction1 = 1.0 - b1.powi(t);
+            let bias_correction2_sqrt = (1.0 - b2.powi(t)).sqrt();
+            let step_size = lr / bias_correction1;
+            for (((p, &g), m), v) in p.iter_mut().zip(grad.data()).zip(s.m.iter_mut()).zip(s.v.iter_mut()) {
+                let g = if self.decoupled {
+                    *p *= 1.0 - lr * wd;
+                    g
+                } else {
+                    g + wd * *p
+                };
+                *m = b1 * *m + (1.0 - b1) * g;
+                *v = b2 * *v + (1.0 - b2) * g * g;
+                let denom = v.sqrt() / bias_correction2_sqrt + eps;
+                *p -= step_size * *m / denom;
+            }
+        }
+    }
+    fn set_lr(&mut self, lr: f32) {
+        self.lr = lr;
+    }
+    fn lr(&self) -> f32 {
+        self.lr
+    }
+}

@@ -1,0 +1,98 @@
+use super::*;
+use crate::params::{ParamId, ParamStore};
+use crate::tape::Gradients;
+use crate::tensor::Tensor;
+
+/// Runs `opt` on a one-element parameter starting at p0 over the gradient sequence; returns the final value.
+fn run(opt: &mut dyn Optimizer, p0: f32, grads: &[f32]) -> f32 {
+    let mut params = ParamStore::new();
+    let id = params.add("p", Tensor::from_vec(&[1], vec![p0]));
+    for &g in grads {
+        let mut gr = Gradients::default();
+        gr.set_param(id, Tensor::from_vec(&[1], vec![g]));
+        opt.step(&mut params, &gr);
+    }
+    params.get(id).data()[0]
+}
+
+#[test]
+fn adam_with_a_constant_gradient_moves_lr_per_step() {
+    // With g constant, m_t = g(1 − β₁ᵗ) and v_t = g²(1 − β₂ᵗ), so the bias corrections cancel exactly and
+    // every step is lr · g / (|g| + ε): after n steps p = p₀ − n · lr · sign(g) (to ε).
+    let p = run(&mut Adam::new(0.01), 1.0, &[0.3; 10]);
+    assert!((p - (1.0 - 10.0 * 0.01)).abs() < 1e-5, "{p}");
+}
+
+#[test]
+fn adam_adam_l2_and_adamw_match_pytorch_algorithm() {
+    // Values from adam_reference.py (float64, PyTorch's algorithm step by step).
+    let grads = [1.0, -2.0, 0.5, 3.0, -0.25];
+    let adam = run(&mut Adam::new(0.1), 0.5, &grads);
+    let adam_l2 = {
+        let mut opt = Adam::new(0.1);
+        opt.weight_decay = 0.1;
+        run(&mut opt, 0.5, &grads)
+    };
+    let adamw = run(&mut Adam::adamw(0.1, 0.1), 0.5, &grads);
+    for (got, want) in [(adam, 0.381_239_85), (adam_l2, 0.371_000_48), (adamw, 0.359_709_996)] {
+        assert!((got - want).abs() < 2e-6, "{got} vs {want}");
+    }
+}
+
+#[test]
+fn adamw_with_zero_gradient_only_decays() {
+    // g = 0 keeps m = v = 0, so the Adam step is 0/(0 + ε) = 0 and p = p₀ (1 − lr·wd)ⁿ exactly.
+    let p = run(&mut Adam::adamw(0.1, 0.5), 2.0, &[0.0; 3]);
+    assert!((p - 2.0 * 0.95f32.powi(3)).abs() < 1e-6);
+}
+
+#[test]
+fn sgd_momentum_accumulates_velocity() {
+    // g = 1 each step, μ = 0.9: buffers 1, 1.9, 2.71, so p = 1 − 0.1·(1 + 1.9 + 2.71) = 0.439.
+    let p = run(&mut Sgd::new(0.1, 0.9), 1.0, &[1.0; 3]);
+    assert!((p - 0.439).abs() < 1e-6, "{p}");
+    // Nesterov: steps use g + μ·b = 1.9, 2.71, 3.439, so p = 1 − 0.1·8.049 = 0.1951.
+    let mut nesterov = Sgd::new(0.1, 0.9);
+    nesterov.nesterov = true;
+    let p = run(&mut nesterov, 1.0, &[1.0; 3]);
+    assert!((p - 0.1951).abs() < 1e-6, "{p}");
+}
+
+#[test]
+fn parameters_without_gradient_are_untouched() {
+    let mut params = ParamStore::new();
+    let a = params.add("a", Tensor::ones(&[2]));
+    let b = params.add("b", Tensor::ones(&[2]));
+    let mut g = Gradients::default();
+    g.set_param(a, Tensor::ones(&[2]));
+    let mut opt = Adam::adamw(0.1, 0.1);
+    opt.step(&mut params, &g);
+    assert_eq!(params.get(b).data(), &[1.0, 1.0]);
+    assert!(opt.state()[b.0].is_none());
+}
+
+#[test]
+fn clip_grad_norm_scales_to_the_bound() {
+    let mut g = Gradients::default();
+    g.set_param(ParamId(0), Tensor::from_vec(&[2], vec![3.0, 0.0]));
+    g.set_param(ParamId(1), Tensor::from_vec(&[1], vec![4.0]));
+    let norm = clip_grad_norm(&mut g, 1.0);
+    assert_eq!(norm, 5.0); // √(9 + 16)
+    assert!((g.param(ParamId(0)).unwrap().data()[0] - 0.6).abs() < 1e-6);
+    assert!((g.param(ParamId(1)).unwrap().data()[0] - 0.8).abs() < 1e-6);
+    // Below the bound nothing changes.
+    assert!((clip_grad_norm(&mut g, 10.0) - 1.0).abs() < 1e-5);
+    assert!((g.param(ParamId(1)).unwrap().data()[0] - 0.8).abs() < 1e-6);
+}
+
+#[test]
+fn ema_follows_its_recurrence() {
+    let mut params = ParamStore::new();
+    let id = params.add("w", Tensor::zeros(&[1]));
+    let mut ema = Ema::new(&params, 0.9);
+    params.get_mut(id).data_mut()[0] = 1.0;
+    ema.update(&params);
+    ema.update(&params);
+    // shadow: 0 → 0.1 → 0.19
+    assert!((ema.params().get(id).data()[0] - 0.19).abs() < 1e-6);
+}

@@ -1,0 +1,123 @@
+//! A small command-line flag reader for the examples: `--name value`, `--name=value` and bare `--switch`.
+//! Every mistake (an unknown flag, a value that does not parse, a missing value) is an [`Error::Usage`]
+//! with a one-line message; `main` prints it and exits with status 2 (see [`exit_on_error`]).
+
+use std::collections::BTreeMap;
+use std::fmt::Display;
+use std::str::FromStr;
+
+use crate::error::{Error, Result};
+
+/// Parsed flags, consumed by name; [`Args::finish`] rejects whatever was not asked for.
+pub struct Args {
+    program: String,
+    values: BTreeMap<String, Option<String>>,
+    known: Vec<String>,
+    help: bool,
+}
+
+impl Args {
+    /// Reads the process's arguments.
+    pub fn from_env() -> Result<Args> {
+        let mut it = std::env::args();
+        let program = it.next().unwrap_or_default();
+        Args::parse(program, it)
+    }
+
+    pub fn parse(program: String, args: impl IntoIterator<Item = String>) -> Result<Args> {
+        let mut values = BTreeMap::new();
+        let mut help = false;
+        let mut it = args.into_iter().peekable();
+        while let Some(arg) = it.next() {
+            if arg == "--help" || arg == "-h" {
+                help = true;
+                continue;
+            }
+            let Some(flag) = arg.strip_prefix("--") else {
+                return Err(Error::Usage(format!("unexpected argument {arg:?} (flags look like --name value)")));
+            };
+            let (name, value) = match flag.split_once('=') {
+                Some((n, v)) => (n.to_string(), Some(v.to_string())),
+                None => {
+                    let value = it.next_if(|next| !next.starts_with("--"));
+                    (flag.to_string(), value)
+                }
+            };
+            values.insert(name, value);
+        }
+        Ok(Args { program, values, known: Vec::new(), help })
+    }
+
+    /// A `--name value` flag parsed as T, or `default` when absent.
+    pub fn value<T: FromStr>(&mut self, name: &str, default: T, help: &str) -> Result<T>
+    where
+        T::Err: Display,
+        T: Display,
+    {
+        self.known.push(format!("  --{name} <{default}>  {help}"));
+        match self.values.remove(name) {
+            None => Ok(default),
+            Some(None) => Err(Error::Usage(format!("--{name} needs a value"))),
+            Some(Some(v)) => v.parse().map_err(|e| Error::Usage(format!("--{name} {v:?}: {e}"))),
+        }
+    }
+
+    /// A bare `--name` switch.
+    pub fn flag(&mut self, name: &str, help: &str) -> Result<bool> {
+        self.known.push(format!("  --{name}  {help}"));
+        match self.values.remove(name) {
+            None => Ok(false),
+            Some(None) => Ok(true),
+            Some(Some(v)) => Err(Error::Usage(format!("--{name} takes no value, got {v:?}"))),
+        }
+    }
+
+    /// Fails on any flag that was not read; prints the flags and exits 0 on `--help`.
+    pub fn finish(self) -> Result<()> {
+        if self.help {
+            println!("usage: {} [flags]\n{}", self.program, self.known.join("\n"));
+            std::process::exit(0);
+        }
+        match self.values.keys().next() {
+            Some(name) => Err(Error::Usage(format!("unknown flag --{name} (try --help)"))),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Runs `main`; on error prints `error: <message>` on one line and exits with status 2 (usage) or 1.
+pub fn exit_on_error(main: impl FnOnce() -> Result<()>) {
+    if let Err(e) = main() {
+        eprintln!("error: {e}");
+        std::process::exit(if matches!(e, Error::Usage(_)) { 2 } else { 1 });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> Result<Args> {
+        Args::parse("prog".into(), list.iter().map(|s| s.to_string()))
+    }
+
+    #[test]
+    fn reads_values_switches_and_defaults() {
+        let mut a = args(&["--steps", "10", "--quick", "--lr=0.5"]).unwrap();
+        assert_eq!(a.value("steps", 5usize, "").unwrap(), 10);
+        assert_eq!(a.value("lr", 1.0f32, "").unwrap(), 0.5);
+        assert_eq!(a.value("seed", 7u64, "").unwrap(), 7);
+        assert!(a.flag("quick", "").unwrap());
+        a.finish().unwrap();
+    }
+
+    #[test]
+    fn rejects_unknown_flags_and_bad_values() {
+        let a = args(&["--stpes", "10"]).unwrap();
+        assert_eq!(a.finish().unwrap_err().to_string(), "unknown flag --stpes (try --help)");
+        let mut a = args(&["--steps", "ten"]).unwrap();
+        let err = a.value("steps", 5usize, "").unwrap_err().to_string();
+        assert_eq!(err, "--steps \"ten\": invalid digit found in string");
+        assert!(args(&["stray"]).is_err());
+    }
+}

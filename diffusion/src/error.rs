@@ -1,0 +1,46 @@
+//! The error type of every boundary of the crate: files, datasets, checkpoints, command lines. Each variant
+//! names the file (or flag) and what is wrong with it; nothing at these boundaries panics.
+
+use std::fmt;
+use std::path::PathBuf;
+
+#[derive(Debug)]
+pub enum Error {
+    /// Reading or writing a file failed.
+    Io { path: PathBuf, source: std::io::Error },
+    /// A file was read but its contents are not valid.
+    Format { path: PathBuf, problem: String },
+    /// A command-line flag or value is wrong.
+    Usage(String),
+}
+
+impl Error {
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Error {
+        Error::Io { path: path.into(), source }
+    }
+
+    pub fn format(path: impl Into<PathBuf>, problem: impl Into<String>) -> Error {
+        Error::Format { path: path.into(), problem: problem.into() }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Io { path, source } => write!(f, "{}: {source}", path.display()),
+            Error::Format { path, problem } => write!(f, "{}: {problem}", path.display()),
+            Error::Usage(msg) => write!(f, "{msg}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Io { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, Error>;

@@ -1,0 +1,142 @@
+//! Noise schedules and the forward process q(x_t | x_0).
+//!
+//! Notation of Ho et al. 2020, "Denoising Diffusion Probabilistic Models" (DDPM), §2, with timesteps
+//! t = 0 … T−1 (the paper's 1 … T):
+//! ```text
+//! q(x_t | x_{t−1}) = N(√(1 − β_t) x_{t−1}, β_t I)
+//! α_t = 1 − β_t,   ᾱ_t = Π_{s ≤ t} α_s
+//! q(x_t | x_0)     = N(√ᾱ_t x_0, (1 − ᾱ_t) I)     ⇒   x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε,  ε ~ N(0, I)   (eq. 4)
+//! ```
+
+use autograd::Tensor;
+
+/// β_t, α_t and ᾱ_t for t = 0 … T−1.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NoiseSchedule {
+    pub beta: Vec<f64>,
+    pub alpha: Vec<f64>,
+    pub alpha_bar: Vec<f64>,
+}
+
+impl NoiseSchedule {
+    /// A schedule from its β sequence; α and ᾱ follow by definition.
+    pub fn from_betas(beta: Vec<f64>) -> NoiseSchedule {
+        let alpha: Vec<f64> = beta.iter().map(|b| 1.0 - b).collect();
+        let alpha_bar = alpha
+            .iter()
+            .scan(1.0, |prod, a| {
+                *prod *= a;
+                Some(*prod)
+            })
+            .collect();
+        NoiseSchedule { beta, alpha, alpha_bar }
+    }
+
+    /// DDPM's linear schedule: β evenly spaced from `beta_start` to `beta_end` (the paper: 1e-4 to 0.02
+    /// over T = 1000).
+    pub fn linear(steps: usize, beta_start: f64, beta_end: f64) -> NoiseSchedule {
+        let beta = (0..steps)
+            .map(|t| beta_start + (beta_end - beta_start) * t as f64 / (steps.max(2) - 1) as f64)
+            .collect();
+        NoiseSchedule::from_betas(beta)
+    }
+
+    /// The linear schedule with DDPM's endpoints rescaled for `steps` ≠ 1000 (β·1000/T), so that the total
+    /// noise Σβ, and so ᾱ at the end, stays about the same (Nichol & Dhariwal 2021, improved-diffusion).
+    pub fn linear_scaled(steps: usize) -> NoiseSchedule {
+        let scale = 1000.0 / steps as f64;
+        NoiseSchedule::linear(steps, 1e-4 * scale, 0.02 * scale)
+    }
+
+    /// The cosine schedule of Nichol & Dhariwal 2021, "Improved DDPM", eq. 17, with their clipping:
+    /// ```text
+    /// ᾱ(t) = f(t)/f(0),   f(t) = cos²(((t/T) + s)/(1 + s) · π/2),   s = 0.008
+    /// β_t  = min(1 − ᾱ(t+1)/ᾱ(t), 0.999)          for t = 0 … T−1
+    /// ```
+    /// The clipping only bites near t = T−1, where ᾱ(T) = 0 would make β = 1.
+    pub fn cosine(steps: usize) -> NoiseSchedule {
+        let s = 0.008;
+        let f = |t: f64| (((t / steps as f64) + s) / (1.0 + s) * std::f64::consts::FRAC_PI_2).cos().powi(2);
+        let beta = (0..steps).map(|t| (1.0 - f(t as f64 + 1.0) / f(t as f64)).min(0.999)).collect();
+        NoiseSchedule::from_betas(beta)
+    }
+
+    /// Number of timesteps T.
+    pub fn steps(&self) -> usize {
+        self.beta.len()
+    }
+
+    /// Samples x_t ~ q(x_t | x_0) for a batch: row b of x_0 [B, …] goes to timestep t[b] with noise ε [B, …].
+    /// ```text
+    /// x_t = √ᾱ_t · x_0 + √(1 − ᾱ_t) · ε
+    /// ```
+    #[track_caller]
+    pub fn q_sample(&self, x_0: &Tensor, t: &[usize], eps: &Tensor) -> Tensor {
+        assert!(
+            x_0.shape() == eps.shape() && x_0.shape().first() == Some(&t.len()),
+            "q_sample: x_0 {:?}, eps {:?} and {} timesteps must agree",
+            x_0.shape(),
+            eps.shape(),
+            t.len()
+        );
+        let row = x_0.numel() / t.len().max(1);
+        let mut x_t = Vec::with_capacity(x_0.numel());
+        for (b, &tb) in t.iter().enumerate() {
+            let (a, s) = (self.alpha_bar[tb].sqrt() as f32, (1.0 - self.alpha_bar[tb]).sqrt() as f32);
+            let range = b * row..(b + 1) * row;
+            x_t.extend(x_0.data()[range.clone()].iter().zip(&eps.data()[range]).map(|(x, e)| a * x + s * e));
+        }
+        Tensor::from_vec(x_0.shape(), x_t)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn close(a: f64, b: f64, tol: f64) {
+        assert!((a - b).abs() <= tol * b.abs().max(1e-300), "{a} vs {b}");
+    }
+
+    #[test]
+    fn linear_alpha_bar_is_the_product_of_one_minus_beta() {
+        let s = NoiseSchedule::linear(1000, 1e-4, 0.02);
+        // t = 0: ᾱ = 1 − β₀ = 0.9999.
+        close(s.alpha_bar[0], 0.9999, 1e-12);
+        // Closed form of the product with β_t = β₀ + t·δ, computed independently in log space.
+        let delta = (0.02 - 1e-4) / 999.0;
+        for t in [0, 499, 999] {
+            let log: f64 = (0..=t).map(|u| (1.0 - (1e-4 + u as f64 * delta)).ln()).sum();
+            close(s.alpha_bar[t], log.exp(), 1e-9);
+        }
+        // The familiar figure: ᾱ at T−1 ≈ 4.04e-5 for DDPM's schedule.
+        close(s.alpha_bar[999], 4.035e-5, 1e-3);
+        assert_eq!(s.beta[999], 0.02);
+    }
+
+    #[test]
+    fn cosine_matches_its_closed_form_and_clipping() {
+        let steps = 1000;
+        let s = NoiseSchedule::cosine(steps);
+        let f = |t: f64| (((t / steps as f64) + 0.008) / 1.008 * std::f64::consts::FRAC_PI_2).cos().powi(2);
+        // Unclipped, the product telescopes: ᾱ_t = Π (ᾱ(u+1)/ᾱ(u)) = f(t+1)/f(0).
+        for t in [0, 500] {
+            close(s.alpha_bar[t], f(t as f64 + 1.0) / f(0.0), 1e-9);
+        }
+        // At T−1, f(T) = 0 would give β = 1: clipped to 0.999, so ᾱ_{T−1} = 0.001 · ᾱ_{T−2}.
+        assert_eq!(s.beta[steps - 1], 0.999);
+        close(s.alpha_bar[steps - 1], 0.001 * s.alpha_bar[steps - 2], 1e-12);
+        assert!(s.beta.iter().all(|&b| b > 0.0 && b <= 0.999));
+    }
+
+    #[test]
+    fn q_sample_mixes_signal_and_noise() {
+        let s = NoiseSchedule::linear(10, 0.1, 0.5);
+        let x0 = Tensor::from_vec(&[2, 1], vec![1.0, 1.0]);
+        let eps = Tensor::from_vec(&[2, 1], vec![0.0, 1.0]);
+        let xt = s.q_sample(&x0, &[0, 9], &eps);
+        close(xt.data()[0] as f64, 0.9f64.sqrt(), 1e-6);
+        let ab = s.alpha_bar[9];
+        close(xt.data()[1] as f64, ab.sqrt() + (1.0 - ab).sqrt(), 1e-6);
+    }
+}
