@@ -18,7 +18,13 @@ pub struct Linear {
 
 impl Linear {
     /// Adds `{name}.weight` [out, in] and `{name}.bias` [out] to the store.
-    pub fn new(params: &mut ParamStore, name: &str, in_features: usize, out_features: usize, rng: &mut StdRng) -> Linear {
+    pub fn new(
+        params: &mut ParamStore,
+        name: &str,
+        in_features: usize,
+        out_features: usize,
+        rng: &mut StdRng,
+    ) -> Linear {
         let weight = params.add(format!("{name}.weight"), init::default_weight(&[out_features, in_features], rng));
         let bias = params.add(format!("{name}.bias"), init::default_bias(out_features, in_features, rng));
         Linear { weight, bias: Some(bias), in_features, out_features }

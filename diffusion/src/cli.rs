@@ -49,10 +49,10 @@ impl Args {
     }
 
     /// A `--name value` flag parsed as T, or `default` when absent.
-    pub fn value<T: FromStr>(&mut self, name: &str, default: T, help: &str) -> Result<T>
+    pub fn value<T>(&mut self, name: &str, default: T, help: &str) -> Result<T>
     where
+        T: FromStr + Display,
         T::Err: Display,
-        T: Display,
     {
         self.known.push(format!("  --{name} <{default}>  {help}"));
         match self.values.remove(name) {

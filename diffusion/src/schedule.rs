@@ -35,9 +35,8 @@ impl NoiseSchedule {
     /// DDPM's linear schedule: β evenly spaced from `beta_start` to `beta_end` (the paper: 1e-4 to 0.02
     /// over T = 1000).
     pub fn linear(steps: usize, beta_start: f64, beta_end: f64) -> NoiseSchedule {
-        let beta = (0..steps)
-            .map(|t| beta_start + (beta_end - beta_start) * t as f64 / (steps.max(2) - 1) as f64)
-            .collect();
+        let beta =
+            (0..steps).map(|t| beta_start + (beta_end - beta_start) * t as f64 / (steps.max(2) - 1) as f64).collect();
         NoiseSchedule::from_betas(beta)
     }
 

@@ -41,7 +41,8 @@ impl Toy2d {
                 Toy2d::Moons => {
                     let u: f32 = (i as f32 + 0.5) / n as f32; // even coverage, then shuffled by noise
                     let theta = PI * ((2.0 * u) % 1.0);
-                    let (x, y) = if u < 0.5 { (theta.cos(), theta.sin()) } else { (1.0 - theta.cos(), 0.5 - theta.sin()) };
+                    let (x, y) =
+                        if u < 0.5 { (theta.cos(), theta.sin()) } else { (1.0 - theta.cos(), 0.5 - theta.sin()) };
                     // Standardize: make_moons has mean (0.5, 0.25) and std about (0.87, 0.5).
                     ((x + 0.05 * normal() - 0.5) / 0.87, (y + 0.05 * normal() - 0.25) / 0.5)
                 }
@@ -82,7 +83,8 @@ pub fn mean_nearest_distance(points: &Tensor, reference: &Tensor) -> f32 {
         .data()
         .chunks(2)
         .map(|p| {
-            r.chunks(2).map(|q| (p[0] - q[0]).powi(2) + (p[1] - q[1]).powi(2)).fold(f32::INFINITY, f32::min).sqrt() as f64
+            r.chunks(2).map(|q| (p[0] - q[0]).powi(2) + (p[1] - q[1]).powi(2)).fold(f32::INFINITY, f32::min).sqrt()
+                as f64
         })
         .sum();
     (total / points.shape()[0] as f64) as f32

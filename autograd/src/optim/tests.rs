@@ -34,7 +34,7 @@ fn adam_adam_l2_and_adamw_match_pytorch_algorithm() {
         run(&mut opt, 0.5, &grads)
     };
     let adamw = run(&mut Adam::adamw(0.1, 0.1), 0.5, &grads);
-    for (got, want) in [(adam, 0.381_239_85), (adam_l2, 0.371_000_48), (adamw, 0.359_709_996)] {
+    for (got, want) in [(adam, 0.381_239_85), (adam_l2, 0.371_000_48), (adamw, 0.359_71)] {
         assert!((got - want).abs() < 2e-6, "{got} vs {want}");
     }
 }
