@@ -25,12 +25,14 @@
 //! assert_eq!(grads.param(w).unwrap().data(), &[3.0, 4.0]); // ∂L/∂w = x
 //! ```
 
+pub mod cpu;
 pub mod gradcheck;
 pub mod init;
 pub mod nn;
 pub mod ops;
 pub mod optim;
 pub mod params;
+pub mod pool;
 pub mod shape;
 pub mod tape;
 pub mod tensor;

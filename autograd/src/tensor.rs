@@ -17,7 +17,25 @@ use rand_distr::{Distribution, StandardNormal};
 #[derive(Clone, PartialEq)]
 pub struct Tensor {
     shape: Vec<usize>,
-    data: Arc<Vec<f32>>,
+    data: Arc<Storage>,
+}
+
+/// A tensor's values. When the last tensor holding them drops, the buffer goes back to the [`crate::pool`].
+#[derive(PartialEq)]
+struct Storage(Vec<f32>);
+
+impl Clone for Storage {
+    fn clone(&self) -> Self {
+        let mut v = crate::pool::take(self.0.len());
+        v.extend_from_slice(&self.0);
+        Storage(v)
+    }
+}
+
+impl Drop for Storage {
+    fn drop(&mut self) {
+        crate::pool::give(std::mem::take(&mut self.0));
+    }
 }
 
 impl Tensor {
@@ -26,7 +44,7 @@ impl Tensor {
     pub fn from_vec(shape: &[usize], data: Vec<f32>) -> Tensor {
         let numel: usize = shape.iter().product();
         assert!(data.len() == numel, "Tensor::from_vec: shape {shape:?} holds {numel} values, got {}", data.len());
-        Tensor { shape: shape.to_vec(), data: Arc::new(data) }
+        Tensor { shape: shape.to_vec(), data: Arc::new(Storage(data)) }
     }
 
     /// A 0-dimensional tensor holding one value.
@@ -35,7 +53,7 @@ impl Tensor {
     }
 
     pub fn full(shape: &[usize], value: f32) -> Tensor {
-        Tensor::from_vec(shape, vec![value; shape.iter().product()])
+        Tensor::from_vec(shape, crate::pool::take_filled(shape.iter().product(), value))
     }
 
     pub fn zeros(shape: &[usize]) -> Tensor {
@@ -80,21 +98,24 @@ impl Tensor {
 
     /// Number of elements.
     pub fn numel(&self) -> usize {
-        self.data.len()
+        self.data.0.len()
     }
 
     pub fn data(&self) -> &[f32] {
-        &self.data
+        &self.data.0
     }
 
     /// Mutable access to the values; copies them first if another tensor shares the buffer.
     pub fn data_mut(&mut self) -> &mut [f32] {
-        Arc::make_mut(&mut self.data).as_mut_slice()
+        Arc::make_mut(&mut self.data).0.as_mut_slice()
     }
 
     /// The values as a `Vec`, without a copy when this tensor is their only owner.
     pub fn into_vec(self) -> Vec<f32> {
-        Arc::try_unwrap(self.data).unwrap_or_else(|shared| (*shared).clone())
+        match Arc::try_unwrap(self.data) {
+            Ok(mut storage) => std::mem::take(&mut storage.0),
+            Err(shared) => shared.0.clone(),
+        }
     }
 
     /// The same values under another shape with the same number of elements (no copy).
@@ -124,7 +145,7 @@ impl Tensor {
     /// The element at a multi-index, e.g. `t.at(&[n, c, h, w])`.
     #[track_caller]
     pub fn at(&self, index: &[usize]) -> f32 {
-        self.data[self.offset(index)]
+        self.data()[self.offset(index)]
     }
 
     #[track_caller]
@@ -137,11 +158,11 @@ impl Tensor {
     #[track_caller]
     pub fn item(&self) -> f32 {
         assert!(self.numel() == 1, "item: tensor of shape {:?} is not a single value", self.shape);
-        self.data[0]
+        self.data()[0]
     }
 
     pub fn to_ndarray(&self) -> ArrayD<f32> {
-        ArrayD::from_shape_vec(IxDyn(&self.shape), self.data.to_vec()).expect("shape matches length")
+        ArrayD::from_shape_vec(IxDyn(&self.shape), self.data().to_vec()).expect("shape matches length")
     }
 
     /// Copies any ndarray (whatever its strides) into a contiguous row-major tensor.
@@ -153,12 +174,12 @@ impl Tensor {
     #[track_caller]
     pub fn max_abs_diff(&self, other: &Tensor) -> f32 {
         assert_eq!(self.shape, other.shape, "max_abs_diff: shapes differ");
-        self.data.iter().zip(other.data.iter()).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max)
+        self.data().iter().zip(other.data()).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max)
     }
 
     /// True if every value is finite (no NaN, no ±inf).
     pub fn all_finite(&self) -> bool {
-        self.data.iter().all(|v| v.is_finite())
+        self.data().iter().all(|v| v.is_finite())
     }
 }
 
@@ -166,7 +187,7 @@ impl fmt::Debug for Tensor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         const SHOWN: usize = 8;
         write!(f, "Tensor{:?} [", self.shape)?;
-        for (i, v) in self.data.iter().take(SHOWN).enumerate() {
+        for (i, v) in self.data().iter().take(SHOWN).enumerate() {
             if i > 0 {
                 write!(f, ", ")?;
             }

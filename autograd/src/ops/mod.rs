@@ -16,3 +16,4 @@ pub mod reduce;
 pub mod reshape;
 pub mod softmax;
 pub mod unary;
+pub mod conv2d;

@@ -22,10 +22,39 @@ pub fn matmul_naive(a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Vec<f
 /// c [m, n] = a [m, k] · b [k, n] + beta · c, with a and b read through strides (rs, cs) and c row-major.
 ///
 /// Must equal [`matmul_naive`] up to rounding. Why it is faster: matrixmultiply packs panels of a and b into
-/// cache-sized blocks and runs a SIMD micro-kernel (AVX2/FMA or NEON, picked at run time) on them; see
-/// bluss's matrixmultiply crate for the BLIS-style design.
+/// cache-sized blocks and runs a SIMD micro-kernel (AVX-512, AVX2/FMA or NEON, picked at run time) on them;
+/// see bluss's matrixmultiply crate for the BLIS-style design. Large products are split into blocks of rows
+/// of c, one rayon task each. Every element of c is still computed by the same sequence of operations over
+/// k, so the result is bit-identical however many threads run it.
 #[allow(clippy::too_many_arguments)]
 pub fn gemm(
+    m: usize,
+    k: usize,
+    n: usize,
+    a: &[f32],
+    (rsa, csa): (usize, usize),
+    b: &[f32],
+    strides_b: (usize, usize),
+    c: &mut [f32],
+    beta: f32,
+) {
+    let threads = rayon::current_num_threads();
+    if threads == 1 || m * n * k < 4 * crate::cpu::PARALLEL_MIN_WORK || m < 32 {
+        return gemm_serial(m, k, n, a, (rsa, csa), b, strides_b, c, beta);
+    }
+    // Row blocks: a multiple of 16 rows (whole micro-kernel tiles), about two per thread.
+    let rows = m.div_ceil(2 * threads).next_multiple_of(16);
+    use rayon::prelude::*;
+    c[..m * n].par_chunks_mut(rows * n).enumerate().for_each(|(i, c_block)| {
+        let r0 = i * rows;
+        let mb = c_block.len() / n;
+        gemm_serial(mb, k, n, &a[r0 * rsa..], (rsa, csa), b, strides_b, c_block, beta);
+    });
+}
+
+/// [`gemm`] on the calling thread only.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_serial(
     m: usize,
     k: usize,
     n: usize,

@@ -54,3 +54,19 @@ fn matmul_rejects_inner_mismatch() {
     let b = Var::constant(Tensor::zeros(&[4, 5]));
     Tape::new().matmul(&a, &b);
 }
+
+#[test]
+fn gemm_is_bit_identical_at_one_and_two_threads() {
+    let (m, k, n) = (333, 129, 65);
+    let a = Tensor::randn_seeded(&[m, k], 1);
+    let b = Tensor::randn_seeded(&[k, n], 2);
+    let run = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        pool.install(|| {
+            let mut c = vec![0.0; m * n];
+            gemm(m, k, n, a.data(), (k, 1), b.data(), (n, 1), &mut c, 0.0);
+            c
+        })
+    };
+    assert_eq!(run(1), run(2));
+}

@@ -1,0 +1,307 @@
+//! 2-D convolution kernels, NCHW.
+//!
+//! Legend: `n` batch, `c_in`/`c_out` channels, `h`×`w` input size, `kh`×`kw` kernel, `stride`, `padding`,
+//! `oh`×`ow` output size, `ckk` = c_in·kh·kw (one output pixel's receptive field), `ohw` = oh·ow.
+//!
+//! The fast kernels are im2col + matrix product (Chellapilla et al. 2006): copy every receptive field of one
+//! image into a column of `col` [ckk, ohw]; then the convolution of that image is one matrix product
+//! `y [c_out, ohw] = weight [c_out, ckk] · col`, which runs at matrix-product speed. Its two gradients are
+//! matrix products too: `dweight += dy · colᵀ` and `dcol = weightᵀ · dy`, which col2im adds back into dx.
+
+use rayon::prelude::*;
+
+use crate::ops::matmul::{gemm, gemm_serial};
+
+/// Sizes of one convolution.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvShape {
+    pub n: usize,
+    pub c_in: usize,
+    pub h: usize,
+    pub w: usize,
+    pub c_out: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub stride: usize,
+    pub padding: usize,
+    pub oh: usize,
+    pub ow: usize,
+}
+
+impl ConvShape {
+    /// Sizes from x [n, c_in, h, w] and weight [c_out, c_in, kh, kw]; `Err` says what does not fit.
+    pub fn new(x: &[usize], weight: &[usize], stride: usize, padding: usize) -> Result<ConvShape, String> {
+        if x.len() != 4 || weight.len() != 4 {
+            return Err(format!("x {x:?} must be [N, C, H, W] and weight {weight:?} [C_out, C_in, KH, KW]"));
+        }
+        if weight[1] != x[1] {
+            return Err(format!("weight {weight:?} expects {} input channels, got x {x:?}", weight[1]));
+        }
+        if stride == 0 {
+            return Err("stride must be at least 1".into());
+        }
+        let (h, w, kh, kw) = (x[2] + 2 * padding, x[3] + 2 * padding, weight[2], weight[3]);
+        if kh > h || kw > w || kh == 0 || kw == 0 {
+            return Err(format!("kernel {kh}x{kw} does not fit x {x:?} with padding {padding}"));
+        }
+        Ok(ConvShape {
+            n: x[0],
+            c_in: x[1],
+            h: x[2],
+            w: x[3],
+            c_out: weight[0],
+            kh,
+            kw,
+            stride,
+            padding,
+            oh: (h - kh) / stride + 1,
+            ow: (w - kw) / stride + 1,
+        })
+    }
+
+    pub fn ckk(&self) -> usize {
+        self.c_in * self.kh * self.kw
+    }
+
+    pub fn ohw(&self) -> usize {
+        self.oh * self.ow
+    }
+
+    /// FLOPs of the forward (a multiply and an add per weight per output pixel).
+    pub fn flops(&self) -> usize {
+        2 * self.n * self.c_out * self.ckk() * self.ohw()
+    }
+
+    /// A 1×1, stride 1, unpadded convolution: `col` is the image itself, no copy needed.
+    fn is_pointwise(&self) -> bool {
+        self.kh == 1 && self.kw == 1 && self.stride == 1 && self.padding == 0
+    }
+
+    /// Input row (or column) read by output position `o` at kernel offset `k`, if inside the image.
+    #[inline(always)]
+    fn input_index(&self, o: usize, k: usize, size: usize) -> Option<usize> {
+        (o * self.stride + k).checked_sub(self.padding).filter(|&i| i < size)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Naive reference kernels: the definition, as loops.
+// ---------------------------------------------------------------------------------------------------------
+
+/// y[n, co, oy, ox] = bias[co] + Σ_{ci, ky, kx} weight[co, ci, ky, kx] · x[n, ci, oy·s − p + ky, ox·s − p + kx]
+/// (terms outside the image are zero padding).
+pub fn conv2d_forward_naive(x: &[f32], weight: &[f32], bias: Option<&[f32]>, s: &ConvShape) -> Vec<f32> {
+    let mut y = vec![0.0; s.n * s.c_out * s.ohw()];
+    for n in 0..s.n {
+        for co in 0..s.c_out {
+            for oy in 0..s.oh {
+                for ox in 0..s.ow {
+                    let mut acc = bias.map_or(0.0, |b| b[co]);
+                    for ci in 0..s.c_in {
+                        for ky in 0..s.kh {
+                            let Some(iy) = s.input_index(oy, ky, s.h) else { continue };
+                            for kx in 0..s.kw {
+                                let Some(ix) = s.input_index(ox, kx, s.w) else { continue };
+                                acc += weight[((co * s.c_in + ci) * s.kh + ky) * s.kw + kx]
+                                    * x[((n * s.c_in + ci) * s.h + iy) * s.w + ix];
+                            }
+                        }
+                    }
+                    y[((n * s.c_out + co) * s.oh + oy) * s.ow + ox] = acc;
+                }
+            }
+        }
+    }
+    y
+}
+
+/// Differentiates the forward line `acc += weight[co, ci, ky, kx] · x[n, ci, iy, ix]` term by term:
+/// dx[n, ci, iy, ix] += weight[..] · dy[n, co, oy, ox];  dweight[co, ci, ky, kx] += x[..] · dy[..];
+/// dbias[co] += dy[n, co, oy, ox]. Returns (dx, dweight, dbias).
+pub fn conv2d_backward_naive(x: &[f32], weight: &[f32], dy: &[f32], s: &ConvShape) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let mut dx = vec![0.0; x.len()];
+    let mut dweight = vec![0.0; weight.len()];
+    let mut dbias = vec![0.0; s.c_out];
+    for n in 0..s.n {
+        for co in 0..s.c_out {
+            for oy in 0..s.oh {
+                for ox in 0..s.ow {
+                    let g = dy[((n * s.c_out + co) * s.oh + oy) * s.ow + ox];
+                    dbias[co] += g;
+                    for ci in 0..s.c_in {
+                        for ky in 0..s.kh {
+                            let Some(iy) = s.input_index(oy, ky, s.h) else { continue };
+                            for kx in 0..s.kw {
+                                let Some(ix) = s.input_index(ox, kx, s.w) else { continue };
+                                let wi = ((co * s.c_in + ci) * s.kh + ky) * s.kw + kx;
+                                let xi = ((n * s.c_in + ci) * s.h + iy) * s.w + ix;
+                                dx[xi] += weight[wi] * g;
+                                dweight[wi] += x[xi] * g;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    (dx, dweight, dbias)
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Fast kernels: im2col + gemm, rayon over images.
+// ---------------------------------------------------------------------------------------------------------
+
+/// col [ckk, ohw]: row (ci, ky, kx) holds x_n[ci, oy·s − p + ky, ox·s − p + kx] for every output pixel.
+pub fn im2col(x_n: &[f32], s: &ConvShape, col: &mut [f32]) {
+    let ohw = s.ohw();
+    for ci in 0..s.c_in {
+        let plane = &x_n[ci * s.h * s.w..(ci + 1) * s.h * s.w]; // [h, w]
+        for ky in 0..s.kh {
+            for kx in 0..s.kw {
+                let row = &mut col[((ci * s.kh + ky) * s.kw + kx) * ohw..][..ohw]; // [oh, ow]
+                for oy in 0..s.oh {
+                    let out = &mut row[oy * s.ow..(oy + 1) * s.ow];
+                    let Some(iy) = s.input_index(oy, ky, s.h) else {
+                        out.fill(0.0);
+                        continue;
+                    };
+                    let src = &plane[iy * s.w..(iy + 1) * s.w];
+                    if s.stride == 1 {
+                        // ix = ox + kx − p: one contiguous run, zero at the padded ends.
+                        let lo = s.padding.saturating_sub(kx).min(s.ow); // first ox with ix ≥ 0
+                        let hi = (s.w + s.padding).saturating_sub(kx).clamp(lo, s.ow); // first ox with ix ≥ w
+                        out[..lo].fill(0.0);
+                        out[lo..hi].copy_from_slice(&src[lo + kx - s.padding..hi + kx - s.padding]);
+                        out[hi..].fill(0.0);
+                    } else {
+                        for (ox, o) in out.iter_mut().enumerate() {
+                            *o = s.input_index(ox, kx, s.w).map_or(0.0, |ix| src[ix]);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The adjoint of [`im2col`]: adds every entry of col [ckk, ohw] back into the pixel of dx_n it was copied from.
+pub fn col2im(col: &[f32], s: &ConvShape, dx_n: &mut [f32]) {
+    let ohw = s.ohw();
+    for ci in 0..s.c_in {
+        let plane = &mut dx_n[ci * s.h * s.w..(ci + 1) * s.h * s.w];
+        for ky in 0..s.kh {
+            for kx in 0..s.kw {
+                let row = &col[((ci * s.kh + ky) * s.kw + kx) * ohw..][..ohw];
+                for oy in 0..s.oh {
+                    let Some(iy) = s.input_index(oy, ky, s.h) else { continue };
+                    let src = &row[oy * s.ow..(oy + 1) * s.ow];
+                    let dst = &mut plane[iy * s.w..(iy + 1) * s.w];
+                    if s.stride == 1 {
+                        let lo = s.padding.saturating_sub(kx).min(s.ow);
+                        let hi = (s.w + s.padding).saturating_sub(kx).clamp(lo, s.ow);
+                        let d = &mut dst[lo + kx - s.padding..hi + kx - s.padding];
+                        d.iter_mut().zip(&src[lo..hi]).for_each(|(d, v)| *d += v);
+                    } else {
+                        for (ox, v) in src.iter().enumerate() {
+                            if let Some(ix) = s.input_index(ox, kx, s.w) {
+                                dst[ix] += v;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Must equal [`conv2d_forward_naive`] up to rounding. Per image (one rayon task each):
+/// y_n [c_out, ohw] = bias ⊗ 1 + weight [c_out, ckk] · im2col(x_n) [ckk, ohw].
+pub fn conv2d_forward(x: &[f32], weight: &[f32], bias: Option<&[f32]>, s: &ConvShape) -> Vec<f32> {
+    let (ckk, ohw, image) = (s.ckk(), s.ohw(), s.c_in * s.h * s.w);
+    let mut y = crate::pool::take_filled(s.n * s.c_out * ohw, 0.0);
+    y.par_chunks_mut(s.c_out * ohw).enumerate().for_each(|(n, y_n)| {
+        if let Some(b) = bias {
+            for (row, &bv) in y_n.chunks_mut(ohw).zip(b) {
+                row.fill(bv);
+            }
+        }
+        let beta = if bias.is_some() { 1.0 } else { 0.0 };
+        let x_n = &x[n * image..(n + 1) * image];
+        if s.is_pointwise() {
+            gemm(s.c_out, ckk, ohw, weight, (ckk, 1), x_n, (ohw, 1), y_n, beta);
+        } else {
+            let mut col = crate::pool::take_filled(ckk * ohw, 0.0);
+            im2col(x_n, s, &mut col);
+            gemm(s.c_out, ckk, ohw, weight, (ckk, 1), &col, (ohw, 1), y_n, beta);
+            crate::pool::give(col);
+        }
+    });
+    y
+}
+
+/// Must equal [`conv2d_backward_naive`] up to rounding. Returns (dx if `want_dx`, dweight if `want_dweight`,
+/// dbias). Per image, in parallel: col = im2col(x_n); dweight_n = dy_n · colᵀ; dcol = weightᵀ · dy_n and
+/// col2im(dcol) → dx_n. The per-image dweight_n are then summed in image order, so the result does not
+/// depend on the number of threads.
+pub fn conv2d_backward(
+    x: &[f32],
+    weight: &[f32],
+    dy: &[f32],
+    s: &ConvShape,
+    want_dx: bool,
+    want_dweight: bool,
+) -> (Option<Vec<f32>>, Option<Vec<f32>>, Vec<f32>) {
+    let (ckk, ohw, image, wsize) = (s.ckk(), s.ohw(), s.c_in * s.h * s.w, s.c_out * s.ckk());
+    let mut dx = want_dx.then(|| crate::pool::take_filled(s.n * image, 0.0));
+    let mut partial = crate::pool::take_filled(if want_dweight { s.n * wsize } else { 0 }, 0.0);
+    let dx_chunks: Vec<Option<&mut [f32]>> = match dx.as_mut() {
+        Some(dx) => dx.chunks_mut(image).map(Some).collect(),
+        None => (0..s.n).map(|_| None).collect(),
+    };
+    let mut partial_chunks: Vec<Option<&mut [f32]>> = partial.chunks_mut(wsize.max(1)).map(Some).collect();
+    partial_chunks.resize_with(s.n, || None);
+    dx_chunks.into_par_iter().zip(partial_chunks).enumerate().for_each(|(n, (dx_n, dw_n))| {
+        let dy_n = &dy[n * s.c_out * ohw..(n + 1) * s.c_out * ohw]; // [c_out, ohw]
+        let x_n = &x[n * image..(n + 1) * image];
+        if let Some(dw_n) = dw_n {
+            // dweight_n [c_out, ckk] = dy_n [c_out, ohw] · colᵀ [ohw, ckk]
+            if s.is_pointwise() {
+                gemm(s.c_out, ohw, ckk, dy_n, (ohw, 1), x_n, (1, ohw), dw_n, 0.0);
+            } else {
+                let mut col = crate::pool::take_filled(ckk * ohw, 0.0);
+                im2col(x_n, s, &mut col);
+                gemm(s.c_out, ohw, ckk, dy_n, (ohw, 1), &col, (1, ohw), dw_n, 0.0);
+                crate::pool::give(col);
+            }
+        }
+        if let Some(dx_n) = dx_n {
+            // dcol [ckk, ohw] = weightᵀ [ckk, c_out] · dy_n [c_out, ohw]
+            if s.is_pointwise() {
+                gemm(ckk, s.c_out, ohw, weight, (1, ckk), dy_n, (ohw, 1), dx_n, 0.0);
+            } else {
+                let mut dcol = crate::pool::take_filled(ckk * ohw, 0.0);
+                gemm(ckk, s.c_out, ohw, weight, (1, ckk), dy_n, (ohw, 1), &mut dcol, 0.0);
+                col2im(&dcol, s, dx_n);
+                crate::pool::give(dcol);
+            }
+        }
+    });
+    let dweight = want_dweight.then(|| {
+        // Σ over images in order, parallel over disjoint chunks of the weight.
+        let mut dw = crate::pool::take_filled(wsize, 0.0);
+        dw.par_chunks_mut(4096).enumerate().for_each(|(i, out)| {
+            for n in 0..s.n {
+                let src = &partial[n * wsize + i * 4096..][..out.len()];
+                out.iter_mut().zip(src).for_each(|(o, v)| *o += v);
+            }
+        });
+        dw
+    });
+    crate::pool::give(partial);
+    // dbias[co] = Σ_n Σ_pixels dy[n, co, ·]: per (co), images in order.
+    let dbias = (0..s.c_out)
+        .into_par_iter()
+        .map(|co| (0..s.n).map(|n| dy[(n * s.c_out + co) * ohw..][..ohw].iter().sum::<f32>()).sum())
+        .collect();
+    (dx, dweight, dbias)
+}

@@ -1,0 +1,69 @@
+//! `conv2d`: 2-D convolution (cross-correlation, as every framework computes it), NCHW, any kernel size,
+//! stride and zero padding. The U-Net spends most of its time here.
+
+mod kernels;
+#[cfg(test)]
+mod tests;
+
+pub use kernels::{
+    col2im, conv2d_backward, conv2d_backward_naive, conv2d_forward, conv2d_forward_naive, im2col, ConvShape,
+};
+
+use crate::tape::{Op, Tape, Var};
+use crate::tensor::Tensor;
+
+impl Tape {
+    /// 2-D convolution with zero padding.
+    /// ```text
+    /// # Shapes    x [N, C_in, H, W], weight [C_out, C_in, KH, KW], bias [C_out] → y [N, C_out, OH, OW]
+    ///             OH = (H + 2·padding − KH)/stride + 1, likewise OW
+    /// # Forward   y[n,o,i,j] = bias[o] + Σ_{c,u,v} weight[o,c,u,v] · x[n, c, i·stride − padding + u, j·stride − padding + v]
+    /// # Backward  dx[n,c,p,q]    = Σ_{o,u,v} weight[o,c,u,v] · dy[n,o,i,j]   over the (i,j,u,v) that read x[n,c,p,q]
+    ///             dweight[o,c,u,v] = Σ_{n,i,j} x[n, c, i·stride − padding + u, j·stride − padding + v] · dy[n,o,i,j]
+    ///             dbias[o]       = Σ_{n,i,j} dy[n,o,i,j]
+    /// # Saved     x, weight
+    /// # Reference torch.nn.functional.conv2d; im2col: Chellapilla, Puri & Simard 2006
+    /// ```
+    #[track_caller]
+    pub fn conv2d(&mut self, x: &Var, weight: &Var, bias: Option<&Var>, stride: usize, padding: usize) -> Var {
+        let s = match ConvShape::new(x.shape(), weight.shape(), stride, padding) {
+            Ok(s) => s,
+            Err(problem) => panic!("conv2d: {problem}"),
+        };
+        if let Some(b) = bias {
+            if b.shape() != [s.c_out] {
+                panic!("conv2d: bias {:?} must be [{}] for weight {:?}", b.shape(), s.c_out, weight.shape());
+            }
+        }
+        let y = conv2d_forward(x.value().data(), weight.value().data(), bias.map(|b| b.value().data()), &s);
+        let y = Tensor::from_vec(&[s.n, s.c_out, s.oh, s.ow], y);
+        let op = Conv2dOp { x: x.value().clone(), weight: weight.value().clone(), shape: s };
+        match bias {
+            Some(b) => self.record(op, &[x, weight, b], y),
+            None => self.record(op, &[x, weight], y),
+        }
+    }
+}
+
+struct Conv2dOp {
+    x: Tensor,
+    weight: Tensor,
+    shape: ConvShape,
+}
+impl Op for Conv2dOp {
+    fn name(&self) -> &'static str {
+        "conv2d"
+    }
+    fn backward(&self, dy: &Tensor, wants: &[bool]) -> Vec<Option<Tensor>> {
+        let (dx, dweight, dbias) =
+            conv2d_backward(self.x.data(), self.weight.data(), dy.data(), &self.shape, wants[0], wants[1]);
+        let mut grads = vec![
+            dx.map(|d| Tensor::from_vec(self.x.shape(), d)),
+            dweight.map(|d| Tensor::from_vec(self.weight.shape(), d)),
+        ];
+        if wants.len() == 3 {
+            grads.push(wants[2].then(|| Tensor::from_vec(&[self.shape.c_out], dbias)));
+        }
+        grads
+    }
+}

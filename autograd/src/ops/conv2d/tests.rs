@@ -1,0 +1,103 @@
+use super::*;
+use crate::cpu;
+use crate::gradcheck::gradcheck;
+
+fn randn(shape: &[usize], seed: u64) -> Tensor {
+    Tensor::randn_seeded(shape, seed)
+}
+
+#[test]
+fn conv2d_gradcheck_3x3_padded() {
+    let xs = [randn(&[2, 3, 5, 4], 1), randn(&[4, 3, 3, 3], 2), randn(&[4], 3)];
+    gradcheck(&xs, |t, v| t.conv2d(&v[0], &v[1], Some(&v[2]), 1, 1)).unwrap();
+}
+
+#[test]
+fn conv2d_gradcheck_stride_2_and_1x1_and_no_bias() {
+    let xs = [randn(&[2, 2, 7, 6], 4), randn(&[3, 2, 3, 3], 5)];
+    gradcheck(&xs, |t, v| t.conv2d(&v[0], &v[1], None, 2, 1)).unwrap();
+    let xs = [randn(&[2, 3, 4, 5], 6), randn(&[2, 3, 1, 1], 7), randn(&[2], 8)];
+    gradcheck(&xs, |t, v| t.conv2d(&v[0], &v[1], Some(&v[2]), 1, 0)).unwrap();
+    let xs = [randn(&[1, 2, 6, 5], 9), randn(&[2, 2, 2, 3], 10)];
+    gradcheck(&xs, |t, v| t.conv2d(&v[0], &v[1], None, 1, 0)).unwrap();
+}
+
+/// Odd shapes: sizes 1, 3, 7, 13 and a 65-channel case, 1×1, 3×3 and 5×5 kernels, strides 1 and 2.
+fn odd_shapes() -> Vec<([usize; 4], [usize; 4], usize, usize)> {
+    vec![
+        ([1, 1, 7, 13], [3, 1, 3, 3], 1, 1),
+        ([3, 3, 13, 7], [7, 3, 3, 3], 1, 1),
+        ([2, 7, 13, 13], [5, 7, 3, 3], 2, 1),
+        ([3, 65, 3, 7], [1, 65, 1, 1], 1, 0),
+        ([2, 3, 7, 7], [13, 3, 5, 5], 1, 2),
+        ([2, 13, 1, 1], [3, 13, 3, 3], 1, 1),
+        ([1, 2, 13, 7], [3, 2, 3, 3], 2, 0),
+    ]
+}
+
+fn assert_close(fast: &[f32], naive: &[f32], what: &str) {
+    assert_eq!(fast.len(), naive.len(), "{what}");
+    for (i, (a, b)) in fast.iter().zip(naive).enumerate() {
+        assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "{what}[{i}]: fast {a} naive {b}");
+    }
+}
+
+#[test]
+fn fast_equals_naive_on_odd_shapes_at_every_simd_level() {
+    for (i, (xs, ws, stride, padding)) in odd_shapes().into_iter().enumerate() {
+        let s = ConvShape::new(&xs, &ws, stride, padding).unwrap();
+        let x = randn(&xs, i as u64);
+        let w = randn(&ws, 100 + i as u64);
+        let b = randn(&[ws[0]], 200 + i as u64);
+        let dy = randn(&[s.n, s.c_out, s.oh, s.ow], 300 + i as u64);
+        let naive_y = conv2d_forward_naive(x.data(), w.data(), Some(b.data()), &s);
+        let (ndx, ndw, ndb) = conv2d_backward_naive(x.data(), w.data(), dy.data(), &s);
+        for level in cpu::available() {
+            cpu::with_simd(level, || {
+                let what = format!("{xs:?} * {ws:?} s{stride} p{padding} {level:?}");
+                assert_close(&conv2d_forward(x.data(), w.data(), Some(b.data()), &s), &naive_y, &format!("y {what}"));
+                let (dx, dw, db) = conv2d_backward(x.data(), w.data(), dy.data(), &s, true, true);
+                assert_close(&dx.unwrap(), &ndx, &format!("dx {what}"));
+                assert_close(&dw.unwrap(), &ndw, &format!("dweight {what}"));
+                assert_close(&db, &ndb, &format!("dbias {what}"));
+            });
+        }
+    }
+}
+
+#[test]
+fn results_are_bit_identical_at_one_and_two_threads() {
+    let s = ConvShape::new(&[5, 8, 9, 9], &[16, 8, 3, 3], 1, 1).unwrap();
+    let x = randn(&[5, 8, 9, 9], 1);
+    let w = randn(&[16, 8, 3, 3], 2);
+    let dy = randn(&[5, 16, 9, 9], 3);
+    let run = |threads: usize| {
+        rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap().install(|| {
+            let y = conv2d_forward(x.data(), w.data(), None, &s);
+            let (dx, dw, db) = conv2d_backward(x.data(), w.data(), dy.data(), &s, true, true);
+            (y, dx, dw, db)
+        })
+    };
+    assert!(run(1) == run(2));
+}
+
+#[test]
+fn im2col_then_col2im_counts_each_pixels_uses() {
+    // col2im(im2col(1)) = how many output pixels read each input pixel: for 3×3, padding 1, stride 1 on a
+    // 4×4 image, 9 in the interior, 6 on an edge, 4 in a corner.
+    let s = ConvShape::new(&[1, 1, 4, 4], &[1, 1, 3, 3], 1, 1).unwrap();
+    let mut col = vec![0.0; s.ckk() * s.ohw()];
+    im2col(&[1.0; 16], &s, &mut col);
+    let mut counts = vec![0.0; 16];
+    col2im(&col, &s, &mut counts);
+    assert_eq!(&counts[..4], &[4.0, 6.0, 6.0, 4.0]);
+    assert_eq!(&counts[4..8], &[6.0, 9.0, 9.0, 6.0]);
+}
+
+#[test]
+#[should_panic(expected = "conv2d: weight [64, 3, 3, 3] expects 3 input channels, got x [16, 64, 32, 32]")]
+fn conv2d_rejects_wrong_channels() {
+    let x = Var::constant(Tensor::zeros(&[16, 64, 32, 32]));
+    let w = Var::constant(Tensor::zeros(&[64, 3, 3, 3]));
+    Tape::new().conv2d(&x, &w, None, 1, 1);
+}
