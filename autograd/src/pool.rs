@@ -35,19 +35,45 @@ pub fn fresh_allocations() -> usize {
     FRESH.load(Ordering::Relaxed)
 }
 
+/// A recycled buffer of capacity `len`, with whatever it held before, if one is free.
+fn recycled(len: usize) -> Option<Vec<f32>> {
+    if len < MIN_POOLED {
+        return None;
+    }
+    let mut guard = POOL.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(v) = guard.as_mut().and_then(|pool| {
+        let v = pool.free.get_mut(&len).and_then(Vec::pop)?;
+        pool.bytes -= len * 4;
+        Some(v)
+    }) {
+        return Some(v);
+    }
+    FRESH.fetch_add(1, Ordering::Relaxed);
+    None
+}
+
 /// An empty Vec with capacity exactly `len`, recycled if one is free.
 pub fn take(len: usize) -> Vec<f32> {
-    if len >= MIN_POOLED {
-        let mut guard = POOL.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(pool) = guard.as_mut() {
-            if let Some(v) = pool.free.get_mut(&len).and_then(Vec::pop) {
-                pool.bytes -= len * 4;
-                return v;
-            }
+    match recycled(len) {
+        Some(mut v) => {
+            v.clear();
+            v
         }
-        FRESH.fetch_add(1, Ordering::Relaxed);
+        None => Vec::with_capacity(len),
     }
-    Vec::with_capacity(len)
+}
+
+/// A Vec of length `len` whose values are unspecified (left over from an earlier use, or zero): for kernels
+/// that overwrite every element, so no time goes into filling it first.
+pub fn take_dirty(len: usize) -> Vec<f32> {
+    match recycled(len) {
+        Some(mut v) => {
+            v.resize(len, 0.0);
+            v
+        }
+        // Zeroed by the allocator (fresh pages arrive zeroed, so this costs no pass over the memory).
+        None => vec![0.0; len],
+    }
 }
 
 /// A Vec of `len` copies of `value`, recycled if one is free.
@@ -64,13 +90,13 @@ pub fn collect(len: usize, items: impl IntoIterator<Item = f32>) -> Vec<f32> {
     v
 }
 
-/// Returns a buffer to the pool (dropped instead if small or if the pool is full).
-pub fn give(mut v: Vec<f32>) {
+/// Returns a buffer to the pool (dropped instead if small or if the pool is full). Its contents stay, for
+/// [`take_dirty`].
+pub fn give(v: Vec<f32>) {
     let cap = v.capacity();
     if cap < MIN_POOLED {
         return;
     }
-    v.clear();
     let mut guard = POOL.lock().unwrap_or_else(|e| e.into_inner());
     let pool = guard.get_or_insert_with(|| Pool { free: HashMap::new(), bytes: 0 });
     if pool.bytes + cap * 4 <= MAX_POOLED_BYTES {

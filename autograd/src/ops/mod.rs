@@ -5,6 +5,7 @@
 pub mod arith;
 pub mod broadcast_to;
 pub mod concat;
+pub mod conv2d;
 pub mod cross_entropy;
 pub mod dropout;
 pub mod linear;
@@ -16,4 +17,3 @@ pub mod reduce;
 pub mod reshape;
 pub mod softmax;
 pub mod unary;
-pub mod conv2d;

@@ -214,11 +214,23 @@ pub fn col2im(col: &[f32], s: &ConvShape, dx_n: &mut [f32]) {
     }
 }
 
+/// The matrix product for per-image work: when there are at least as many images as threads, the images
+/// already keep every thread busy and each product runs on its own thread (splitting it further would only
+/// pack the same panels twice); with fewer images (sampling one picture) the product itself is split.
+fn gemm_for(images: usize) -> fn(usize, usize, usize, &[f32], (usize, usize), &[f32], (usize, usize), &mut [f32], f32) {
+    if images >= rayon::current_num_threads() {
+        gemm_serial
+    } else {
+        gemm
+    }
+}
+
 /// Must equal [`conv2d_forward_naive`] up to rounding. Per image (one rayon task each):
 /// y_n [c_out, ohw] = bias ⊗ 1 + weight [c_out, ckk] · im2col(x_n) [ckk, ohw].
 pub fn conv2d_forward(x: &[f32], weight: &[f32], bias: Option<&[f32]>, s: &ConvShape) -> Vec<f32> {
     let (ckk, ohw, image) = (s.ckk(), s.ohw(), s.c_in * s.h * s.w);
-    let mut y = crate::pool::take_filled(s.n * s.c_out * ohw, 0.0);
+    let mut y = crate::pool::take_dirty(s.n * s.c_out * ohw);
+    let gemm = gemm_for(s.n);
     y.par_chunks_mut(s.c_out * ohw).enumerate().for_each(|(n, y_n)| {
         if let Some(b) = bias {
             for (row, &bv) in y_n.chunks_mut(ohw).zip(b) {
@@ -230,7 +242,7 @@ pub fn conv2d_forward(x: &[f32], weight: &[f32], bias: Option<&[f32]>, s: &ConvS
         if s.is_pointwise() {
             gemm(s.c_out, ckk, ohw, weight, (ckk, 1), x_n, (ohw, 1), y_n, beta);
         } else {
-            let mut col = crate::pool::take_filled(ckk * ohw, 0.0);
+            let mut col = crate::pool::take_dirty(ckk * ohw);
             im2col(x_n, s, &mut col);
             gemm(s.c_out, ckk, ohw, weight, (ckk, 1), &col, (ohw, 1), y_n, beta);
             crate::pool::give(col);
@@ -253,7 +265,8 @@ pub fn conv2d_backward(
 ) -> (Option<Vec<f32>>, Option<Vec<f32>>, Vec<f32>) {
     let (ckk, ohw, image, wsize) = (s.ckk(), s.ohw(), s.c_in * s.h * s.w, s.c_out * s.ckk());
     let mut dx = want_dx.then(|| crate::pool::take_filled(s.n * image, 0.0));
-    let mut partial = crate::pool::take_filled(if want_dweight { s.n * wsize } else { 0 }, 0.0);
+    let mut partial = crate::pool::take_dirty(if want_dweight { s.n * wsize } else { 0 });
+    let gemm = gemm_for(s.n);
     let dx_chunks: Vec<Option<&mut [f32]>> = match dx.as_mut() {
         Some(dx) => dx.chunks_mut(image).map(Some).collect(),
         None => (0..s.n).map(|_| None).collect(),
@@ -268,7 +281,7 @@ pub fn conv2d_backward(
             if s.is_pointwise() {
                 gemm(s.c_out, ohw, ckk, dy_n, (ohw, 1), x_n, (1, ohw), dw_n, 0.0);
             } else {
-                let mut col = crate::pool::take_filled(ckk * ohw, 0.0);
+                let mut col = crate::pool::take_dirty(ckk * ohw);
                 im2col(x_n, s, &mut col);
                 gemm(s.c_out, ohw, ckk, dy_n, (ohw, 1), &col, (1, ohw), dw_n, 0.0);
                 crate::pool::give(col);
@@ -279,7 +292,7 @@ pub fn conv2d_backward(
             if s.is_pointwise() {
                 gemm(ckk, s.c_out, ohw, weight, (1, ckk), dy_n, (ohw, 1), dx_n, 0.0);
             } else {
-                let mut dcol = crate::pool::take_filled(ckk * ohw, 0.0);
+                let mut dcol = crate::pool::take_dirty(ckk * ohw);
                 gemm(ckk, s.c_out, ohw, weight, (1, ckk), dy_n, (ohw, 1), &mut dcol, 0.0);
                 col2im(&dcol, s, dx_n);
                 crate::pool::give(dcol);
@@ -288,9 +301,10 @@ pub fn conv2d_backward(
     });
     let dweight = want_dweight.then(|| {
         // Σ over images in order, parallel over disjoint chunks of the weight.
-        let mut dw = crate::pool::take_filled(wsize, 0.0);
+        let mut dw = crate::pool::take_dirty(wsize);
         dw.par_chunks_mut(4096).enumerate().for_each(|(i, out)| {
-            for n in 0..s.n {
+            out.copy_from_slice(&partial[i * 4096..][..out.len()]);
+            for n in 1..s.n {
                 let src = &partial[n * wsize + i * 4096..][..out.len()];
                 out.iter_mut().zip(src).for_each(|(o, v)| *o += v);
             }

@@ -39,17 +39,91 @@ pub fn gemm(
     beta: f32,
 ) {
     let threads = rayon::current_num_threads();
-    if threads == 1 || m * n * k < 4 * crate::cpu::PARALLEL_MIN_WORK || m < 32 {
+    if threads == 1 || m * n * k < 4 * crate::cpu::PARALLEL_MIN_WORK || m.max(n) < 64 {
         return gemm_serial(m, k, n, a, (rsa, csa), b, strides_b, c, beta);
     }
-    // Row blocks: a multiple of 16 rows (whole micro-kernel tiles), about two per thread.
-    let rows = m.div_ceil(2 * threads).next_multiple_of(16);
+    assert!(c.len() >= m * n, "gemm: c too small for [{m}, {n}]");
     use rayon::prelude::*;
-    c[..m * n].par_chunks_mut(rows * n).enumerate().for_each(|(i, c_block)| {
-        let r0 = i * rows;
-        let mb = c_block.len() / n;
-        gemm_serial(mb, k, n, &a[r0 * rsa..], (rsa, csa), b, strides_b, c_block, beta);
-    });
+    if m >= n {
+        // Blocks of rows of c: each task packs its rows of a and all of b.
+        let rows = m.div_ceil(2 * threads).next_multiple_of(16);
+        c[..m * n].par_chunks_mut(rows * n).enumerate().for_each(|(i, c_block)| {
+            let mb = c_block.len() / n;
+            gemm_serial(mb, k, n, &a[i * rows * rsa..], (rsa, csa), b, strides_b, c_block, beta);
+        });
+    } else {
+        // Blocks of columns of c: each task packs all of a and only its columns of b, so a wide b (an
+        // im2col matrix) is packed once in total rather than once per task.
+        let cols = n.div_ceil(2 * threads).next_multiple_of(16);
+        let c_ptr = SendPtr(c.as_mut_ptr());
+        (0..n.div_ceil(cols)).into_par_iter().for_each(|j| {
+            let (j0, nb) = (j * cols, cols.min(n - j * cols));
+            let b_block = &b[j0 * strides_b.1..];
+            // SAFETY: tasks write disjoint column ranges j0..j0+nb of c, whose bounds were checked above;
+            // the row stride n keeps every write inside c.
+            unsafe { sgemm_raw(m, k, nb, a, (rsa, csa), b_block, strides_b, c_ptr.at(j0), n, beta) };
+        });
+    }
+}
+
+/// A raw pointer that may cross threads; users guarantee their writes are disjoint.
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+impl SendPtr {
+    /// The pointer advanced by `offset` (a method, so closures capture the whole Send wrapper).
+    ///
+    /// # Safety
+    /// As `pointer::add`.
+    unsafe fn at(self, offset: usize) -> *mut f32 {
+        unsafe { self.0.add(offset) }
+    }
+}
+
+/// sgemm into c with row stride `rsc`, after checking a and b bounds.
+///
+/// # Safety
+/// `c` must be valid for writes at every (i·rsc + j), i < m, j < n, and not written by anyone else meanwhile.
+#[allow(clippy::too_many_arguments)]
+unsafe fn sgemm_raw(
+    m: usize,
+    k: usize,
+    n: usize,
+    a: &[f32],
+    (rsa, csa): (usize, usize),
+    b: &[f32],
+    (rsb, csb): (usize, usize),
+    c: *mut f32,
+    rsc: usize,
+    beta: f32,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k > 0 {
+        assert!((m - 1) * rsa + (k - 1) * csa < a.len(), "gemm: a too small for [{m}, {k}] with strides");
+        assert!((k - 1) * rsb + (n - 1) * csb < b.len(), "gemm: b too small for [{k}, {n}] with strides");
+    }
+    // SAFETY: a and b bounds are asserted above; c is the caller's promise.
+    unsafe {
+        matrixmultiply::sgemm(
+            m,
+            k,
+            n,
+            1.0,
+            a.as_ptr(),
+            rsa as isize,
+            csa as isize,
+            b.as_ptr(),
+            rsb as isize,
+            csb as isize,
+            beta,
+            c,
+            rsc as isize,
+            1,
+        );
+    }
 }
 
 /// [`gemm`] on the calling thread only.
@@ -65,35 +139,9 @@ pub fn gemm_serial(
     c: &mut [f32],
     beta: f32,
 ) {
-    if m == 0 || n == 0 {
-        return;
-    }
-    if k > 0 {
-        // The one unsafe call: sgemm reads a and b through raw pointers and strides, so prove the last
-        // element it can touch is inside each slice.
-        assert!((m - 1) * rsa + (k - 1) * csa < a.len(), "gemm: a too small for [{m}, {k}] with strides");
-        assert!((k - 1) * rsb + (n - 1) * csb < b.len(), "gemm: b too small for [{k}, {n}] with strides");
-    }
     assert!(c.len() >= m * n, "gemm: c too small for [{m}, {n}]");
-    // SAFETY: the asserts above bound every index sgemm forms; c is exclusively borrowed.
-    unsafe {
-        matrixmultiply::sgemm(
-            m,
-            k,
-            n,
-            1.0,
-            a.as_ptr(),
-            rsa as isize,
-            csa as isize,
-            b.as_ptr(),
-            rsb as isize,
-            csb as isize,
-            beta,
-            c.as_mut_ptr(),
-            n as isize,
-            1,
-        );
-    }
+    // SAFETY: c is exclusively borrowed and holds m·n values in rows of n.
+    unsafe { sgemm_raw(m, k, n, a, (rsa, csa), b, (rsb, csb), c.as_mut_ptr(), n, beta) }
 }
 
 /// Batched product: for every index β of `batch`, out[β] [m, n] = op(a[β]) · op(b[β]), where op(a) is a

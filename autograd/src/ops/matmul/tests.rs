@@ -57,7 +57,13 @@ fn matmul_rejects_inner_mismatch() {
 
 #[test]
 fn gemm_is_bit_identical_at_one_and_two_threads() {
-    let (m, k, n) = (333, 129, 65);
+    // Both splits: by rows (m ≥ n) and by columns (n > m).
+    for (m, k, n) in [(333, 129, 65), (65, 129, 333)] {
+        check_threads(m, k, n);
+    }
+}
+
+fn check_threads(m: usize, k: usize, n: usize) {
     let a = Tensor::randn_seeded(&[m, k], 1);
     let b = Tensor::randn_seeded(&[k, n], 2);
     let run = |threads: usize| {

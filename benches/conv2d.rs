@@ -1,0 +1,72 @@
+//! 3×3 convolution (padding 1, stride 1, bias), forward, backward-input and backward-weight, on the U-Net's
+//! shapes. Throughput in FLOPs: 2·N·C_out·C_in·9·H·W for each of the three.
+//!
+//! ```text
+//! cargo bench --bench conv2d
+//! ```
+//! Variants: `naive` (the reference loops, first-layer shape only: the others take seconds per call),
+//! `fast-1t` (im2col + gemm on one thread), `fast` (all threads).
+
+use autograd::ops::conv2d::{conv2d_backward, conv2d_backward_naive, conv2d_forward, conv2d_forward_naive, ConvShape};
+use autograd::Tensor;
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+
+const SHAPES: &[(&str, [usize; 4], usize)] = &[
+    ("x[16,64,32,32]->64", [16, 64, 32, 32], 64),
+    ("x[16,128,16,16]->128", [16, 128, 16, 16], 128),
+    ("x[16,3,32,32]->64", [16, 3, 32, 32], 64),
+];
+
+fn bench_conv2d(c: &mut Criterion) {
+    let mut group = c.benchmark_group("conv2d");
+    group.sample_size(10);
+    let one_thread = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+    for &(name, xs, c_out) in SHAPES {
+        let ws = [c_out, xs[1], 3, 3];
+        let s = ConvShape::new(&xs, &ws, 1, 1).unwrap();
+        let x = Tensor::randn_seeded(&xs, 1);
+        let w = Tensor::randn_seeded(&ws, 2);
+        let b = Tensor::randn_seeded(&[c_out], 3);
+        let dy = Tensor::randn_seeded(&[s.n, c_out, s.oh, s.ow], 4);
+        check_once(&s, &x, &w, &b, &dy);
+        group.throughput(Throughput::Elements(s.flops() as u64));
+
+        let forward = || conv2d_forward(x.data(), w.data(), Some(b.data()), &s);
+        let backward_input = || conv2d_backward(x.data(), w.data(), dy.data(), &s, true, false);
+        let backward_weight = || conv2d_backward(x.data(), w.data(), dy.data(), &s, false, true);
+        if xs[1] <= 3 {
+            group.bench_function(BenchmarkId::new("forward/naive", name), |bch| {
+                bch.iter(|| conv2d_forward_naive(x.data(), w.data(), Some(b.data()), &s))
+            });
+        }
+        group.bench_function(BenchmarkId::new("forward/fast-1t", name), |bch| bch.iter(|| one_thread.install(forward)));
+        group.bench_function(BenchmarkId::new("forward/fast", name), |bch| bch.iter(forward));
+        group.bench_function(BenchmarkId::new("backward-input/fast-1t", name), |bch| {
+            bch.iter(|| one_thread.install(backward_input))
+        });
+        group.bench_function(BenchmarkId::new("backward-input/fast", name), |bch| bch.iter(backward_input));
+        group.bench_function(BenchmarkId::new("backward-weight/fast-1t", name), |bch| {
+            bch.iter(|| one_thread.install(backward_weight))
+        });
+        group.bench_function(BenchmarkId::new("backward-weight/fast", name), |bch| bch.iter(backward_weight));
+    }
+    group.finish();
+}
+
+/// fast == naive once before timing, on the first image only (the naive kernel is slow).
+fn check_once(s: &ConvShape, x: &Tensor, w: &Tensor, b: &Tensor, dy: &Tensor) {
+    let one = ConvShape { n: 1, ..*s };
+    let x1 = &x.data()[..s.c_in * s.h * s.w];
+    let dy1 = &dy.data()[..s.c_out * s.ohw()];
+    let naive = conv2d_forward_naive(x1, w.data(), Some(b.data()), &one);
+    let fast = conv2d_forward(x1, w.data(), Some(b.data()), &one);
+    let (ndx, ndw, _) = conv2d_backward_naive(x1, w.data(), dy1, &one);
+    let (dx, dw, _) = conv2d_backward(x1, w.data(), dy1, &one, true, true);
+    for (f, n) in [(&fast, &naive), (&dx.unwrap(), &ndx), (&dw.unwrap(), &ndw)] {
+        let err = f.iter().zip(n.iter()).map(|(a, b)| (a - b).abs() / (1.0 + b.abs())).fold(0f32, f32::max);
+        assert!(err < 1e-3, "conv2d fast and naive differ by {err}");
+    }
+}
+
+criterion_group!(benches, bench_conv2d);
+criterion_main!(benches);
