@@ -2,12 +2,13 @@
 //!
 //! # SIMD
 //! Kernels are written as plain Rust loops that the compiler can vectorize (fixed-width chunks, several
-//! independent accumulators). [`with_simd`] runs such a loop inside a function compiled with the CPU's
-//! wider instruction sets enabled (`#[target_feature]`), so the same source becomes AVX2+FMA or AVX-512 code
-//! where the CPU has it, and baseline code elsewhere. On aarch64, NEON is part of the baseline.
+//! independent accumulators). [`multiversion!`](crate::multiversion) compiles such a body again inside
+//! functions built with the CPU's wider instruction sets enabled (`#[target_feature]`), so the same source
+//! becomes AVX2+FMA or AVX-512 code where the CPU has it, and baseline code elsewhere. On aarch64, NEON is
+//! part of the baseline.
 //!
 //! The level is detected once. `AUTOGRAD_SIMD=scalar` (or `avx2`) in the environment caps it, so tests and
-//! benches can force the baseline path; tests also call [`with_simd`] with every level of [`available`].
+//! benches can force the baseline path; kernel tests also run every level of [`available`] explicitly.
 //!
 //! # Threads
 //! rayon, on outer loops only, each task writing its own slice of the output. Work smaller than
@@ -67,34 +68,53 @@ pub fn simd() -> Simd {
     })
 }
 
-/// Runs `f` compiled for `level`: `f` (and everything it calls with `#[inline(always)]`) is inlined into a
-/// function with that level's target features, so its loops are vectorized for them.
+/// Defines a function that runs an `#[inline(always)]` kernel body compiled for a chosen [`Simd`] level.
+///
+/// ```text
+/// multiversion!(pub fn scale(level: Simd, x: &mut [f32], c: f32) => scale_body);
+/// ```
+/// expands to `pub fn scale(level, x, c)` which calls `scale_body(x, c)` inlined into a function built with
+/// `#[target_feature(enable = "avx2,fma")]` or the AVX-512 set, or directly for `Baseline`. The body is
+/// plain Rust; inlined there, its loops are vectorized for the wider registers. (A closure passed to a
+/// `#[target_feature]` function is not reliably inlined, so the body must be a named function.)
 ///
 /// # Panics
-/// If `level` is above what this CPU supports (that would be undefined behaviour).
-#[inline(always)]
-pub fn with_simd<R>(level: Simd, f: impl FnOnce() -> R) -> R {
-    assert!(level <= detect(), "with_simd: {level:?} is not supported by this CPU");
-    match level {
-        // SAFETY: the assert above checked the CPU has these features.
-        #[cfg(target_arch = "x86_64")]
-        Simd::Avx512 => unsafe { run_avx512(f) },
-        #[cfg(target_arch = "x86_64")]
-        Simd::Avx2 => unsafe { run_avx2(f) },
-        _ => f(),
-    }
+/// If `level` is above what this CPU supports (running it would be undefined behaviour).
+#[macro_export]
+macro_rules! multiversion {
+    ($(#[$meta:meta])* $vis:vis fn $name:ident(level: Simd $(, $arg:ident : $ty:ty)* $(,)?) $(-> $ret:ty)? => $body:path) => {
+        $(#[$meta])*
+        #[allow(clippy::too_many_arguments)]
+        $vis fn $name(level: $crate::cpu::Simd $(, $arg: $ty)*) $(-> $ret)? {
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")]
+            #[allow(clippy::too_many_arguments)]
+            unsafe fn avx512($($arg: $ty),*) $(-> $ret)? {
+                $body($($arg),*)
+            }
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx2,fma")]
+            #[allow(clippy::too_many_arguments)]
+            unsafe fn avx2($($arg: $ty),*) $(-> $ret)? {
+                $body($($arg),*)
+            }
+            $crate::cpu::check_supported(level);
+            match level {
+                // SAFETY: check_supported verified the CPU has these features.
+                #[cfg(target_arch = "x86_64")]
+                $crate::cpu::Simd::Avx512 => unsafe { avx512($($arg),*) },
+                #[cfg(target_arch = "x86_64")]
+                $crate::cpu::Simd::Avx2 => unsafe { avx2($($arg),*) },
+                _ => $body($($arg),*),
+            }
+        }
+    };
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn run_avx2<R>(f: impl FnOnce() -> R) -> R {
-    f()
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")]
-unsafe fn run_avx512<R>(f: impl FnOnce() -> R) -> R {
-    f()
+/// Panics unless this CPU supports `level`.
+#[inline]
+pub fn check_supported(level: Simd) {
+    assert!(level <= detect(), "{level:?} is not supported by this CPU");
 }
 
 /// e^x for f32, written so that it vectorizes (no libm call, no branches): x = n·ln2 + r with |r| ≤ ln2/2,
@@ -119,6 +139,69 @@ pub fn exp_fast(x: f32) -> f32 {
     }
 }
 
+/// Independent accumulators in the reductions below: 64 lanes are four AVX-512 registers (or eight AVX2
+/// ones), enough chains to hide the 4-cycle latency of a vector add. With one register of 16 lanes the loop
+/// runs at one add per 4 cycles whatever the SIMD width.
+const LANES: usize = 64;
+
+/// Adds the accumulators pairwise (64 → 32 → … → 1): vector adds, and a chain of 6 rather than 64
+/// dependent additions.
+#[inline(always)]
+fn horizontal_sum(mut acc: [f32; LANES]) -> f32 {
+    let mut width = LANES / 2;
+    while width > 0 {
+        for i in 0..width {
+            acc[i] += acc[i + width];
+        }
+        width /= 2;
+    }
+    acc[0]
+}
+
+/// Σ x, with [`LANES`] independent accumulators so the loop vectorizes (a plain `.sum()` is one serial
+/// chain). The order of additions is fixed by the length alone.
+#[inline(always)]
+pub fn sum(x: &[f32]) -> f32 {
+    let mut acc = [0.0f32; LANES];
+    let chunks = x.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for i in 0..LANES {
+            acc[i] += c[i];
+        }
+    }
+    horizontal_sum(acc) + tail.iter().sum::<f32>()
+}
+
+/// Σ aᵢ·bᵢ, vectorized like [`sum`].
+#[inline(always)]
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; LANES];
+    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in ca.zip(cb) {
+        for i in 0..LANES {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    horizontal_sum(acc) + tail
+}
+
+/// Σ (xᵢ − c)², vectorized like [`sum`].
+#[inline(always)]
+pub fn sum_sq_dev(x: &[f32], c: f32) -> f32 {
+    let mut acc = [0.0f32; LANES];
+    let chunks = x.chunks_exact(LANES);
+    let tail: f32 = chunks.remainder().iter().map(|v| (v - c) * (v - c)).sum();
+    for ch in chunks {
+        for i in 0..LANES {
+            let d = ch[i] - c;
+            acc[i] += d * d;
+        }
+    }
+    horizontal_sum(acc) + tail
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -137,11 +220,17 @@ mod tests {
         assert!(exp_fast(100.0) > 1e38);
     }
 
+    #[inline(always)]
+    fn total(x: &[f32]) -> f32 {
+        sum(x)
+    }
+    multiversion!(fn total_at(level: Simd, x: &[f32]) -> f32 => total);
+
     #[test]
     fn every_available_level_runs() {
+        let x: Vec<f32> = (0..1000).map(|i| i as f32).collect();
         for level in available() {
-            let s: f32 = with_simd(level, || (0..1000).map(|i| i as f32).sum());
-            assert_eq!(s, 499_500.0);
+            assert_eq!(total_at(level, &x), 499_500.0);
         }
     }
 }

@@ -8,6 +8,7 @@ pub mod concat;
 pub mod conv2d;
 pub mod cross_entropy;
 pub mod dropout;
+pub mod group_norm;
 pub mod linear;
 pub mod matmul;
 pub mod mse_loss;

@@ -214,10 +214,13 @@ pub fn col2im(col: &[f32], s: &ConvShape, dx_n: &mut [f32]) {
     }
 }
 
+/// The signature of [`gemm`] and [`gemm_serial`].
+type GemmFn = fn(usize, usize, usize, &[f32], (usize, usize), &[f32], (usize, usize), &mut [f32], f32);
+
 /// The matrix product for per-image work: when there are at least as many images as threads, the images
 /// already keep every thread busy and each product runs on its own thread (splitting it further would only
 /// pack the same panels twice); with fewer images (sampling one picture) the product itself is split.
-fn gemm_for(images: usize) -> fn(usize, usize, usize, &[f32], (usize, usize), &[f32], (usize, usize), &mut [f32], f32) {
+fn gemm_for(images: usize) -> GemmFn {
     if images >= rayon::current_num_threads() {
         gemm_serial
     } else {

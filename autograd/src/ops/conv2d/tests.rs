@@ -1,5 +1,4 @@
 use super::*;
-use crate::cpu;
 use crate::gradcheck::gradcheck;
 
 fn randn(shape: &[usize], seed: u64) -> Tensor {
@@ -43,7 +42,8 @@ fn assert_close(fast: &[f32], naive: &[f32], what: &str) {
 }
 
 #[test]
-fn fast_equals_naive_on_odd_shapes_at_every_simd_level() {
+fn fast_equals_naive_on_odd_shapes() {
+    // The SIMD inside is matrixmultiply's, which picks its micro-kernel by its own run-time detection.
     for (i, (xs, ws, stride, padding)) in odd_shapes().into_iter().enumerate() {
         let s = ConvShape::new(&xs, &ws, stride, padding).unwrap();
         let x = randn(&xs, i as u64);
@@ -52,15 +52,15 @@ fn fast_equals_naive_on_odd_shapes_at_every_simd_level() {
         let dy = randn(&[s.n, s.c_out, s.oh, s.ow], 300 + i as u64);
         let naive_y = conv2d_forward_naive(x.data(), w.data(), Some(b.data()), &s);
         let (ndx, ndw, ndb) = conv2d_backward_naive(x.data(), w.data(), dy.data(), &s);
-        for level in cpu::available() {
-            cpu::with_simd(level, || {
-                let what = format!("{xs:?} * {ws:?} s{stride} p{padding} {level:?}");
+        {
+            {
+                let what = format!("{xs:?} * {ws:?} s{stride} p{padding}");
                 assert_close(&conv2d_forward(x.data(), w.data(), Some(b.data()), &s), &naive_y, &format!("y {what}"));
                 let (dx, dw, db) = conv2d_backward(x.data(), w.data(), dy.data(), &s, true, true);
                 assert_close(&dx.unwrap(), &ndx, &format!("dx {what}"));
                 assert_close(&dw.unwrap(), &ndw, &format!("dweight {what}"));
                 assert_close(&db, &ndb, &format!("dbias {what}"));
-            });
+            }
         }
     }
 }
