@@ -3,6 +3,7 @@
 //! slice functions, `tests.rs` the gradient checks and fast == naive tests.
 
 pub mod arith;
+pub mod attention;
 pub mod broadcast_to;
 pub mod concat;
 pub mod conv2d;
@@ -18,3 +19,4 @@ pub mod reduce;
 pub mod reshape;
 pub mod softmax;
 pub mod unary;
+pub mod upsample_nearest2d;
