@@ -125,8 +125,11 @@ pub fn exp_fast(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_145_75;
     const LN2_LO: f32 = 1.428_606_8e-6;
+    // Round to nearest by adding and subtracting 1.5·2²³ (pure arithmetic, so it vectorizes on every
+    // target; `f32::round` is a library call without SSE4.1).
+    const ROUNDER: f32 = 12_582_912.0;
     let x = x.clamp(-87.3, 88.7);
-    let n = (x * LOG2E).round();
+    let n = (x * LOG2E + ROUNDER) - ROUNDER;
     let r = (x - n * LN2_HI) - n * LN2_LO;
     // e^r = 1 + r + r²/2! + … + r⁶/6!  (Horner form)
     let p = 1.0 + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
@@ -171,6 +174,27 @@ pub fn sum(x: &[f32]) -> f32 {
         }
     }
     horizontal_sum(acc) + tail.iter().sum::<f32>()
+}
+
+/// max(init, max x), with [`LANES`] independent running maxima (a plain fold is one serial chain).
+#[inline(always)]
+pub fn max(x: &[f32], init: f32) -> f32 {
+    let mut acc = [init; LANES];
+    let chunks = x.chunks_exact(LANES);
+    let tail = chunks.remainder().iter().copied().fold(init, f32::max);
+    for c in chunks {
+        for i in 0..LANES {
+            acc[i] = acc[i].max(c[i]);
+        }
+    }
+    let mut width = LANES / 2;
+    while width > 0 {
+        for i in 0..width {
+            acc[i] = acc[i].max(acc[i + width]);
+        }
+        width /= 2;
+    }
+    acc[0].max(tail)
 }
 
 /// Σ aᵢ·bᵢ, vectorized like [`sum`].

@@ -1,4 +1,7 @@
+use rayon::prelude::*;
+
 use super::Optimizer;
+use crate::cpu::{self, Simd};
 use crate::params::ParamStore;
 use crate::tape::Gradients;
 
@@ -67,21 +70,17 @@ impl Optimizer for Adam {
             });
             s.step += 1;
             let t = s.step as i32;
-            let bias_correction1 = 1.0 - b1.powi(t);
-            let bias_correction2_sqrt = (1.0 - b2.powi(t)).sqrt();
-            let step_size = lr / bias_correction1;
-            for (((p, &g), m), v) in p.iter_mut().zip(grad.data()).zip(s.m.iter_mut()).zip(s.v.iter_mut()) {
-                let g = if self.decoupled {
-                    *p *= 1.0 - lr * wd;
-                    g
-                } else {
-                    g + wd * *p
-                };
-                *m = b1 * *m + (1.0 - b1) * g;
-                *v = b2 * *v + (1.0 - b2) * g * g;
-                let denom = v.sqrt() / bias_correction2_sqrt + eps;
-                *p -= step_size * *m / denom;
-            }
+            let h = AdamStep {
+                lr,
+                beta1: b1,
+                beta2: b2,
+                eps,
+                weight_decay: wd,
+                decoupled: self.decoupled,
+                step_size: lr / (1.0 - b1.powi(t)),
+                bias_correction2_sqrt: (1.0 - b2.powi(t)).sqrt(),
+            };
+            adam_update_at(cpu::simd(), p, grad.data(), &mut s.m, &mut s.v, h);
         }
     }
     fn set_lr(&mut self, lr: f32) {
@@ -90,4 +89,50 @@ impl Optimizer for Adam {
     fn lr(&self) -> f32 {
         self.lr
     }
+}
+
+/// The constants of one Adam step.
+#[derive(Clone, Copy, Debug)]
+pub struct AdamStep {
+    pub lr: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    pub weight_decay: f32,
+    pub decoupled: bool,
+    /// lr / (1 − β₁ᵗ)
+    pub step_size: f32,
+    /// √(1 − β₂ᵗ)
+    pub bias_correction2_sqrt: f32,
+}
+
+/// The update of one parameter tensor, element by element (the formulas of [`Adam`]).
+#[inline(always)]
+fn adam_body(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], h: AdamStep) {
+    for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
+        let g = if h.decoupled {
+            *p *= 1.0 - h.lr * h.weight_decay;
+            g
+        } else {
+            g + h.weight_decay * *p
+        };
+        *m = h.beta1 * *m + (1.0 - h.beta1) * g;
+        *v = h.beta2 * *v + (1.0 - h.beta2) * g * g;
+        let denom = v.sqrt() / h.bias_correction2_sqrt + h.eps;
+        *p -= h.step_size * *m / denom;
+    }
+}
+crate::multiversion!(fn adam_chunk(level: Simd, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], h: AdamStep) => adam_body);
+
+/// Elements per rayon task.
+const CHUNK: usize = 1 << 15;
+
+/// One Adam step on one parameter tensor at an explicit SIMD level, large tensors split across threads.
+/// Every level gives the same bits: the body has no fused multiply-adds the compiler could form differently
+/// (Rust never contracts a·b + c on its own).
+pub fn adam_update_at(level: Simd, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], h: AdamStep) {
+    p.par_chunks_mut(CHUNK)
+        .zip(g.par_chunks(CHUNK))
+        .zip(m.par_chunks_mut(CHUNK).zip(v.par_chunks_mut(CHUNK)))
+        .for_each(|((p, g), (m, v))| adam_chunk(level, p, g, m, v, h));
 }

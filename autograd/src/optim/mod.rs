@@ -15,7 +15,7 @@ mod sgd;
 #[cfg(test)]
 mod tests;
 
-pub use adam::Adam;
+pub use adam::{adam_update_at, Adam, AdamState, AdamStep};
 pub use ema::Ema;
 pub use sgd::Sgd;
 

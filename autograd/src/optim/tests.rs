@@ -96,3 +96,28 @@ fn ema_follows_its_recurrence() {
     // shadow: 0 → 0.1 → 0.19
     assert!((ema.params().get(id).data()[0] - 0.19).abs() < 1e-6);
 }
+
+#[test]
+fn adam_update_is_bit_identical_at_every_simd_level() {
+    let n = 100_003;
+    let g = Tensor::randn_seeded(&[n], 1);
+    let h = AdamStep {
+        lr: 1e-3,
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        weight_decay: 0.01,
+        decoupled: true,
+        step_size: 1e-3 / (1.0 - 0.9f32.powi(3)),
+        bias_correction2_sqrt: (1.0 - 0.999f32.powi(3)).sqrt(),
+    };
+    let run = |level| {
+        let (mut p, mut m, mut v) = (Tensor::randn_seeded(&[n], 2).into_vec(), vec![0.1; n], vec![0.2; n]);
+        adam_update_at(level, &mut p, g.data(), &mut m, &mut v, h);
+        (p, m, v)
+    };
+    let baseline = run(crate::cpu::Simd::Baseline);
+    for level in crate::cpu::available() {
+        assert!(run(level) == baseline, "{level:?}");
+    }
+}

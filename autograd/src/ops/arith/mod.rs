@@ -9,7 +9,7 @@ mod kernels;
 #[cfg(test)]
 mod tests;
 
-pub use kernels::{binary_forward, binary_forward_naive};
+pub use kernels::{add_same, add_same_at, binary_forward, binary_forward_naive, mul_same, mul_same_at};
 
 use crate::shape::{broadcast_shape, sum_to};
 use crate::tape::{Op, Tape, Var};
@@ -28,6 +28,15 @@ fn output_shape(op: &str, a: &Var, b: &Var) -> Vec<usize> {
 /// Applies `f` elementwise with broadcasting; the shared forward of the four binary ops.
 fn forward(a: &Tensor, b: &Tensor, out_shape: &[usize], f: impl Fn(f32, f32) -> f32) -> Tensor {
     Tensor::from_vec(out_shape, binary_forward(a.data(), a.shape(), b.data(), b.shape(), out_shape, f))
+}
+
+/// The gradient that passes through unchanged (add's, sub's first input): dout itself when the shapes
+/// agree (a shared, uncopied tensor), else summed down to the input's shape.
+fn pass_through(dout: &Tensor, shape: &[usize]) -> Tensor {
+    if dout.shape() == shape {
+        return dout.clone();
+    }
+    Tensor::from_vec(shape, sum_to(dout.data(), dout.shape(), shape))
 }
 
 /// `sum_to` on tensors: the gradient of a broadcast input.
@@ -56,7 +65,11 @@ impl Tape {
     #[track_caller]
     pub fn add(&mut self, a: &Var, b: &Var) -> Var {
         let shape = output_shape("add", a, b);
-        let out = forward(a.value(), b.value(), &shape, |x, y| x + y);
+        let out = if a.shape() == b.shape() {
+            Tensor::from_vec(&shape, add_same(a.value().data(), b.value().data()))
+        } else {
+            forward(a.value(), b.value(), &shape, |x, y| x + y)
+        };
         let op = AddOp { a_shape: a.shape().to_vec(), b_shape: b.shape().to_vec() };
         self.record(op, &[a, b], out)
     }
@@ -90,7 +103,11 @@ impl Tape {
     #[track_caller]
     pub fn mul(&mut self, a: &Var, b: &Var) -> Var {
         let shape = output_shape("mul", a, b);
-        let out = forward(a.value(), b.value(), &shape, |x, y| x * y);
+        let out = if a.shape() == b.shape() {
+            Tensor::from_vec(&shape, mul_same(a.value().data(), b.value().data()))
+        } else {
+            forward(a.value(), b.value(), &shape, |x, y| x * y)
+        };
         let op = MulOp { a: a.value().clone(), b: b.value().clone() };
         self.record(op, &[a, b], out)
     }
@@ -148,9 +165,7 @@ impl Op for AddOp {
         "add"
     }
     fn backward(&self, dout: &Tensor, wants: &[bool]) -> Vec<Option<Tensor>> {
-        let da = wants[0].then(|| reduce_to(dout.data().to_vec(), dout.shape(), &self.a_shape));
-        let db = wants[1].then(|| reduce_to(dout.data().to_vec(), dout.shape(), &self.b_shape));
-        vec![da, db]
+        vec![wants[0].then(|| pass_through(dout, &self.a_shape)), wants[1].then(|| pass_through(dout, &self.b_shape))]
     }
 }
 
@@ -163,7 +178,7 @@ impl Op for SubOp {
         "sub"
     }
     fn backward(&self, dout: &Tensor, wants: &[bool]) -> Vec<Option<Tensor>> {
-        let da = wants[0].then(|| reduce_to(dout.data().to_vec(), dout.shape(), &self.a_shape));
+        let da = wants[0].then(|| pass_through(dout, &self.a_shape));
         let db = wants[1].then(|| {
             let neg = dout.data().iter().map(|g| -g).collect();
             reduce_to(neg, dout.shape(), &self.b_shape)
@@ -181,8 +196,15 @@ impl Op for MulOp {
         "mul"
     }
     fn backward(&self, dout: &Tensor, wants: &[bool]) -> Vec<Option<Tensor>> {
-        let da = wants[0].then(|| reduce_to(times(dout, &self.b, |g, b| g * b), dout.shape(), self.a.shape()));
-        let db = wants[1].then(|| reduce_to(times(dout, &self.a, |g, a| g * a), dout.shape(), self.b.shape()));
+        let grad = |other: &Tensor, own: &[usize]| {
+            if other.shape() == dout.shape() && own == dout.shape() {
+                Tensor::from_vec(own, mul_same(dout.data(), other.data()))
+            } else {
+                reduce_to(times(dout, other, |g, x| g * x), dout.shape(), own)
+            }
+        };
+        let da = wants[0].then(|| grad(&self.b, self.a.shape()));
+        let db = wants[1].then(|| grad(&self.a, self.b.shape()));
         vec![da, db]
     }
 }

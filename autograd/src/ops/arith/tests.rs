@@ -20,6 +20,8 @@ fn sub_gradcheck_with_broadcast() {
 fn mul_gradcheck_with_broadcast() {
     gradcheck(&[randn(&[3, 1, 5], 1), randn(&[4, 1], 2)], |t, x| t.mul(&x[0], &x[1])).unwrap();
     gradcheck(&[randn(&[2, 3], 5), randn(&[2, 3], 6)], |t, x| t.mul(&x[0], &x[1])).unwrap();
+    // One operand broadcast, the other of the output's shape (the same-shape fast path must not apply to a).
+    gradcheck(&[randn(&[1, 3], 7), randn(&[2, 3], 8)], |t, x| t.mul(&x[0], &x[1])).unwrap();
 }
 
 #[test]
@@ -102,4 +104,17 @@ fn shape_panic_points_at_the_callers_line() {
     let (file, at) = seen.lock().unwrap().clone().expect("the add panic was seen");
     assert!(file.ends_with("arith/tests.rs"), "panic located in {file}");
     assert_eq!(at, line);
+}
+
+#[test]
+fn same_shape_simd_kernels_equal_the_broadcast_kernel_at_every_level() {
+    for n in [1, 3, 7, 13, 65, 100_003] {
+        let (a, b) = (randn(&[n], 1), randn(&[n], 2));
+        let add = binary_forward_naive(a.data(), &[n], b.data(), &[n], &[n], |x, y| x + y);
+        let mul = binary_forward_naive(a.data(), &[n], b.data(), &[n], &[n], |x, y| x * y);
+        for level in crate::cpu::available() {
+            assert_eq!(add_same_at(level, a.data(), b.data()), add, "add n {n} {level:?}");
+            assert_eq!(mul_same_at(level, a.data(), b.data()), mul, "mul n {n} {level:?}");
+        }
+    }
 }

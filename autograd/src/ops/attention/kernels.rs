@@ -14,9 +14,9 @@ use crate::cpu::{self, exp_fast, Simd};
 use crate::ops::matmul::gemm_serial;
 
 /// Query rows per tile.
-pub const TILE_Q: usize = 64;
+pub const TILE_Q: usize = 128;
 /// Key columns per tile.
-pub const TILE_K: usize = 128;
+pub const TILE_K: usize = 256;
 
 /// Sizes of one attention call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -124,7 +124,7 @@ pub fn attention_backward_naive(
 #[inline(always)]
 fn online_softmax_tile(scores: &mut [f32], cols: usize, m: &mut [f32], l: &mut [f32], corr: &mut [f32]) {
     for (((row, m), l), c) in scores.chunks_mut(cols).zip(m.iter_mut()).zip(l.iter_mut()).zip(corr.iter_mut()) {
-        let new_max = row.iter().copied().fold(*m, f32::max);
+        let new_max = cpu::max(row, *m);
         *c = exp_fast(*m - new_max);
         row.iter_mut().for_each(|v| *v = exp_fast(*v - new_max));
         *l = *l * *c + cpu::sum(row);

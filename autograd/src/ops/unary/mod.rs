@@ -9,7 +9,7 @@ mod kernels;
 #[cfg(test)]
 mod tests;
 
-pub use kernels::{erf, unary_backward, unary_forward};
+pub use kernels::{erf, silu_backward, silu_backward_at, silu_forward, silu_forward_at, unary_backward, unary_forward};
 
 use crate::tape::{Op, Tape, Var};
 use crate::tensor::Tensor;
@@ -29,6 +29,19 @@ impl<D: Fn(f32, f32) -> f32> Op for UnaryOp<D> {
     fn backward(&self, dout: &Tensor, _wants: &[bool]) -> Vec<Option<Tensor>> {
         let dx = unary_backward(dout.data(), self.x.data(), self.y.data(), &self.derivative);
         vec![Some(Tensor::from_vec(dout.shape(), dx))]
+    }
+}
+
+/// SiLU's backward on the SIMD kernel.
+struct SiluOp {
+    x: Tensor,
+}
+impl Op for SiluOp {
+    fn name(&self) -> &'static str {
+        "silu"
+    }
+    fn backward(&self, dout: &Tensor, _wants: &[bool]) -> Vec<Option<Tensor>> {
+        vec![Some(Tensor::from_vec(dout.shape(), silu_backward(dout.data(), self.x.data())))]
     }
 }
 

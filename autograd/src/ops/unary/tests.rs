@@ -95,3 +95,24 @@ fn erf_matches_tabulated_values() {
         assert!((super::erf(x) - want).abs() < 2e-7, "erf({x})");
     }
 }
+
+#[test]
+fn silu_simd_kernel_equals_the_plain_formula_at_every_level() {
+    use super::*;
+    let sigmoid = |x: f32| 1.0 / (1.0 + (-x).exp());
+    for n in [1, 3, 7, 13, 65, 100_003] {
+        let mut x = Tensor::randn_seeded(&[n], n as u64);
+        x.data_mut().iter_mut().for_each(|v| *v *= 5.0);
+        let dout = Tensor::randn_seeded(&[n], 1);
+        let naive_y = unary_forward(x.data(), |x| x * sigmoid(x));
+        let ys: Vec<f32> = naive_y.clone();
+        let naive_dx = unary_backward(dout.data(), x.data(), &ys, |x, _| sigmoid(x) * (1.0 + x * (1.0 - sigmoid(x))));
+        for level in crate::cpu::available() {
+            let y = silu_forward_at(level, x.data());
+            let dx = silu_backward_at(level, dout.data(), x.data());
+            for (a, b) in y.iter().zip(&naive_y).chain(dx.iter().zip(&naive_dx)) {
+                assert!((a - b).abs() <= 2e-6 * (1.0 + b.abs()), "n {n} {level:?}: {a} vs {b}");
+            }
+        }
+    }
+}
