@@ -125,15 +125,18 @@ pub fn exp_fast(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_145_75;
     const LN2_LO: f32 = 1.428_606_8e-6;
-    // Round to nearest by adding and subtracting 1.5·2²³ (pure arithmetic, so it vectorizes on every
-    // target; `f32::round` is a library call without SSE4.1).
+    // Round to nearest by adding 1.5·2²³: the sum's low mantissa bits then hold n as an integer, so both
+    // n and 2ⁿ come from bit arithmetic. (`f32::round` is a library call without SSE4.1, and a float → int
+    // `as` cast saturates, which the compiler does one lane at a time.)
     const ROUNDER: f32 = 12_582_912.0;
     let x = x.clamp(-87.3, 88.7);
-    let n = (x * LOG2E + ROUNDER) - ROUNDER;
+    let shifted = x * LOG2E + ROUNDER;
+    let n = shifted - ROUNDER;
+    let n_int = shifted.to_bits() as i32 - ROUNDER.to_bits() as i32;
     let r = (x - n * LN2_HI) - n * LN2_LO;
     // e^r = 1 + r + r²/2! + … + r⁶/6!  (Horner form)
     let p = 1.0 + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-    let scale = f32::from_bits(((n as i32 + 127).clamp(0, 255) as u32) << 23);
+    let scale = f32::from_bits(((n_int + 127).clamp(0, 255) as u32) << 23);
     let y = p * scale;
     if x <= -87.3 {
         0.0

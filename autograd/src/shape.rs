@@ -73,7 +73,7 @@ pub fn for_each_row<const K: usize>(out: &[usize], strides: [&[usize]; K], mut f
 /// Copies `x` (shape `shape`) out to the broadcast shape `out`.
 pub fn expand(x: &[f32], shape: &[usize], out: &[usize]) -> Vec<f32> {
     let numel: usize = out.iter().product();
-    let mut y = Vec::with_capacity(numel);
+    let mut y = crate::pool::take(numel);
     let sx = broadcast_strides(shape, out);
     let inner = out.last().copied().unwrap_or(1);
     let step = sx.last().copied().unwrap_or(0);
@@ -94,9 +94,9 @@ pub fn expand(x: &[f32], shape: &[usize], out: &[usize]) -> Vec<f32> {
 /// Every broadcasting op's backward ends here ("reduce the gradient to the input's shape").
 pub fn sum_to(g: &[f32], from: &[usize], shape: &[usize]) -> Vec<f32> {
     if from == shape {
-        return g.to_vec();
+        return crate::pool::collect(g.len(), g.iter().copied());
     }
-    let mut out = vec![0.0f32; shape.iter().product()];
+    let mut out = crate::pool::take_filled(shape.iter().product(), 0.0);
     let so = broadcast_strides(shape, from);
     let sg = contiguous_strides(from);
     let inner = from.last().copied().unwrap_or(1);

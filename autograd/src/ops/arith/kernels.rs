@@ -45,9 +45,9 @@ pub fn binary_forward(
     let numel: usize = out_shape.iter().product();
     // Same shapes: one flat loop.
     if a_shape == b_shape {
-        return a.iter().zip(b).map(|(&x, &y)| f(x, y)).collect();
+        return crate::pool::collect(numel, a.iter().zip(b).map(|(&x, &y)| f(x, y)));
     }
-    let mut out = Vec::with_capacity(numel);
+    let mut out = crate::pool::take(numel);
     if out_shape.is_empty() {
         out.push(f(a[0], b[0]));
         return out;

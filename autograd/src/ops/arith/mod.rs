@@ -138,7 +138,10 @@ impl Tape {
     /// # Reference torch.add(x, c)
     /// ```
     pub fn add_scalar(&mut self, x: &Var, c: f32) -> Var {
-        let out = Tensor::from_vec(x.shape(), x.value().data().iter().map(|v| v + c).collect());
+        let out = Tensor::from_vec(
+            x.shape(),
+            crate::pool::collect(x.value().numel(), x.value().data().iter().map(|v| v + c)),
+        );
         self.record(AddScalarOp, &[x], out)
     }
 
@@ -151,7 +154,10 @@ impl Tape {
     /// # Reference torch.mul(x, c)
     /// ```
     pub fn mul_scalar(&mut self, x: &Var, c: f32) -> Var {
-        let out = Tensor::from_vec(x.shape(), x.value().data().iter().map(|v| v * c).collect());
+        let out = Tensor::from_vec(
+            x.shape(),
+            crate::pool::collect(x.value().numel(), x.value().data().iter().map(|v| v * c)),
+        );
         self.record(MulScalarOp { c }, &[x], out)
     }
 }
@@ -180,7 +186,7 @@ impl Op for SubOp {
     fn backward(&self, dout: &Tensor, wants: &[bool]) -> Vec<Option<Tensor>> {
         let da = wants[0].then(|| pass_through(dout, &self.a_shape));
         let db = wants[1].then(|| {
-            let neg = dout.data().iter().map(|g| -g).collect();
+            let neg = crate::pool::collect(dout.numel(), dout.data().iter().map(|g| -g));
             reduce_to(neg, dout.shape(), &self.b_shape)
         });
         vec![da, db]
@@ -222,7 +228,8 @@ impl Op for DivOp {
         let da = wants[0].then(|| reduce_to(times(dout, &self.b, |g, b| g / b), dout.shape(), &self.a_shape));
         let db = wants[1].then(|| {
             // −dout ⊙ out / b, with out already of dout's shape.
-            let g_out: Vec<f32> = dout.data().iter().zip(self.out.data()).map(|(g, o)| -g * o).collect();
+            let g_out =
+                crate::pool::collect(dout.numel(), dout.data().iter().zip(self.out.data()).map(|(g, o)| -g * o));
             let g_out = Tensor::from_vec(dout.shape(), g_out);
             reduce_to(times(&g_out, &self.b, |g, b| g / b), dout.shape(), self.b.shape())
         });
@@ -248,7 +255,7 @@ impl Op for MulScalarOp {
         "mul_scalar"
     }
     fn backward(&self, dout: &Tensor, _wants: &[bool]) -> Vec<Option<Tensor>> {
-        let dx = dout.data().iter().map(|g| g * self.c).collect();
+        let dx = crate::pool::collect(dout.numel(), dout.data().iter().map(|g| g * self.c));
         vec![Some(Tensor::from_vec(dout.shape(), dx))]
     }
 }

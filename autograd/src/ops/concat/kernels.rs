@@ -6,7 +6,7 @@
 pub fn concat_forward(parts: &[&[f32]], sizes: &[usize], out_shape: &[usize], axis: usize) -> Vec<f32> {
     let outer: usize = out_shape[..axis].iter().product();
     let inner: usize = out_shape[axis + 1..].iter().product();
-    let mut out = Vec::with_capacity(out_shape.iter().product());
+    let mut out = crate::pool::take(out_shape.iter().product());
     for o in 0..outer {
         for (part, &size) in parts.iter().zip(sizes) {
             let block = size * inner;
@@ -21,7 +21,7 @@ pub fn narrow_copy(x: &[f32], x_shape: &[usize], axis: usize, start: usize, len:
     let outer: usize = x_shape[..axis].iter().product();
     let inner: usize = x_shape[axis + 1..].iter().product();
     let row = x_shape[axis] * inner;
-    let mut out = Vec::with_capacity(outer * len * inner);
+    let mut out = crate::pool::take(outer * len * inner);
     for o in 0..outer {
         let from = o * row + start * inner;
         out.extend_from_slice(&x[from..from + len * inner]);

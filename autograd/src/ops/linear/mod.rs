@@ -31,7 +31,7 @@ impl Tape {
             }
         }
         let rows = x.value().numel() / n_in;
-        let mut y = vec![0.0; rows * n_out];
+        let mut y = crate::pool::take_filled(rows * n_out, 0.0);
         if let Some(b) = bias {
             for row in y.chunks_mut(n_out) {
                 row.copy_from_slice(b.value().data());
@@ -63,13 +63,13 @@ impl Op for LinearOp {
         let (n_out, n_in) = (self.weight.shape()[0], self.weight.shape()[1]);
         let rows = self.x.numel() / n_in;
         let dx = wants[0].then(|| {
-            let mut dx = vec![0.0; rows * n_in];
+            let mut dx = crate::pool::take_filled(rows * n_in, 0.0);
             gemm(rows, n_out, n_in, dy.data(), (n_out, 1), self.weight.data(), (n_in, 1), &mut dx, 0.0);
             Tensor::from_vec(self.x.shape(), dx)
         });
         let dweight = wants[1].then(|| {
             // dyᵀ: dy [M, out] read as [out, M] by strides (1, out).
-            let mut dw = vec![0.0; n_out * n_in];
+            let mut dw = crate::pool::take_filled(n_out * n_in, 0.0);
             gemm(n_out, rows, n_in, dy.data(), (1, n_out), self.x.data(), (n_in, 1), &mut dw, 0.0);
             Tensor::from_vec(self.weight.shape(), dw)
         });

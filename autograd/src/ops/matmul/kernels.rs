@@ -161,7 +161,7 @@ pub fn bmm(
     b_t: bool,
 ) -> Vec<f32> {
     let count: usize = batch.iter().product();
-    let mut out = vec![0.0; count * m * n];
+    let mut out = crate::pool::take_filled(count * m * n, 0.0);
     let strides_a = if a_t { (1, m) } else { (k, 1) };
     let strides_b = if b_t { (1, k) } else { (n, 1) };
     // b shared by the whole batch and a in plain layout: fold the batch into the rows, one big gemm.

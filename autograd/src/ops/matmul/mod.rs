@@ -66,7 +66,7 @@ impl Op for MatmulOp {
                 // with the batch folded into the inner dimension.
                 let rows: usize = batch.iter().product::<usize>() * m;
                 let a_full = expand_batch(&self.a, batch, m * k);
-                let mut db = vec![0.0; k * n];
+                let mut db = crate::pool::take_filled(k * n, 0.0);
                 gemm(k, rows, n, &a_full, (1, k), dout.data(), (n, 1), &mut db, 0.0);
                 Tensor::from_vec(sb, db)
             } else {

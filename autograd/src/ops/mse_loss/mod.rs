@@ -21,7 +21,8 @@ impl Tape {
         if pred.shape() != target.shape() {
             panic!("mse_loss: pred {:?} and target {:?} must have the same shape", pred.shape(), target.shape());
         }
-        let diff: Vec<f32> = pred.value().data().iter().zip(target.value().data()).map(|(p, t)| p - t).collect();
+        let diff = pred.value().data().iter().zip(target.value().data()).map(|(p, t)| p - t);
+        let diff = crate::pool::collect(pred.value().numel(), diff);
         let n = diff.len() as f64;
         let loss = (diff.iter().map(|&d| d as f64 * d as f64).sum::<f64>() / n) as f32;
         let op = MseLossOp { diff: Tensor::from_vec(pred.shape(), diff) };
@@ -39,7 +40,7 @@ impl Op for MseLossOp {
     fn backward(&self, dloss: &Tensor, wants: &[bool]) -> Vec<Option<Tensor>> {
         let scale = 2.0 * dloss.item() / self.diff.numel() as f32;
         let grad = |sign: f32| {
-            let g = self.diff.data().iter().map(|d| sign * scale * d).collect();
+            let g = crate::pool::collect(self.diff.numel(), self.diff.data().iter().map(|d| sign * scale * d));
             Tensor::from_vec(self.diff.shape(), g)
         };
         vec![wants[0].then(|| grad(1.0)), wants[1].then(|| grad(-1.0))]

@@ -43,7 +43,7 @@ impl Op for NarrowOp {
         let inner: usize = self.x_shape[self.axis + 1..].iter().product();
         let row = self.x_shape[self.axis] * inner;
         let block = dout.shape()[self.axis] * inner;
-        let mut dx = vec![0.0; outer * row];
+        let mut dx = crate::pool::take_filled(outer * row, 0.0);
         for o in 0..outer {
             let at = o * row + self.start * inner;
             dx[at..at + block].copy_from_slice(&dout.data()[o * block..(o + 1) * block]);

@@ -22,9 +22,9 @@ pub fn permute_forward_naive(x: &[f32], x_shape: &[usize], dims: &[usize]) -> (V
 /// and the inner loop is a strided gather (a plain copy when the last axis stays last).
 pub fn permute_forward(x: &[f32], x_shape: &[usize], dims: &[usize]) -> (Vec<f32>, Vec<usize>) {
     let (shape, strides) = permuted(x_shape, dims);
-    let mut out = Vec::with_capacity(x.len());
+    let mut out = crate::pool::take(x.len());
     if shape.is_empty() {
-        return (x.to_vec(), shape);
+        return (crate::pool::collect(x.len(), x.iter().copied()), shape);
     }
     let inner = shape[shape.len() - 1];
     let step = strides[strides.len() - 1];

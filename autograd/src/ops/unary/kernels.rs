@@ -3,12 +3,12 @@
 
 /// y[i] = f(x[i]).
 pub fn unary_forward(x: &[f32], f: impl Fn(f32) -> f32) -> Vec<f32> {
-    x.iter().map(|&v| f(v)).collect()
+    crate::pool::collect(x.len(), x.iter().map(|&v| f(v)))
 }
 
 /// dx[i] = dout[i] · f′(x[i], y[i]); differentiates `y[i] = f(x[i])`.
 pub fn unary_backward(dout: &[f32], x: &[f32], y: &[f32], derivative: impl Fn(f32, f32) -> f32) -> Vec<f32> {
-    dout.iter().zip(x).zip(y).map(|((&g, &x), &y)| g * derivative(x, y)).collect()
+    crate::pool::collect(dout.len(), dout.iter().zip(x).zip(y).map(|((&g, &x), &y)| g * derivative(x, y)))
 }
 
 /// The error function, to about 1e-7 absolute (f32 precision).
