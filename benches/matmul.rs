@@ -16,6 +16,7 @@ const SHAPES: &[(&str, usize, usize, usize, usize)] =
 fn bench_matmul(c: &mut Criterion) {
     let mut group = c.benchmark_group("matmul");
     group.sample_size(10);
+    let one_thread = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
     for &(name, batch, m, k, n) in SHAPES {
         let a = Tensor::randn_seeded(&[batch, m, k], 1);
         let b = Tensor::randn_seeded(&[batch, k, n], 2);
@@ -39,6 +40,7 @@ fn bench_matmul(c: &mut Criterion) {
                 })
             });
         }
+        group.bench_function(BenchmarkId::new("sgemm-1t", name), |bench| bench.iter(|| one_thread.install(fast)));
         group.bench_function(BenchmarkId::new("sgemm", name), |bench| bench.iter(fast));
     }
     group.finish();

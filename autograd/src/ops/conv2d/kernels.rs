@@ -10,7 +10,7 @@
 
 use rayon::prelude::*;
 
-use crate::ops::matmul::{gemm, gemm_serial};
+use crate::ops::matmul::{gemm, gemm_serial, GemmFn};
 
 /// Sizes of one convolution.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -213,9 +213,6 @@ pub fn col2im(col: &[f32], s: &ConvShape, dx_n: &mut [f32]) {
         }
     }
 }
-
-/// The signature of [`gemm`] and [`gemm_serial`].
-type GemmFn = fn(usize, usize, usize, &[f32], (usize, usize), &[f32], (usize, usize), &mut [f32], f32);
 
 /// The matrix product for per-image work: when there are at least as many images as threads, the images
 /// already keep every thread busy and each product runs on its own thread (splitting it further would only

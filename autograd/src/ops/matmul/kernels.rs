@@ -66,6 +66,9 @@ pub fn gemm(
     }
 }
 
+/// The signature of [`gemm`] and [`gemm_serial`].
+pub type GemmFn = fn(usize, usize, usize, &[f32], (usize, usize), &[f32], (usize, usize), &mut [f32], f32);
+
 /// A raw pointer that may cross threads; users guarantee their writes are disjoint.
 #[derive(Clone, Copy)]
 struct SendPtr(*mut f32);
@@ -171,7 +174,11 @@ pub fn bmm(
     }
     let sa = broadcast_strides(a_batch, batch);
     let sb = broadcast_strides(b_batch, batch);
-    for (beta, c) in out.chunks_mut(m * n).enumerate() {
+    // With at least as many batch entries as threads, one task per entry, each product on its own thread;
+    // with fewer, the entries run in turn and each product is split instead.
+    let (product, parallel): (GemmFn, bool) =
+        if count >= rayon::current_num_threads() { (gemm_serial, true) } else { (gemm, false) };
+    let entry = |(beta, c): (usize, &mut [f32])| {
         // Offsets of this batch entry's a and b matrices, in units of whole matrices.
         let (mut ia, mut ib, mut rest) = (0, 0, beta);
         for d in (0..batch.len()).rev() {
@@ -182,7 +189,13 @@ pub fn bmm(
         }
         let a_mat = &a[ia * m * k..(ia + 1) * m * k];
         let b_mat = &b[ib * k * n..(ib + 1) * k * n];
-        gemm(m, k, n, a_mat, strides_a, b_mat, strides_b, c, 0.0);
+        product(m, k, n, a_mat, strides_a, b_mat, strides_b, c, 0.0);
+    };
+    if parallel {
+        use rayon::prelude::*;
+        out.par_chunks_mut(m * n).enumerate().for_each(entry);
+    } else {
+        out.chunks_mut(m * n).enumerate().for_each(entry);
     }
     out
 }
