@@ -10,7 +10,8 @@
 
 use rayon::prelude::*;
 
-use crate::ops::matmul::{gemm, gemm_serial, GemmFn};
+use crate::cpu;
+use crate::ops::matmul::{gemm, gemm_serial, gemm_serial_strided, GemmFn};
 
 /// Sizes of one convolution.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -75,6 +76,14 @@ impl ConvShape {
     /// A 1×1, stride 1, unpadded convolution: `col` is the image itself, no copy needed.
     fn is_pointwise(&self) -> bool {
         self.kh == 1 && self.kw == 1 && self.stride == 1 && self.padding == 0
+    }
+
+    /// For stride 1: the output columns lo..hi whose input column ox + kx − padding lies inside the image.
+    #[inline(always)]
+    fn valid_columns(&self, kx: usize) -> (usize, usize) {
+        let lo = self.padding.saturating_sub(kx).min(self.ow);
+        let hi = (self.w + self.padding).saturating_sub(kx).clamp(lo, self.ow);
+        (lo, hi)
     }
 
     /// Input row (or column) read by output position `o` at kernel offset `k`, if inside the image.
@@ -151,16 +160,24 @@ pub fn conv2d_backward_naive(x: &[f32], weight: &[f32], dy: &[f32], s: &ConvShap
 // Fast kernels: im2col + gemm, rayon over images.
 // ---------------------------------------------------------------------------------------------------------
 
-/// col [ckk, ohw]: row (ci, ky, kx) holds x_n[ci, oy·s − p + ky, ox·s − p + kx] for every output pixel.
-pub fn im2col(x_n: &[f32], s: &ConvShape, col: &mut [f32]) {
-    let ohw = s.ohw();
+/// Output rows per block of the blocked im2col: about 256 output pixels, so that one block's columns
+/// ([ckk, rows·ow], ≤ 1.2 MB for ckk = 1152) stay in cache between im2col writing them and the matrix
+/// product reading them, instead of a whole image's (up to 4.7 MB) going out to memory and back.
+pub fn block_rows(s: &ConvShape) -> usize {
+    (256 / s.ow.max(1)).clamp(1, s.oh.max(1))
+}
+
+/// col [ckk, (oy1 − oy0)·ow]: row (ci, ky, kx) holds x_n[ci, oy·s − p + ky, ox·s − p + kx] for the output
+/// pixels of rows oy0..oy1.
+pub fn im2col_rows(x_n: &[f32], s: &ConvShape, oy0: usize, oy1: usize, col: &mut [f32]) {
+    let cols = (oy1 - oy0) * s.ow;
     for ci in 0..s.c_in {
         let plane = &x_n[ci * s.h * s.w..(ci + 1) * s.h * s.w]; // [h, w]
         for ky in 0..s.kh {
             for kx in 0..s.kw {
-                let row = &mut col[((ci * s.kh + ky) * s.kw + kx) * ohw..][..ohw]; // [oh, ow]
-                for oy in 0..s.oh {
-                    let out = &mut row[oy * s.ow..(oy + 1) * s.ow];
+                let row = &mut col[((ci * s.kh + ky) * s.kw + kx) * cols..][..cols]; // [rows, ow]
+                for oy in oy0..oy1 {
+                    let out = &mut row[(oy - oy0) * s.ow..(oy - oy0 + 1) * s.ow];
                     let Some(iy) = s.input_index(oy, ky, s.h) else {
                         out.fill(0.0);
                         continue;
@@ -168,8 +185,7 @@ pub fn im2col(x_n: &[f32], s: &ConvShape, col: &mut [f32]) {
                     let src = &plane[iy * s.w..(iy + 1) * s.w];
                     if s.stride == 1 {
                         // ix = ox + kx − p: one contiguous run, zero at the padded ends.
-                        let lo = s.padding.saturating_sub(kx).min(s.ow); // first ox with ix ≥ 0
-                        let hi = (s.w + s.padding).saturating_sub(kx).clamp(lo, s.ow); // first ox with ix ≥ w
+                        let (lo, hi) = s.valid_columns(kx);
                         out[..lo].fill(0.0);
                         out[lo..hi].copy_from_slice(&src[lo + kx - s.padding..hi + kx - s.padding]);
                         out[hi..].fill(0.0);
@@ -184,21 +200,26 @@ pub fn im2col(x_n: &[f32], s: &ConvShape, col: &mut [f32]) {
     }
 }
 
-/// The adjoint of [`im2col`]: adds every entry of col [ckk, ohw] back into the pixel of dx_n it was copied from.
-pub fn col2im(col: &[f32], s: &ConvShape, dx_n: &mut [f32]) {
-    let ohw = s.ohw();
+/// col [ckk, ohw] for the whole image.
+pub fn im2col(x_n: &[f32], s: &ConvShape, col: &mut [f32]) {
+    im2col_rows(x_n, s, 0, s.oh, col)
+}
+
+/// The adjoint of [`im2col_rows`]: adds every entry of col [ckk, (oy1 − oy0)·ow] back into the pixel of dx_n
+/// it was copied from.
+pub fn col2im_rows(col: &[f32], s: &ConvShape, oy0: usize, oy1: usize, dx_n: &mut [f32]) {
+    let cols = (oy1 - oy0) * s.ow;
     for ci in 0..s.c_in {
         let plane = &mut dx_n[ci * s.h * s.w..(ci + 1) * s.h * s.w];
         for ky in 0..s.kh {
             for kx in 0..s.kw {
-                let row = &col[((ci * s.kh + ky) * s.kw + kx) * ohw..][..ohw];
-                for oy in 0..s.oh {
+                let row = &col[((ci * s.kh + ky) * s.kw + kx) * cols..][..cols];
+                for oy in oy0..oy1 {
                     let Some(iy) = s.input_index(oy, ky, s.h) else { continue };
-                    let src = &row[oy * s.ow..(oy + 1) * s.ow];
+                    let src = &row[(oy - oy0) * s.ow..(oy - oy0 + 1) * s.ow];
                     let dst = &mut plane[iy * s.w..(iy + 1) * s.w];
                     if s.stride == 1 {
-                        let lo = s.padding.saturating_sub(kx).min(s.ow);
-                        let hi = (s.w + s.padding).saturating_sub(kx).clamp(lo, s.ow);
+                        let (lo, hi) = s.valid_columns(kx);
                         let d = &mut dst[lo + kx - s.padding..hi + kx - s.padding];
                         d.iter_mut().zip(&src[lo..hi]).for_each(|(d, v)| *d += v);
                     } else {
@@ -214,6 +235,11 @@ pub fn col2im(col: &[f32], s: &ConvShape, dx_n: &mut [f32]) {
     }
 }
 
+/// The adjoint of [`im2col`].
+pub fn col2im(col: &[f32], s: &ConvShape, dx_n: &mut [f32]) {
+    col2im_rows(col, s, 0, s.oh, dx_n)
+}
+
 /// The matrix product for per-image work: when there are at least as many images as threads, the images
 /// already keep every thread busy and each product runs on its own thread (splitting it further would only
 /// pack the same panels twice); with fewer images (sampling one picture) the product itself is split.
@@ -225,23 +251,46 @@ fn gemm_for(images: usize) -> GemmFn {
     }
 }
 
-/// Must equal [`conv2d_forward_naive`] up to rounding. Per image (one rayon task each):
-/// y_n [c_out, ohw] = bias ⊗ 1 + weight [c_out, ckk] · im2col(x_n) [ckk, ohw].
+/// Must equal [`conv2d_forward_naive`] up to rounding. Two paths:
+/// - at least as many images as threads: per image (one task each), blocks of output rows:
+///   y_n[:, block] = bias ⊗ 1 + weight [c_out, ckk] · im2col_rows(x_n, block) [ckk, block];
+/// - fewer images: the whole image's im2col, and the product split across threads.
+///
+/// A first layer with 1 or 3 input channels takes the same path: its im2col matrix is small ([9 or 27,
+/// pixels]) and the product's short inner dimension is what bounds it. (Direct loops over the 27 taps, tried
+/// as a special path, ran 4× slower than this on the benchmark shape.)
 pub fn conv2d_forward(x: &[f32], weight: &[f32], bias: Option<&[f32]>, s: &ConvShape) -> Vec<f32> {
     let (ckk, ohw, image) = (s.ckk(), s.ohw(), s.c_in * s.h * s.w);
     let mut y = crate::pool::take_dirty(s.n * s.c_out * ohw);
+    let blocked = s.n >= rayon::current_num_threads() && !s.is_pointwise();
     let gemm = gemm_for(s.n);
+    let beta = if bias.is_some() { 1.0 } else { 0.0 };
     y.par_chunks_mut(s.c_out * ohw).enumerate().for_each(|(n, y_n)| {
-        if let Some(b) = bias {
-            for (row, &bv) in y_n.chunks_mut(ohw).zip(b) {
-                row.fill(bv);
-            }
-        }
-        let beta = if bias.is_some() { 1.0 } else { 0.0 };
         let x_n = &x[n * image..(n + 1) * image];
+        let fill_bias = |y_n: &mut [f32], oy0: usize, oy1: usize| {
+            if let Some(b) = bias {
+                for (row, &bv) in y_n.chunks_mut(ohw).zip(b) {
+                    row[oy0 * s.ow..oy1 * s.ow].fill(bv);
+                }
+            }
+        };
         if s.is_pointwise() {
+            fill_bias(y_n, 0, s.oh);
             gemm(s.c_out, ckk, ohw, weight, (ckk, 1), x_n, (ohw, 1), y_n, beta);
+        } else if blocked {
+            let rows = block_rows(s);
+            let mut col = crate::pool::take_dirty(ckk * rows * s.ow);
+            for oy0 in (0..s.oh).step_by(rows) {
+                let oy1 = (oy0 + rows).min(s.oh);
+                let cols = (oy1 - oy0) * s.ow;
+                im2col_rows(x_n, s, oy0, oy1, &mut col[..ckk * cols]);
+                fill_bias(y_n, oy0, oy1);
+                let (a, b) = ((ckk, 1), (cols, 1));
+                gemm_serial_strided(s.c_out, ckk, cols, weight, a, &col, b, &mut y_n[oy0 * s.ow..], ohw, beta);
+            }
+            crate::pool::give(col);
         } else {
+            fill_bias(y_n, 0, s.oh);
             let mut col = crate::pool::take_dirty(ckk * ohw);
             im2col(x_n, s, &mut col);
             gemm(s.c_out, ckk, ohw, weight, (ckk, 1), &col, (ohw, 1), y_n, beta);
@@ -252,9 +301,10 @@ pub fn conv2d_forward(x: &[f32], weight: &[f32], bias: Option<&[f32]>, s: &ConvS
 }
 
 /// Must equal [`conv2d_backward_naive`] up to rounding. Returns (dx if `want_dx`, dweight if `want_dweight`,
-/// dbias). Per image, in parallel: col = im2col(x_n); dweight_n = dy_n · colᵀ; dcol = weightᵀ · dy_n and
-/// col2im(dcol) → dx_n. The per-image dweight_n are then summed in image order, so the result does not
-/// depend on the number of threads.
+/// dbias). Per image, in parallel, over the same blocks of output rows as the forward:
+/// col = im2col_rows(x_n); dweight_n += dy_n[:, block] · colᵀ; dcol = weightᵀ · dy_n[:, block] and
+/// col2im_rows(dcol) → dx_n. The per-image dweight_n are then summed in image order. Blocks and their order
+/// do not depend on the number of threads, so neither does the result.
 pub fn conv2d_backward(
     x: &[f32],
     weight: &[f32],
@@ -266,38 +316,58 @@ pub fn conv2d_backward(
     let (ckk, ohw, image, wsize) = (s.ckk(), s.ohw(), s.c_in * s.h * s.w, s.c_out * s.ckk());
     let mut dx = want_dx.then(|| crate::pool::take_filled(s.n * image, 0.0));
     let mut partial = crate::pool::take_dirty(if want_dweight { s.n * wsize } else { 0 });
-    let gemm = gemm_for(s.n);
     let dx_chunks: Vec<Option<&mut [f32]>> = match dx.as_mut() {
         Some(dx) => dx.chunks_mut(image).map(Some).collect(),
         None => (0..s.n).map(|_| None).collect(),
     };
     let mut partial_chunks: Vec<Option<&mut [f32]>> = partial.chunks_mut(wsize.max(1)).map(Some).collect();
     partial_chunks.resize_with(s.n, || None);
-    dx_chunks.into_par_iter().zip(partial_chunks).enumerate().for_each(|(n, (dx_n, dw_n))| {
+    let rows = if s.is_pointwise() { s.oh } else { block_rows(s) };
+    dx_chunks.into_par_iter().zip(partial_chunks).enumerate().for_each(|(n, (mut dx_n, mut dw_n))| {
         let dy_n = &dy[n * s.c_out * ohw..(n + 1) * s.c_out * ohw]; // [c_out, ohw]
         let x_n = &x[n * image..(n + 1) * image];
-        if let Some(dw_n) = dw_n {
-            // dweight_n [c_out, ckk] = dy_n [c_out, ohw] · colᵀ [ohw, ckk]
-            if s.is_pointwise() {
-                gemm(s.c_out, ohw, ckk, dy_n, (ohw, 1), x_n, (1, ohw), dw_n, 0.0);
+        let mut col = crate::pool::take_dirty(if s.is_pointwise() { 0 } else { ckk * rows * s.ow });
+        let mut dcol = crate::pool::take_dirty(if s.is_pointwise() || !want_dx { 0 } else { ckk * rows * s.ow });
+        for oy0 in (0..s.oh).step_by(rows) {
+            let oy1 = (oy0 + rows).min(s.oh);
+            let cols = (oy1 - oy0) * s.ow;
+            let dy_block = &dy_n[oy0 * s.ow..]; // [c_out, cols] with row stride ohw
+                                                // The block's im2col columns [ckk, cols] (a 1×1 unpadded conv reads x_n itself).
+            let col_block: &[f32] = if s.is_pointwise() {
+                &x_n[oy0 * s.ow..]
             } else {
-                let mut col = crate::pool::take_dirty(ckk * ohw);
-                im2col(x_n, s, &mut col);
-                gemm(s.c_out, ohw, ckk, dy_n, (ohw, 1), &col, (1, ohw), dw_n, 0.0);
-                crate::pool::give(col);
+                im2col_rows(x_n, s, oy0, oy1, &mut col[..ckk * cols]);
+                &col[..ckk * cols]
+            };
+            let col_rs = if s.is_pointwise() { ohw } else { cols };
+            if let Some(dw_n) = dw_n.as_deref_mut() {
+                // dweight_n [c_out, ckk] (+)= dy_block [c_out, cols] · colᵀ [cols, ckk]
+                let beta = if oy0 == 0 { 0.0 } else { 1.0 };
+                gemm_serial(s.c_out, cols, ckk, dy_block, (ohw, 1), col_block, (1, col_rs), dw_n, beta);
+            }
+            if let Some(dx_n) = dx_n.as_deref_mut() {
+                // dcol [ckk, cols] = weightᵀ [ckk, c_out] · dy_block [c_out, cols]
+                if s.is_pointwise() {
+                    gemm_serial_strided(
+                        ckk,
+                        s.c_out,
+                        cols,
+                        weight,
+                        (1, ckk),
+                        dy_block,
+                        (ohw, 1),
+                        &mut dx_n[oy0 * s.ow..],
+                        ohw,
+                        0.0,
+                    );
+                } else {
+                    gemm_serial(ckk, s.c_out, cols, weight, (1, ckk), dy_block, (ohw, 1), &mut dcol[..ckk * cols], 0.0);
+                    col2im_rows(&dcol[..ckk * cols], s, oy0, oy1, dx_n);
+                }
             }
         }
-        if let Some(dx_n) = dx_n {
-            // dcol [ckk, ohw] = weightᵀ [ckk, c_out] · dy_n [c_out, ohw]
-            if s.is_pointwise() {
-                gemm(ckk, s.c_out, ohw, weight, (1, ckk), dy_n, (ohw, 1), dx_n, 0.0);
-            } else {
-                let mut dcol = crate::pool::take_dirty(ckk * ohw);
-                gemm(ckk, s.c_out, ohw, weight, (1, ckk), dy_n, (ohw, 1), &mut dcol, 0.0);
-                col2im(&dcol, s, dx_n);
-                crate::pool::give(dcol);
-            }
-        }
+        crate::pool::give(col);
+        crate::pool::give(dcol);
     });
     let dweight = want_dweight.then(|| {
         // Σ over images in order, parallel over disjoint chunks of the weight.
@@ -315,7 +385,7 @@ pub fn conv2d_backward(
     // dbias[co] = Σ_n Σ_pixels dy[n, co, ·]: per (co), images in order.
     let dbias = (0..s.c_out)
         .into_par_iter()
-        .map(|co| (0..s.n).map(|n| dy[(n * s.c_out + co) * ohw..][..ohw].iter().sum::<f32>()).sum())
+        .map(|co| (0..s.n).map(|n| cpu::sum(&dy[(n * s.c_out + co) * ohw..][..ohw])).sum())
         .collect();
     (dx, dweight, dbias)
 }

@@ -6,7 +6,8 @@ mod kernels;
 mod tests;
 
 pub use kernels::{
-    col2im, conv2d_backward, conv2d_backward_naive, conv2d_forward, conv2d_forward_naive, im2col, ConvShape,
+    block_rows, col2im, col2im_rows, conv2d_backward, conv2d_backward_naive, conv2d_forward, conv2d_forward_naive,
+    im2col, im2col_rows, ConvShape,
 };
 
 use crate::tape::{Op, Tape, Var};

@@ -31,6 +31,9 @@ fn odd_shapes() -> Vec<([usize; 4], [usize; 4], usize, usize)> {
         ([2, 3, 7, 7], [13, 3, 5, 5], 1, 2),
         ([2, 13, 1, 1], [3, 13, 3, 3], 1, 1),
         ([1, 2, 13, 7], [3, 2, 3, 3], 2, 0),
+        // Wide rows: several blocks of output rows in the blocked im2col path.
+        ([2, 5, 13, 65], [4, 5, 3, 3], 1, 1),
+        ([3, 1, 13, 65], [2, 1, 3, 3], 1, 1),
     ]
 }
 
@@ -67,10 +70,18 @@ fn fast_equals_naive_on_odd_shapes() {
 
 #[test]
 fn results_are_bit_identical_at_one_and_two_threads() {
-    let s = ConvShape::new(&[5, 8, 9, 9], &[16, 8, 3, 3], 1, 1).unwrap();
-    let x = randn(&[5, 8, 9, 9], 1);
-    let w = randn(&[16, 8, 3, 3], 2);
-    let dy = randn(&[5, 16, 9, 9], 3);
+    // Five images (the per-image paths) and one (fewer images than threads: the product is split instead),
+    // 3×3 and 1×1.
+    for (xs, ws) in [([5, 8, 9, 9], [16, 8, 3, 3]), ([1, 8, 19, 21], [16, 8, 3, 3]), ([1, 40, 9, 9], [70, 40, 1, 1])] {
+        check_threads(&xs, &ws, ws[2] / 2);
+    }
+}
+
+fn check_threads(xs: &[usize; 4], ws: &[usize; 4], padding: usize) {
+    let s = ConvShape::new(xs, ws, 1, padding).unwrap();
+    let x = randn(xs, 1);
+    let w = randn(ws, 2);
+    let dy = randn(&[s.n, s.c_out, s.oh, s.ow], 3);
     let run = |threads: usize| {
         rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap().install(|| {
             let y = conv2d_forward(x.data(), w.data(), None, &s);
@@ -78,7 +89,7 @@ fn results_are_bit_identical_at_one_and_two_threads() {
             (y, dx, dw, db)
         })
     };
-    assert!(run(1) == run(2));
+    assert!(run(1) == run(2), "{xs:?} * {ws:?}");
 }
 
 #[test]

@@ -147,6 +147,28 @@ pub fn gemm_serial(
     unsafe { sgemm_raw(m, k, n, a, (rsa, csa), b, (rsb, csb), c.as_mut_ptr(), n, beta) }
 }
 
+/// [`gemm_serial`] into a block of a larger row-major matrix: row i of c starts at `c[i·rsc]`.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_serial_strided(
+    m: usize,
+    k: usize,
+    n: usize,
+    a: &[f32],
+    strides_a: (usize, usize),
+    b: &[f32],
+    strides_b: (usize, usize),
+    c: &mut [f32],
+    rsc: usize,
+    beta: f32,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(rsc >= n && c.len() >= (m - 1) * rsc + n, "gemm: c too small for [{m}, {n}] with row stride {rsc}");
+    // SAFETY: c is exclusively borrowed and the assert bounds every (i·rsc + j), i < m, j < n.
+    unsafe { sgemm_raw(m, k, n, a, strides_a, b, strides_b, c.as_mut_ptr(), rsc, beta) }
+}
+
 /// Batched product: for every index β of `batch`, out[β] [m, n] = op(a[β]) · op(b[β]), where op(a) is a
 /// stored [m, k] (or [k, m] read transposed when `a_t`), likewise b [k, n] (or [n, k] when `b_t`). `a_batch`
 /// and `b_batch` broadcast to `batch`.

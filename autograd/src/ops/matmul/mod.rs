@@ -5,7 +5,7 @@ mod kernels;
 #[cfg(test)]
 mod tests;
 
-pub use kernels::{bmm, gemm, gemm_serial, matmul_naive, GemmFn};
+pub use kernels::{bmm, gemm, gemm_serial, gemm_serial_strided, matmul_naive, GemmFn};
 
 use crate::shape::{broadcast_shape, sum_to};
 use crate::tape::{Op, Tape, Var};
