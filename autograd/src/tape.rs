@@ -93,6 +93,15 @@ pub struct Tape {
     nodes: Vec<Node>,
     recording: bool,
     bound_params: HashMap<ParamId, NodeId>,
+    profile: Option<Profile>,
+}
+
+/// Time spent per op, forward and backward (see [`Tape::enable_profile`]).
+#[derive(Default, Debug)]
+struct Profile {
+    /// op name → (calls, forward seconds, backward seconds)
+    ops: BTreeMap<&'static str, (usize, f64, f64)>,
+    last: Option<std::time::Instant>,
 }
 
 impl Default for Tape {
@@ -138,7 +147,7 @@ impl Gradients {
 impl Tape {
     /// A tape that records: ops on values that require gradients get nodes.
     pub fn new() -> Tape {
-        Tape { nodes: Vec::new(), recording: true, bound_params: HashMap::new() }
+        Tape { nodes: Vec::new(), recording: true, bound_params: HashMap::new(), profile: None }
     }
 
     /// A tape that records nothing (PyTorch's `torch.no_grad()`): every value is a plain constant.
@@ -163,6 +172,29 @@ impl Tape {
     pub fn clear(&mut self) {
         self.nodes.clear();
         self.bound_params.clear();
+    }
+
+    /// Starts timing every recorded op: forward time is measured from the previous recorded op (so it
+    /// includes any glue code between ops), backward time around each op's `backward`. Accumulates over
+    /// steps until [`Tape::profile_report`].
+    pub fn enable_profile(&mut self) {
+        self.profile = Some(Profile { last: Some(std::time::Instant::now()), ..Profile::default() });
+    }
+
+    /// A table of the profiled time per op, largest total first, and resets the counts.
+    pub fn profile_report(&mut self) -> String {
+        let Some(profile) = self.profile.as_mut() else { return "profiling is off\n".into() };
+        let mut rows: Vec<_> = profile.ops.iter().map(|(name, &(n, f, b))| (name, n, f, b)).collect();
+        rows.sort_by(|x, y| (y.2 + y.3).total_cmp(&(x.2 + x.3)));
+        let total: f64 = rows.iter().map(|r| r.2 + r.3).sum();
+        let mut out =
+            format!("{:<30} {:>7} {:>11} {:>11} {:>6}\n", "op", "calls", "forward ms", "backward ms", "share");
+        for (name, n, f, b) in rows {
+            let share = 100.0 * (f + b) / total.max(1e-12);
+            let _ = writeln!(out, "{name:<30} {n:>7} {:>11.2} {:>11.2} {share:>5.1}%", f * 1e3, b * 1e3);
+        }
+        profile.ops.clear();
+        out
     }
 
     /// A value that requires no gradient; the same as [`Var::constant`].
@@ -213,6 +245,14 @@ impl Tape {
 
     /// Appends an op's node (when [`Tape::needs_grad`]) and wraps its output. Called by every op's forward.
     pub fn record(&mut self, op: impl Op + 'static, inputs: &[&Var], output: Tensor) -> Var {
+        if let Some(profile) = self.profile.as_mut() {
+            let now = std::time::Instant::now();
+            let spent = profile.last.map_or(0.0, |t| (now - t).as_secs_f64());
+            let entry = profile.ops.entry(op.name()).or_default();
+            entry.0 += 1;
+            entry.1 += spent;
+            profile.last = Some(now);
+        }
         if !self.needs_grad(inputs) {
             return Var::constant(output);
         }
@@ -275,7 +315,11 @@ impl Tape {
                 }
                 (None, Some(op)) => {
                     let wants: Vec<bool> = node.inputs.iter().map(Option::is_some).collect();
+                    let started = self.profile.is_some().then(std::time::Instant::now);
                     let dinputs = op.backward(&dout, &wants);
+                    if let (Some(profile), Some(started)) = (self.profile.as_mut(), started) {
+                        profile.ops.entry(op.name()).or_default().2 += started.elapsed().as_secs_f64();
+                    }
                     assert!(
                         dinputs.len() == node.inputs.len(),
                         "{} backward returned {} gradients for {} inputs",
@@ -305,6 +349,9 @@ impl Tape {
             }
         }
         self.bound_params.clear();
+        if let Some(profile) = self.profile.as_mut() {
+            profile.last = Some(std::time::Instant::now());
+        }
         result
     }
 
@@ -411,6 +458,21 @@ mod tests {
         assert!(lines[0].starts_with("%0") && lines[0].contains("param #0") && lines[0].contains("[3]"));
         assert!(lines[1].contains("mul") && lines[1].contains("[2, 3] <- const [2, 3], %0 [3]"), "{graph}");
         assert!(lines[2].contains("sum") && lines[2].contains("[2] <- %1 [2, 3]"), "{graph}");
+    }
+
+    #[test]
+    fn profile_counts_forward_and_backward_per_op() {
+        let mut tape = Tape::new();
+        tape.enable_profile();
+        let x = tape.leaf(Tensor::ones(&[4]));
+        let y = tape.exp(&x);
+        let y = tape.exp(&y);
+        let s = tape.sum_all(&y);
+        tape.backward(&s);
+        let report = tape.profile_report();
+        let exp_row = report.lines().find(|l| l.starts_with("exp")).expect("exp is listed");
+        assert_eq!(exp_row.split_whitespace().nth(1), Some("2"), "{report}");
+        assert!(report.lines().any(|l| l.starts_with("sum")), "{report}");
     }
 
     #[test]

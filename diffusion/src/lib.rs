@@ -17,6 +17,7 @@ pub mod mlp;
 pub mod plot;
 pub mod schedule;
 pub mod toy2d;
+pub mod unet;
 
 pub use autograd;
 pub use error::{Error, Result};

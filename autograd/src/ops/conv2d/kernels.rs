@@ -301,10 +301,9 @@ pub fn conv2d_forward(x: &[f32], weight: &[f32], bias: Option<&[f32]>, s: &ConvS
 }
 
 /// Must equal [`conv2d_backward_naive`] up to rounding. Returns (dx if `want_dx`, dweight if `want_dweight`,
-/// dbias). Per image, in parallel, over the same blocks of output rows as the forward:
-/// col = im2col_rows(x_n); dweight_n += dy_n[:, block] · colᵀ; dcol = weightᵀ · dy_n[:, block] and
-/// col2im_rows(dcol) → dx_n. The per-image dweight_n are then summed in image order. Blocks and their order
-/// do not depend on the number of threads, so neither does the result.
+/// dbias). Per image, in parallel: col = im2col(x_n); dweight_n = dy_n · colᵀ; dcol = weightᵀ · dy_n and
+/// col2im(dcol) → dx_n. The per-image dweight_n are then summed in image order. Nothing here depends on
+/// the number of threads, so neither does the result.
 pub fn conv2d_backward(
     x: &[f32],
     weight: &[f32],
@@ -322,7 +321,10 @@ pub fn conv2d_backward(
     };
     let mut partial_chunks: Vec<Option<&mut [f32]>> = partial.chunks_mut(wsize.max(1)).map(Some).collect();
     partial_chunks.resize_with(s.n, || None);
-    let rows = if s.is_pointwise() { s.oh } else { block_rows(s) };
+    // Whole images, one block: the backward's products have the pixels as their inner dimension (dweight),
+    // and a longer inner dimension ran faster than the forward's cache-sized blocks (measured on the U-Net
+    // training step: 211 vs 230 ms of conv backward per step). The loop below takes any block height.
+    let rows = s.oh;
     dx_chunks.into_par_iter().zip(partial_chunks).enumerate().for_each(|(n, (mut dx_n, mut dw_n))| {
         let dy_n = &dy[n * s.c_out * ohw..(n + 1) * s.c_out * ohw]; // [c_out, ohw]
         let x_n = &x[n * image..(n + 1) * image];

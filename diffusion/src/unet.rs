@@ -1,0 +1,390 @@
+//! The U-Net denoiser (Ronneberger et al. 2015, as adapted for diffusion by Ho et al. 2020, appendix B):
+//! residual blocks conditioned on the timestep, group norm, self-attention at low resolution, skip
+//! connections from each down level to its up level, strided-conv downsampling and nearest upsampling.
+//!
+//! ```text
+//! temb = Linear(SiLU(Linear(sinusoidal(t, time_embedding_dim))))            [B, time_dim]
+//! h = conv_in(x)
+//! down level l: (ResBlock → [SelfAttention]) × blocks, each output kept as a skip; Downsample (not last)
+//! mid: ResBlock → SelfAttention → ResBlock
+//! up level l (deepest first): (ResBlock(cat[h, skip]) → [SelfAttention]) × blocks; Upsample (not level 0)
+//! out = Conv3x3(SiLU(GroupNorm(h)))
+//!
+//! ResBlock(cin → cout):   h = Conv3x3(SiLU(GN(x)));  h += Linear(SiLU(temb)) over H, W;
+//!                         h = Conv3x3(Dropout(SiLU(GN(h))));  out = h + (cin = cout ? x : Conv1x1(x))
+//! SelfAttention(C, heads): qkv = Conv1x1(C → 3C)(GN(x)), channels [3][heads][C/heads];
+//!                         o = softmax(q kᵀ/√d) v per head over the H·W positions;  out = x + Conv1x1(o)
+//! ```
+//! The preset [`UNetConfig::small`] is the common small DDPM U-Net for 28×28 digits (2,268,513 parameters).
+
+use autograd::nn::{Conv2d, GroupNorm, Linear};
+use autograd::{ParamStore, Tape, Var};
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+
+use crate::ddpm::Denoiser;
+use crate::embedding::timestep_embedding;
+
+/// Architecture of a [`UNet`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct UNetConfig {
+    /// Image channels in and out (1 for MNIST, 3 for RGB).
+    pub image_channels: usize,
+    /// Image height and width.
+    pub image_size: usize,
+    /// Channels at the first level.
+    pub base_channels: usize,
+    /// Channels of level l = base_channels · channel_mult[l].
+    pub channel_mult: Vec<usize>,
+    /// Residual blocks per level (each leaves one skip connection).
+    pub blocks_per_level: usize,
+    /// Whether level l has self-attention after each residual block.
+    pub attention: Vec<bool>,
+    pub heads: usize,
+    pub groups: usize,
+    pub dropout: f32,
+    /// Width of the sinusoidal timestep embedding.
+    pub time_embedding_dim: usize,
+    /// Width of the learned time embedding every residual block reads.
+    pub time_dim: usize,
+}
+
+impl UNetConfig {
+    /// The small DDPM U-Net for 1×28×28: levels of 32, 64, 128 channels at 28², 14², 7², one residual block
+    /// per level, attention at 7² and in the middle, 4 heads, GroupNorm(8). 2,268,513 parameters.
+    pub fn small() -> UNetConfig {
+        UNetConfig {
+            image_channels: 1,
+            image_size: 28,
+            base_channels: 32,
+            channel_mult: vec![1, 2, 4],
+            blocks_per_level: 1,
+            attention: vec![false, false, true],
+            heads: 4,
+            groups: 8,
+            dropout: 0.0,
+            time_embedding_dim: 64,
+            time_dim: 256,
+        }
+    }
+
+    /// A tiny U-Net for tests and CI: 8×8 images, 8 and 16 channels, groups of 4, attention at 4².
+    pub fn tiny() -> UNetConfig {
+        UNetConfig {
+            image_channels: 1,
+            image_size: 8,
+            base_channels: 8,
+            channel_mult: vec![1, 2],
+            blocks_per_level: 1,
+            attention: vec![false, true],
+            heads: 2,
+            groups: 4,
+            dropout: 0.0,
+            time_embedding_dim: 16,
+            time_dim: 32,
+        }
+    }
+
+    /// For 3×32×32 RGB (CIFAR-10 size): 64, 128, 128 channels at 32², 16², 8², two blocks per level,
+    /// attention at 16², dropout 0.1 (the proportions of Ho et al.'s CIFAR-10 model, at about a third of
+    /// its width).
+    pub fn rgb32() -> UNetConfig {
+        UNetConfig {
+            image_channels: 3,
+            image_size: 32,
+            base_channels: 64,
+            channel_mult: vec![1, 2, 2],
+            blocks_per_level: 2,
+            attention: vec![false, true, false],
+            heads: 4,
+            groups: 8,
+            dropout: 0.1,
+            time_embedding_dim: 64,
+            time_dim: 256,
+        }
+    }
+
+    /// A preset by name: `small`, `tiny`, `rgb32`.
+    pub fn preset(name: &str) -> Option<UNetConfig> {
+        match name {
+            "small" => Some(UNetConfig::small()),
+            "tiny" => Some(UNetConfig::tiny()),
+            "rgb32" => Some(UNetConfig::rgb32()),
+            _ => None,
+        }
+    }
+
+    fn channels(&self, level: usize) -> usize {
+        self.base_channels * self.channel_mult[level]
+    }
+}
+
+struct ResBlock {
+    norm1: GroupNorm,
+    conv1: Conv2d,
+    time: Linear,
+    norm2: GroupNorm,
+    conv2: Conv2d,
+    skip: Option<Conv2d>,
+    dropout: f32,
+}
+
+impl ResBlock {
+    fn new(ps: &mut ParamStore, name: &str, c_in: usize, c_out: usize, cfg: &UNetConfig, rng: &mut StdRng) -> ResBlock {
+        ResBlock {
+            norm1: GroupNorm::new(ps, &format!("{name}.norm1"), cfg.groups, c_in),
+            conv1: Conv2d::new(ps, &format!("{name}.conv1"), c_in, c_out, 3, 1, 1, rng),
+            time: Linear::new(ps, &format!("{name}.time"), cfg.time_dim, c_out, rng),
+            norm2: GroupNorm::new(ps, &format!("{name}.norm2"), cfg.groups, c_out),
+            conv2: Conv2d::new(ps, &format!("{name}.conv2"), c_out, c_out, 3, 1, 1, rng),
+            skip: (c_in != c_out).then(|| Conv2d::new(ps, &format!("{name}.skip"), c_in, c_out, 1, 1, 0, rng)),
+            dropout: cfg.dropout,
+        }
+    }
+
+    /// `temb_act` = SiLU(temb) [B, time_dim], shared by every block.
+    fn forward(&self, t: &mut Tape, ps: &ParamStore, x: &Var, temb_act: &Var, rng: Option<&mut StdRng>) -> Var {
+        let h = self.norm1.forward(t, ps, x);
+        let h = t.silu(&h);
+        let h = self.conv1.forward(t, ps, &h);
+        let e = self.time.forward(t, ps, temb_act); // [B, C]
+        let (b, c) = (e.shape()[0], e.shape()[1]);
+        let e = t.reshape(&e, &[b, c, 1, 1]);
+        let h = t.add(&h, &e);
+        let h = self.norm2.forward(t, ps, &h);
+        let mut h = t.silu(&h);
+        if let (Some(rng), true) = (rng, self.dropout > 0.0) {
+            h = t.dropout(&h, self.dropout, rng);
+        }
+        let h = self.conv2.forward(t, ps, &h);
+        let skip = match &self.skip {
+            Some(conv) => conv.forward(t, ps, x),
+            None => x.clone(),
+        };
+        t.add(&h, &skip)
+    }
+}
+
+struct SelfAttention {
+    norm: GroupNorm,
+    qkv: Conv2d,
+    proj: Conv2d,
+    heads: usize,
+}
+
+impl SelfAttention {
+    fn new(ps: &mut ParamStore, name: &str, c: usize, cfg: &UNetConfig, rng: &mut StdRng) -> SelfAttention {
+        SelfAttention {
+            norm: GroupNorm::new(ps, &format!("{name}.norm"), cfg.groups, c),
+            qkv: Conv2d::new(ps, &format!("{name}.qkv"), c, 3 * c, 1, 1, 0, rng),
+            proj: Conv2d::new(ps, &format!("{name}.proj"), c, c, 1, 1, 0, rng),
+            heads: cfg.heads,
+        }
+    }
+
+    fn forward(&self, t: &mut Tape, ps: &ParamStore, x: &Var) -> Var {
+        let (b, c, h, w) = (x.shape()[0], x.shape()[1], x.shape()[2], x.shape()[3]);
+        let (heads, d, hw) = (self.heads, c / self.heads, h * w);
+        let n = self.norm.forward(t, ps, x);
+        let qkv = self.qkv.forward(t, ps, &n); // [B, 3C, H, W], channels [3][heads][d]
+        let qkv = t.reshape(&qkv, &[b, 3, heads, d, hw]);
+        // q, k, v [B, heads, HW, d]
+        let mut parts = (0..3).map(|i| {
+            let p = t.narrow(&qkv, 1, i, 1);
+            let p = t.reshape(&p, &[b, heads, d, hw]);
+            t.transpose(&p, 2, 3)
+        });
+        let (q, k, v) = (parts.next().unwrap(), parts.next().unwrap(), parts.next().unwrap());
+        let o = t.scaled_dot_product_attention(&q, &k, &v); // [B, heads, HW, d]
+        let o = t.transpose(&o, 2, 3);
+        let o = t.reshape(&o, &[b, c, h, w]);
+        let o = self.proj.forward(t, ps, &o);
+        t.add(x, &o)
+    }
+}
+
+/// One level's blocks: a residual block and, where configured, self-attention after it.
+struct Stage {
+    res: ResBlock,
+    attn: Option<SelfAttention>,
+}
+
+impl Stage {
+    fn forward(&self, t: &mut Tape, ps: &ParamStore, x: &Var, temb: &Var, rng: Option<&mut StdRng>) -> Var {
+        let h = self.res.forward(t, ps, x, temb, rng);
+        match &self.attn {
+            Some(attn) => attn.forward(t, ps, &h),
+            None => h,
+        }
+    }
+}
+
+/// The U-Net: parameter handles plus the config; its parameters live in a [`ParamStore`].
+pub struct UNet {
+    pub config: UNetConfig,
+    time1: Linear,
+    time2: Linear,
+    conv_in: Conv2d,
+    down: Vec<(Vec<Stage>, Option<Conv2d>)>,
+    mid: (ResBlock, SelfAttention, ResBlock),
+    up: Vec<(Vec<Stage>, Option<Conv2d>)>,
+    out_norm: GroupNorm,
+    out_conv: Conv2d,
+}
+
+impl UNet {
+    /// Builds the network, adding its parameters (initialized as PyTorch would, from `seed`) to `params`.
+    pub fn new(config: UNetConfig, params: &mut ParamStore, seed: u64) -> UNet {
+        let rng = &mut StdRng::seed_from_u64(seed);
+        let cfg = &config;
+        let levels = cfg.channel_mult.len();
+        assert!(cfg.attention.len() == levels, "UNetConfig: attention needs one entry per level");
+        let td = cfg.time_dim;
+        let time1 = Linear::new(params, "time.linear1", cfg.time_embedding_dim, td, rng);
+        let time2 = Linear::new(params, "time.linear2", td, td, rng);
+        let conv_in = Conv2d::new(params, "conv_in", cfg.image_channels, cfg.base_channels, 3, 1, 1, rng);
+        let stage =
+            |ps: &mut ParamStore, name: String, c_in: usize, c_out: usize, attn: bool, rng: &mut StdRng| Stage {
+                res: ResBlock::new(ps, &format!("{name}.res"), c_in, c_out, cfg, rng),
+                attn: attn.then(|| SelfAttention::new(ps, &format!("{name}.attn"), c_out, cfg, rng)),
+            };
+
+        let mut down = Vec::new();
+        let mut skip_channels = Vec::new();
+        let mut ch = cfg.base_channels;
+        for l in 0..levels {
+            let c = cfg.channels(l);
+            let stages = (0..cfg.blocks_per_level)
+                .map(|b| {
+                    let s = stage(params, format!("down{l}.{b}"), ch, c, cfg.attention[l], rng);
+                    ch = c;
+                    skip_channels.push(c);
+                    s
+                })
+                .collect();
+            let downsample =
+                (l + 1 < levels).then(|| Conv2d::new(params, &format!("down{l}.downsample"), c, c, 3, 2, 1, rng));
+            down.push((stages, downsample));
+        }
+        let mid = (
+            ResBlock::new(params, "mid.res1", ch, ch, cfg, rng),
+            SelfAttention::new(params, "mid.attn", ch, cfg, rng),
+            ResBlock::new(params, "mid.res2", ch, ch, cfg, rng),
+        );
+        let mut up = Vec::new();
+        for l in (0..levels).rev() {
+            let c = cfg.channels(l);
+            let stages = (0..cfg.blocks_per_level)
+                .map(|b| {
+                    let skip = skip_channels.pop().expect("one skip per down block");
+                    let s = stage(params, format!("up{l}.{b}"), ch + skip, c, cfg.attention[l], rng);
+                    ch = c;
+                    s
+                })
+                .collect();
+            let upsample = (l > 0).then(|| Conv2d::new(params, &format!("up{l}.upsample"), c, c, 3, 1, 1, rng));
+            up.push((stages, upsample));
+        }
+        let out_norm = GroupNorm::new(params, "out.norm", cfg.groups, ch);
+        let out_conv = Conv2d::new(params, "out.conv", ch, cfg.image_channels, 3, 1, 1, rng);
+        UNet { config, time1, time2, conv_in, down, mid, up, out_norm, out_conv }
+    }
+
+    /// The network's output for x_t [B, C, H, W] at timesteps t; `rng` enables dropout (training).
+    pub fn forward(
+        &self,
+        t: &mut Tape,
+        ps: &ParamStore,
+        x: &Var,
+        timesteps: &[f32],
+        mut rng: Option<&mut StdRng>,
+    ) -> Var {
+        let cfg = &self.config;
+        let emb = t.constant(timestep_embedding(timesteps, cfg.time_embedding_dim, 10000.0));
+        let temb = self.time1.forward(t, ps, &emb);
+        let temb = t.silu(&temb);
+        let temb = self.time2.forward(t, ps, &temb);
+        let temb = t.silu(&temb); // every ResBlock applies SiLU to temb first; do it once here
+
+        let mut h = self.conv_in.forward(t, ps, x);
+        let mut skips = Vec::new();
+        for (stages, downsample) in &self.down {
+            for stage in stages {
+                h = stage.forward(t, ps, &h, &temb, rng.as_deref_mut());
+                skips.push(h.clone());
+            }
+            if let Some(conv) = downsample {
+                h = conv.forward(t, ps, &h);
+            }
+        }
+        h = self.mid.0.forward(t, ps, &h, &temb, rng.as_deref_mut());
+        h = self.mid.1.forward(t, ps, &h);
+        h = self.mid.2.forward(t, ps, &h, &temb, rng.as_deref_mut());
+        for (stages, upsample) in &self.up {
+            for stage in stages {
+                let skip = skips.pop().expect("one skip per up block");
+                let cat = t.concat(&[&h, &skip], 1);
+                h = stage.forward(t, ps, &cat, &temb, rng.as_deref_mut());
+            }
+            if let Some(conv) = upsample {
+                let u = t.upsample_nearest2d(&h, 2);
+                h = conv.forward(t, ps, &u);
+            }
+        }
+        let h = self.out_norm.forward(t, ps, &h);
+        let h = t.silu(&h);
+        self.out_conv.forward(t, ps, &h)
+    }
+}
+
+impl Denoiser for UNet {
+    fn predict_eps(&self, tape: &mut Tape, params: &ParamStore, x_t: &Var, t: &[usize]) -> Var {
+        let ts: Vec<f32> = t.iter().map(|&v| v as f32).collect();
+        self.forward(tape, params, x_t, &ts, None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use autograd::Tensor;
+
+    #[test]
+    fn small_preset_has_the_reference_parameter_count() {
+        let mut params = ParamStore::new();
+        let _ = UNet::new(UNetConfig::small(), &mut params, 0);
+        assert_eq!(params.num_elements(), 2_268_513);
+    }
+
+    #[test]
+    fn parameter_names_are_readable_and_stable() {
+        let mut params = ParamStore::new();
+        let _ = UNet::new(UNetConfig::small(), &mut params, 0);
+        for name in [
+            "conv_in.weight",
+            "down1.0.res.conv1.weight",
+            "down2.0.attn.qkv.weight",
+            "mid.attn.proj.bias",
+            "up2.0.res.skip.weight",
+            "up1.upsample.weight",
+            "out.conv.bias",
+        ] {
+            assert!(params.find(name).is_some(), "{name}");
+        }
+    }
+
+    #[test]
+    fn tiny_forward_keeps_the_image_shape_and_every_parameter_gets_a_gradient() {
+        let mut params = ParamStore::new();
+        let net = UNet::new(UNetConfig::tiny(), &mut params, 0);
+        let mut tape = Tape::new();
+        let x = tape.constant(Tensor::randn_seeded(&[2, 1, 8, 8], 1));
+        let y = net.forward(&mut tape, &params, &x, &[3.0, 500.0], None);
+        assert_eq!(y.shape(), &[2, 1, 8, 8]);
+        let loss = tape.mean_all(&y);
+        let grads = tape.backward(&loss);
+        for (id, name, _) in params.iter() {
+            assert!(grads.param(id).is_some(), "{name} has no gradient");
+        }
+    }
+}
