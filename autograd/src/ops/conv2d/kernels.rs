@@ -78,11 +78,15 @@ impl ConvShape {
         self.kh == 1 && self.kw == 1 && self.stride == 1 && self.padding == 0
     }
 
-    /// For stride 1: the output columns lo..hi whose input column ox + kx − padding lies inside the image.
+    /// The output columns lo..hi whose input column ox·stride + kx − padding lies inside the image.
     #[inline(always)]
     fn valid_columns(&self, kx: usize) -> (usize, usize) {
-        let lo = self.padding.saturating_sub(kx).min(self.ow);
-        let hi = (self.w + self.padding).saturating_sub(kx).clamp(lo, self.ow);
+        let lo = self.padding.saturating_sub(kx).div_ceil(self.stride).min(self.ow);
+        // last valid ox: ox·stride ≤ w − 1 + padding − kx
+        let hi = match (self.w - 1 + self.padding).checked_sub(kx) {
+            Some(span) => (span / self.stride + 1).clamp(lo, self.ow),
+            None => lo,
+        };
         (lo, hi)
     }
 
@@ -168,14 +172,15 @@ pub fn block_rows(s: &ConvShape) -> usize {
 }
 
 /// col [ckk, (oy1 − oy0)·ow]: row (ci, ky, kx) holds x_n[ci, oy·s − p + ky, ox·s − p + kx] for the output
-/// pixels of rows oy0..oy1.
-pub fn im2col_rows(x_n: &[f32], s: &ConvShape, oy0: usize, oy1: usize, col: &mut [f32]) {
+/// pixels of rows oy0..oy1. Row r of col starts at `col[r·ld]` (ld ≥ the row's length: several images'
+/// columns can sit side by side in one matrix).
+pub fn im2col_rows(x_n: &[f32], s: &ConvShape, oy0: usize, oy1: usize, col: &mut [f32], ld: usize) {
     let cols = (oy1 - oy0) * s.ow;
     for ci in 0..s.c_in {
         let plane = &x_n[ci * s.h * s.w..(ci + 1) * s.h * s.w]; // [h, w]
         for ky in 0..s.kh {
             for kx in 0..s.kw {
-                let row = &mut col[((ci * s.kh + ky) * s.kw + kx) * cols..][..cols]; // [rows, ow]
+                let row = &mut col[((ci * s.kh + ky) * s.kw + kx) * ld..][..cols]; // [rows, ow]
                 for oy in oy0..oy1 {
                     let out = &mut row[(oy - oy0) * s.ow..(oy - oy0 + 1) * s.ow];
                     let Some(iy) = s.input_index(oy, ky, s.h) else {
@@ -183,16 +188,16 @@ pub fn im2col_rows(x_n: &[f32], s: &ConvShape, oy0: usize, oy1: usize, col: &mut
                         continue;
                     };
                     let src = &plane[iy * s.w..(iy + 1) * s.w];
+                    // ix = ox·stride + kx − p: inside the image for ox in lo..hi, zero padding around it.
+                    let (lo, hi) = s.valid_columns(kx);
+                    out[..lo].fill(0.0);
+                    out[hi..].fill(0.0);
+                    let first = lo * s.stride + kx - s.padding;
                     if s.stride == 1 {
-                        // ix = ox + kx − p: one contiguous run, zero at the padded ends.
-                        let (lo, hi) = s.valid_columns(kx);
-                        out[..lo].fill(0.0);
-                        out[lo..hi].copy_from_slice(&src[lo + kx - s.padding..hi + kx - s.padding]);
-                        out[hi..].fill(0.0);
+                        out[lo..hi].copy_from_slice(&src[first..first + hi - lo]);
                     } else {
-                        for (ox, o) in out.iter_mut().enumerate() {
-                            *o = s.input_index(ox, kx, s.w).map_or(0.0, |ix| src[ix]);
-                        }
+                        let taken = src[first..].iter().step_by(s.stride);
+                        out[lo..hi].iter_mut().zip(taken).for_each(|(o, &v)| *o = v);
                     }
                 }
             }
@@ -202,32 +207,30 @@ pub fn im2col_rows(x_n: &[f32], s: &ConvShape, oy0: usize, oy1: usize, col: &mut
 
 /// col [ckk, ohw] for the whole image.
 pub fn im2col(x_n: &[f32], s: &ConvShape, col: &mut [f32]) {
-    im2col_rows(x_n, s, 0, s.oh, col)
+    im2col_rows(x_n, s, 0, s.oh, col, s.ohw())
 }
 
-/// The adjoint of [`im2col_rows`]: adds every entry of col [ckk, (oy1 − oy0)·ow] back into the pixel of dx_n
-/// it was copied from.
-pub fn col2im_rows(col: &[f32], s: &ConvShape, oy0: usize, oy1: usize, dx_n: &mut [f32]) {
+/// The adjoint of [`im2col_rows`]: adds every entry of col [ckk, (oy1 − oy0)·ow] (rows `ld` apart) back into
+/// the pixel of dx_n it was copied from.
+pub fn col2im_rows(col: &[f32], s: &ConvShape, oy0: usize, oy1: usize, dx_n: &mut [f32], ld: usize) {
     let cols = (oy1 - oy0) * s.ow;
     for ci in 0..s.c_in {
         let plane = &mut dx_n[ci * s.h * s.w..(ci + 1) * s.h * s.w];
         for ky in 0..s.kh {
             for kx in 0..s.kw {
-                let row = &col[((ci * s.kh + ky) * s.kw + kx) * cols..][..cols];
+                let row = &col[((ci * s.kh + ky) * s.kw + kx) * ld..][..cols];
                 for oy in oy0..oy1 {
                     let Some(iy) = s.input_index(oy, ky, s.h) else { continue };
                     let src = &row[(oy - oy0) * s.ow..(oy - oy0 + 1) * s.ow];
                     let dst = &mut plane[iy * s.w..(iy + 1) * s.w];
+                    let (lo, hi) = s.valid_columns(kx);
+                    let first = lo * s.stride + kx - s.padding;
                     if s.stride == 1 {
-                        let (lo, hi) = s.valid_columns(kx);
-                        let d = &mut dst[lo + kx - s.padding..hi + kx - s.padding];
+                        let d = &mut dst[first..first + hi - lo];
                         d.iter_mut().zip(&src[lo..hi]).for_each(|(d, v)| *d += v);
                     } else {
-                        for (ox, v) in src.iter().enumerate() {
-                            if let Some(ix) = s.input_index(ox, kx, s.w) {
-                                dst[ix] += v;
-                            }
-                        }
+                        let targets = dst[first..].iter_mut().step_by(s.stride);
+                        targets.zip(&src[lo..hi]).for_each(|(d, v)| *d += v);
                     }
                 }
             }
@@ -237,7 +240,14 @@ pub fn col2im_rows(col: &[f32], s: &ConvShape, oy0: usize, oy1: usize, dx_n: &mu
 
 /// The adjoint of [`im2col`].
 pub fn col2im(col: &[f32], s: &ConvShape, dx_n: &mut [f32]) {
-    col2im_rows(col, s, 0, s.oh, dx_n)
+    col2im_rows(col, s, 0, s.oh, dx_n, s.ohw())
+}
+
+/// Images per group for the matrix products: small images (7×7 has 49 pixels) make products with a short
+/// side that wastes most of each register tile, so several images' columns are put side by side, about 256
+/// or more per product. Depends on the shape only, never on the number of threads.
+pub fn images_per_group(s: &ConvShape) -> usize {
+    (256 / s.ohw().max(1)).clamp(1, s.n.max(1))
 }
 
 /// The matrix product for per-image work: when there are at least as many images as threads, the images
@@ -262,6 +272,33 @@ fn gemm_for(images: usize) -> GemmFn {
 pub fn conv2d_forward(x: &[f32], weight: &[f32], bias: Option<&[f32]>, s: &ConvShape) -> Vec<f32> {
     let (ckk, ohw, image) = (s.ckk(), s.ohw(), s.c_in * s.h * s.w);
     let mut y = crate::pool::take_dirty(s.n * s.c_out * ohw);
+    let group = images_per_group(s);
+    if group > 1 && !s.is_pointwise() {
+        // Small images, `group` at a time: y_g [c_out, group·ohw] = weight · [im2col(x_n) | im2col(x_n+1) | …],
+        // then each image's columns (plus bias) copied to its place in y.
+        let gemm = gemm_for(s.n.div_ceil(group));
+        y.par_chunks_mut(group * s.c_out * ohw).enumerate().for_each(|(gi, y_group)| {
+            let images = y_group.len() / (s.c_out * ohw);
+            let cols = images * ohw;
+            let mut col = crate::pool::take_dirty(ckk * cols);
+            for j in 0..images {
+                let x_n = &x[(gi * group + j) * image..][..image];
+                im2col_rows(x_n, s, 0, s.oh, &mut col[j * ohw..], cols);
+            }
+            let mut y_cols = crate::pool::take_dirty(s.c_out * cols);
+            gemm(s.c_out, ckk, cols, weight, (ckk, 1), &col, (cols, 1), &mut y_cols, 0.0);
+            for (j, y_n) in y_group.chunks_mut(s.c_out * ohw).enumerate() {
+                for (co, out) in y_n.chunks_mut(ohw).enumerate() {
+                    let b = bias.map_or(0.0, |b| b[co]);
+                    let src = &y_cols[co * cols + j * ohw..][..ohw];
+                    out.iter_mut().zip(src).for_each(|(o, &v)| *o = v + b);
+                }
+            }
+            crate::pool::give(col);
+            crate::pool::give(y_cols);
+        });
+        return y;
+    }
     let blocked = s.n >= rayon::current_num_threads() && !s.is_pointwise();
     let gemm = gemm_for(s.n);
     let beta = if bias.is_some() { 1.0 } else { 0.0 };
@@ -283,7 +320,7 @@ pub fn conv2d_forward(x: &[f32], weight: &[f32], bias: Option<&[f32]>, s: &ConvS
             for oy0 in (0..s.oh).step_by(rows) {
                 let oy1 = (oy0 + rows).min(s.oh);
                 let cols = (oy1 - oy0) * s.ow;
-                im2col_rows(x_n, s, oy0, oy1, &mut col[..ckk * cols]);
+                im2col_rows(x_n, s, oy0, oy1, &mut col[..ckk * cols], cols);
                 fill_bias(y_n, oy0, oy1);
                 let (a, b) = ((ckk, 1), (cols, 1));
                 gemm_serial_strided(s.c_out, ckk, cols, weight, a, &col, b, &mut y_n[oy0 * s.ow..], ohw, beta);
@@ -301,9 +338,11 @@ pub fn conv2d_forward(x: &[f32], weight: &[f32], bias: Option<&[f32]>, s: &ConvS
 }
 
 /// Must equal [`conv2d_backward_naive`] up to rounding. Returns (dx if `want_dx`, dweight if `want_dweight`,
-/// dbias). Per image, in parallel: col = im2col(x_n); dweight_n = dy_n · colᵀ; dcol = weightᵀ · dy_n and
-/// col2im(dcol) → dx_n. The per-image dweight_n are then summed in image order. Nothing here depends on
-/// the number of threads, so neither does the result.
+/// dbias). Per group of [`images_per_group`] images (one image unless they are small), in parallel:
+/// col = [im2col(x_n) | …] [ckk, cols]; dy_g = [dy_n | …] [c_out, cols];
+/// dweight_g = dy_g · colᵀ; dcol = weightᵀ · dy_g and col2im(dcol) → each dx_n.
+/// The per-group dweight_g are then summed in group order. Nothing here depends on the number of threads,
+/// so neither does the result.
 pub fn conv2d_backward(
     x: &[f32],
     weight: &[f32],
@@ -313,71 +352,65 @@ pub fn conv2d_backward(
     want_dweight: bool,
 ) -> (Option<Vec<f32>>, Option<Vec<f32>>, Vec<f32>) {
     let (ckk, ohw, image, wsize) = (s.ckk(), s.ohw(), s.c_in * s.h * s.w, s.c_out * s.ckk());
+    let group = images_per_group(s);
+    let groups = s.n.div_ceil(group);
     let mut dx = want_dx.then(|| crate::pool::take_filled(s.n * image, 0.0));
-    let mut partial = crate::pool::take_dirty(if want_dweight { s.n * wsize } else { 0 });
+    let mut partial = crate::pool::take_dirty(if want_dweight { groups * wsize } else { 0 });
     let dx_chunks: Vec<Option<&mut [f32]>> = match dx.as_mut() {
-        Some(dx) => dx.chunks_mut(image).map(Some).collect(),
-        None => (0..s.n).map(|_| None).collect(),
+        Some(dx) => dx.chunks_mut(group * image).map(Some).collect(),
+        None => (0..groups).map(|_| None).collect(),
     };
     let mut partial_chunks: Vec<Option<&mut [f32]>> = partial.chunks_mut(wsize.max(1)).map(Some).collect();
-    partial_chunks.resize_with(s.n, || None);
-    // Whole images, one block: the backward's products have the pixels as their inner dimension (dweight),
-    // and a longer inner dimension ran faster than the forward's cache-sized blocks (measured on the U-Net
-    // training step: 211 vs 230 ms of conv backward per step). The loop below takes any block height.
-    let rows = s.oh;
-    dx_chunks.into_par_iter().zip(partial_chunks).enumerate().for_each(|(n, (mut dx_n, mut dw_n))| {
-        let dy_n = &dy[n * s.c_out * ohw..(n + 1) * s.c_out * ohw]; // [c_out, ohw]
-        let x_n = &x[n * image..(n + 1) * image];
-        let mut col = crate::pool::take_dirty(if s.is_pointwise() { 0 } else { ckk * rows * s.ow });
-        let mut dcol = crate::pool::take_dirty(if s.is_pointwise() || !want_dx { 0 } else { ckk * rows * s.ow });
-        for oy0 in (0..s.oh).step_by(rows) {
-            let oy1 = (oy0 + rows).min(s.oh);
-            let cols = (oy1 - oy0) * s.ow;
-            let dy_block = &dy_n[oy0 * s.ow..]; // [c_out, cols] with row stride ohw
-                                                // The block's im2col columns [ckk, cols] (a 1×1 unpadded conv reads x_n itself).
-            let col_block: &[f32] = if s.is_pointwise() {
-                &x_n[oy0 * s.ow..]
-            } else {
-                im2col_rows(x_n, s, oy0, oy1, &mut col[..ckk * cols]);
-                &col[..ckk * cols]
-            };
-            let col_rs = if s.is_pointwise() { ohw } else { cols };
-            if let Some(dw_n) = dw_n.as_deref_mut() {
-                // dweight_n [c_out, ckk] (+)= dy_block [c_out, cols] · colᵀ [cols, ckk]
-                let beta = if oy0 == 0 { 0.0 } else { 1.0 };
-                gemm_serial(s.c_out, cols, ckk, dy_block, (ohw, 1), col_block, (1, col_rs), dw_n, beta);
+    partial_chunks.resize_with(groups, || None);
+    dx_chunks.into_par_iter().zip(partial_chunks).enumerate().for_each(|(gi, (dx_g, dw_g))| {
+        let n0 = gi * group;
+        let images = group.min(s.n - n0);
+        let cols = images * ohw;
+        // dy_g [c_out, cols]: one image's dy is already in this layout; several are gathered side by side.
+        let mut gathered = crate::pool::take_dirty(if images == 1 { 0 } else { s.c_out * cols });
+        for j in (0..images).filter(|_| images > 1) {
+            for co in 0..s.c_out {
+                let src = &dy[((n0 + j) * s.c_out + co) * ohw..][..ohw];
+                gathered[co * cols + j * ohw..][..ohw].copy_from_slice(src);
             }
-            if let Some(dx_n) = dx_n.as_deref_mut() {
-                // dcol [ckk, cols] = weightᵀ [ckk, c_out] · dy_block [c_out, cols]
-                if s.is_pointwise() {
-                    gemm_serial_strided(
-                        ckk,
-                        s.c_out,
-                        cols,
-                        weight,
-                        (1, ckk),
-                        dy_block,
-                        (ohw, 1),
-                        &mut dx_n[oy0 * s.ow..],
-                        ohw,
-                        0.0,
-                    );
-                } else {
-                    gemm_serial(ckk, s.c_out, cols, weight, (1, ckk), dy_block, (ohw, 1), &mut dcol[..ckk * cols], 0.0);
-                    col2im_rows(&dcol[..ckk * cols], s, oy0, oy1, dx_n);
+        }
+        let dy_g: &[f32] = if images == 1 { &dy[n0 * s.c_out * ohw..][..s.c_out * ohw] } else { &gathered };
+        // col [ckk, cols] (a 1×1 unpadded conv of one image reads x_n itself).
+        let pointwise_single = s.is_pointwise() && images == 1;
+        let mut col = crate::pool::take_dirty(if pointwise_single { 0 } else { ckk * cols });
+        if !pointwise_single {
+            for j in 0..images {
+                im2col_rows(&x[(n0 + j) * image..][..image], s, 0, s.oh, &mut col[j * ohw..], cols);
+            }
+        }
+        let col_ref: &[f32] = if pointwise_single { &x[n0 * image..][..image] } else { &col };
+        if let Some(dw_g) = dw_g {
+            // dweight_g [c_out, ckk] = dy_g [c_out, cols] · colᵀ [cols, ckk]
+            gemm_serial(s.c_out, cols, ckk, dy_g, (cols, 1), col_ref, (1, cols), dw_g, 0.0);
+        }
+        if let Some(dx_g) = dx_g {
+            // dcol [ckk, cols] = weightᵀ [ckk, c_out] · dy_g [c_out, cols], then back to pixels.
+            if pointwise_single {
+                gemm_serial(ckk, s.c_out, cols, weight, (1, ckk), dy_g, (cols, 1), dx_g, 0.0);
+            } else {
+                let mut dcol = crate::pool::take_dirty(ckk * cols);
+                gemm_serial(ckk, s.c_out, cols, weight, (1, ckk), dy_g, (cols, 1), &mut dcol, 0.0);
+                for (j, dx_n) in dx_g.chunks_mut(image).enumerate() {
+                    col2im_rows(&dcol[j * ohw..], s, 0, s.oh, dx_n, cols);
                 }
+                crate::pool::give(dcol);
             }
         }
         crate::pool::give(col);
-        crate::pool::give(dcol);
+        crate::pool::give(gathered);
     });
     let dweight = want_dweight.then(|| {
-        // Σ over images in order, parallel over disjoint chunks of the weight.
+        // Σ over groups in order, parallel over disjoint chunks of the weight.
         let mut dw = crate::pool::take_dirty(wsize);
         dw.par_chunks_mut(4096).enumerate().for_each(|(i, out)| {
             out.copy_from_slice(&partial[i * 4096..][..out.len()]);
-            for n in 1..s.n {
-                let src = &partial[n * wsize + i * 4096..][..out.len()];
+            for g in 1..groups {
+                let src = &partial[g * wsize + i * 4096..][..out.len()];
                 out.iter_mut().zip(src).for_each(|(o, v)| *o += v);
             }
         });

@@ -39,7 +39,7 @@ pub fn gemm(
     beta: f32,
 ) {
     let threads = rayon::current_num_threads();
-    if threads == 1 || m * n * k < 4 * crate::cpu::PARALLEL_MIN_WORK || m.max(n) < 64 {
+    if threads == 1 || is_small(m, k) || m * n * k < 4 * crate::cpu::PARALLEL_MIN_WORK || m.max(n) < 64 {
         return gemm_serial(m, k, n, a, (rsa, csa), b, strides_b, c, beta);
     }
     assert!(c.len() >= m * n, "gemm: c too small for [{m}, {n}]");
@@ -66,8 +66,78 @@ pub fn gemm(
     }
 }
 
+/// Products with at most this many rows of c, or this long an inner dimension, skip the packed kernel.
+const SMALL: usize = 4;
+
+/// c [m, n] = a [m, k] · b [k, n] + beta·c (row i of c at `c[i·rsc]`) for a short m or k: a conv with one
+/// output channel (m = 1) or a rank-1 update (k = 1). The packed kernel would fill whole register tiles of
+/// which one row is used; here each row of c is built from vectorized axpys (b's rows contiguous) or dot
+/// products (b's columns contiguous). Serial, and the same whatever the number of threads.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn gemm_small(
+    m: usize,
+    k: usize,
+    n: usize,
+    a: &[f32],
+    (rsa, csa): (usize, usize),
+    b: &[f32],
+    (rsb, csb): (usize, usize),
+    c: &mut [f32],
+    rsc: usize,
+    beta: f32,
+) {
+    for i in 0..m {
+        let row = &mut c[i * rsc..][..n];
+        if beta == 0.0 {
+            row.fill(0.0); // not a multiply: c may hold garbage (a recycled buffer) when beta = 0
+        } else if beta != 1.0 {
+            row.iter_mut().for_each(|v| *v *= beta);
+        }
+        if csb == 1 {
+            // row += a[i, p] · b[p, :], one contiguous axpy per p
+            for p in 0..k {
+                let alpha = a[i * rsa + p * csa];
+                row.iter_mut().zip(&b[p * rsb..][..n]).for_each(|(r, &x)| *r += alpha * x);
+            }
+        } else if rsb == 1 && csa == 1 {
+            // row[j] += a[i, :] · b[:, j], both contiguous
+            let a_row = &a[i * rsa..][..k];
+            for (j, r) in row.iter_mut().enumerate() {
+                *r += crate::cpu::dot(a_row, &b[j * csb..][..k]);
+            }
+        } else {
+            for (j, r) in row.iter_mut().enumerate() {
+                *r += (0..k).map(|p| a[i * rsa + p * csa] * b[p * rsb + j * csb]).sum::<f32>();
+            }
+        }
+    }
+}
+crate::multiversion!(fn gemm_small_at(level: Simd, m: usize, k: usize, n: usize, a: &[f32], strides_a: (usize, usize), b: &[f32], strides_b: (usize, usize), c: &mut [f32], rsc: usize, beta: f32) => gemm_small);
+
+/// True when [`gemm_small`] serves this product better than the packed kernel.
+fn is_small(m: usize, k: usize) -> bool {
+    m <= SMALL || k <= SMALL
+}
+
 /// The signature of [`gemm`] and [`gemm_serial`].
 pub type GemmFn = fn(usize, usize, usize, &[f32], (usize, usize), &[f32], (usize, usize), &mut [f32], f32);
+
+/// Panics unless every element of a [m, k] and b [k, n] read through these strides is inside its slice.
+fn check_bounds(
+    m: usize,
+    k: usize,
+    n: usize,
+    a: &[f32],
+    (rsa, csa): (usize, usize),
+    b: &[f32],
+    (rsb, csb): (usize, usize),
+) {
+    if m > 0 && n > 0 && k > 0 {
+        assert!((m - 1) * rsa + (k - 1) * csa < a.len(), "gemm: a too small for [{m}, {k}] with strides");
+        assert!((k - 1) * rsb + (n - 1) * csb < b.len(), "gemm: b too small for [{k}, {n}] with strides");
+    }
+}
 
 /// A raw pointer that may cross threads; users guarantee their writes are disjoint.
 #[derive(Clone, Copy)]
@@ -104,10 +174,7 @@ unsafe fn sgemm_raw(
     if m == 0 || n == 0 {
         return;
     }
-    if k > 0 {
-        assert!((m - 1) * rsa + (k - 1) * csa < a.len(), "gemm: a too small for [{m}, {k}] with strides");
-        assert!((k - 1) * rsb + (n - 1) * csb < b.len(), "gemm: b too small for [{k}, {n}] with strides");
-    }
+    check_bounds(m, k, n, a, (rsa, csa), b, (rsb, csb));
     // SAFETY: a and b bounds are asserted above; c is the caller's promise.
     unsafe {
         matrixmultiply::sgemm(
@@ -143,6 +210,10 @@ pub fn gemm_serial(
     beta: f32,
 ) {
     assert!(c.len() >= m * n, "gemm: c too small for [{m}, {n}]");
+    if is_small(m, k) && m > 0 && n > 0 {
+        check_bounds(m, k, n, a, (rsa, csa), b, (rsb, csb));
+        return gemm_small_at(crate::cpu::simd(), m, k, n, a, (rsa, csa), b, (rsb, csb), c, n, beta);
+    }
     // SAFETY: c is exclusively borrowed and holds m·n values in rows of n.
     unsafe { sgemm_raw(m, k, n, a, (rsa, csa), b, (rsb, csb), c.as_mut_ptr(), n, beta) }
 }
@@ -165,6 +236,10 @@ pub fn gemm_serial_strided(
         return;
     }
     assert!(rsc >= n && c.len() >= (m - 1) * rsc + n, "gemm: c too small for [{m}, {n}] with row stride {rsc}");
+    if is_small(m, k) {
+        check_bounds(m, k, n, a, strides_a, b, strides_b);
+        return gemm_small_at(crate::cpu::simd(), m, k, n, a, strides_a, b, strides_b, c, rsc, beta);
+    }
     // SAFETY: c is exclusively borrowed and the assert bounds every (i·rsc + j), i < m, j < n.
     unsafe { sgemm_raw(m, k, n, a, strides_a, b, strides_b, c.as_mut_ptr(), rsc, beta) }
 }

@@ -24,7 +24,8 @@ fn matmul_gradcheck_batched_and_broadcast() {
 
 #[test]
 fn fast_equals_naive_on_odd_shapes() {
-    for (m, k, n) in [(1, 1, 1), (3, 7, 13), (13, 65, 7), (65, 3, 1), (7, 13, 65)] {
+    for (m, k, n) in [(1, 1, 1), (3, 7, 13), (13, 65, 7), (65, 3, 1), (7, 13, 65), (1, 300, 65), (65, 1, 70), (5, 5, 5)]
+    {
         let a = Tensor::randn_seeded(&[m, k], 1);
         let b = Tensor::randn_seeded(&[k, n], 2);
         let naive = matmul_naive(a.data(), b.data(), m, k, n);
