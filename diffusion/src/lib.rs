@@ -13,6 +13,7 @@ pub mod cli;
 pub mod ddpm;
 pub mod embedding;
 pub mod error;
+pub mod idx;
 pub mod mlp;
 pub mod plot;
 pub mod schedule;
