@@ -17,9 +17,10 @@ use rand::RngExt;
 
 use crate::schedule::NoiseSchedule;
 
-/// A network that predicts the noise ε in x_t at timesteps t (one per batch row).
+/// A network that looks at x_t at timesteps t (one per batch row) and predicts ε, x_0 or v, whichever it
+/// was trained for ([`crate::objective::Prediction`]); the functions in this module use ε.
 pub trait Denoiser {
-    fn predict_eps(&self, tape: &mut Tape, params: &ParamStore, x_t: &Var, t: &[usize]) -> Var;
+    fn predict(&self, tape: &mut Tape, params: &ParamStore, x_t: &Var, t: &[usize]) -> Var;
 }
 
 /// The ε-prediction loss on one batch x_0 [B, …]; draws t and ε from `rng`.
@@ -35,7 +36,7 @@ pub fn eps_loss(
     let t: Vec<usize> = (0..batch).map(|_| rng.random_range(0..schedule.steps())).collect();
     let eps = Tensor::randn(x_0.shape(), rng);
     let x_t = tape.constant(schedule.q_sample(x_0, &t, &eps));
-    let eps_pred = model.predict_eps(tape, params, &x_t, &t);
+    let eps_pred = model.predict(tape, params, &x_t, &t);
     let eps = tape.constant(eps);
     tape.mse_loss(&eps_pred, &eps)
 }
@@ -52,7 +53,7 @@ pub fn sample(
     let mut x_t = Tensor::randn(shape, rng);
     for t in (0..schedule.steps()).rev() {
         let ts = vec![t; shape[0]];
-        let eps_pred = model.predict_eps(&mut tape, params, &Var::constant(x_t.clone()), &ts).into_value();
+        let eps_pred = model.predict(&mut tape, params, &Var::constant(x_t.clone()), &ts).into_value();
         x_t = ddpm_step(schedule, t, &x_t, &eps_pred, rng);
     }
     x_t

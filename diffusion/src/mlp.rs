@@ -63,7 +63,7 @@ impl MlpDenoiser {
 }
 
 impl Denoiser for MlpDenoiser {
-    fn predict_eps(&self, tape: &mut Tape, params: &ParamStore, x_t: &Var, t: &[usize]) -> Var {
+    fn predict(&self, tape: &mut Tape, params: &ParamStore, x_t: &Var, t: &[usize]) -> Var {
         let t: Vec<f32> = t.iter().map(|&v| v as f32).collect();
         let temb = tape.constant(timestep_embedding(&t, TIME_DIM, 10000.0));
         let temb = self.time.forward(tape, params, &temb);

@@ -60,6 +60,40 @@ impl NoiseSchedule {
         NoiseSchedule::from_betas(beta)
     }
 
+    /// The sigmoid schedule: β follows a logistic curve from `beta_start` to `beta_end`,
+    /// β_t = β_start + (β_end − β_start)·σ(−6 + 12·t/(T−1)) (as in GeoDiff, Xu et al. 2022, and diffusers'
+    /// `beta_schedule="sigmoid"`): slow at both ends, fast in the middle.
+    pub fn sigmoid(steps: usize, beta_start: f64, beta_end: f64) -> NoiseSchedule {
+        let beta = (0..steps)
+            .map(|t| {
+                let u = -6.0 + 12.0 * t as f64 / (steps.max(2) - 1) as f64;
+                beta_start + (beta_end - beta_start) / (1.0 + (-u).exp())
+            })
+            .collect();
+        NoiseSchedule::from_betas(beta)
+    }
+
+    /// Rescales the schedule to zero terminal SNR (Lin et al. 2024, "Common Diffusion Noise Schedules and
+    /// Sample Steps are Flawed", Algorithm 1): shift and scale √ᾱ so that √ᾱ_{T−1} = 0 (pure noise at the
+    /// last step, as at sampling time) while √ᾱ_0 is unchanged, then recompute β. Pair it with v-prediction:
+    /// at ᾱ = 0 the ε-prediction objective carries no information about x_0.
+    /// ```text
+    /// a_t = √ᾱ_t,  a_t ← (a_t − a_{T−1}) · a_0 / (a_0 − a_{T−1}),  ᾱ_t = a_t²,  β_t = 1 − ᾱ_t/ᾱ_{t−1}
+    /// ```
+    pub fn rescale_zero_terminal_snr(&self) -> NoiseSchedule {
+        let a: Vec<f64> = self.alpha_bar.iter().map(|ab| ab.sqrt()).collect();
+        let (first, last) = (a[0], a[a.len() - 1]);
+        let alpha_bar: Vec<f64> = a.iter().map(|&v| ((v - last) * first / (first - last)).powi(2)).collect();
+        let beta =
+            (0..alpha_bar.len()).map(|t| 1.0 - alpha_bar[t] / if t == 0 { 1.0 } else { alpha_bar[t - 1] }).collect();
+        NoiseSchedule::from_betas(beta)
+    }
+
+    /// Signal-to-noise ratio at t: SNR = ᾱ_t / (1 − ᾱ_t).
+    pub fn snr(&self, t: usize) -> f64 {
+        self.alpha_bar[t] / (1.0 - self.alpha_bar[t])
+    }
+
     /// Number of timesteps T.
     pub fn steps(&self) -> usize {
         self.beta.len()
@@ -126,6 +160,27 @@ mod tests {
         assert_eq!(s.beta[steps - 1], 0.999);
         close(s.alpha_bar[steps - 1], 0.001 * s.alpha_bar[steps - 2], 1e-12);
         assert!(s.beta.iter().all(|&b| b > 0.0 && b <= 0.999));
+    }
+
+    #[test]
+    fn sigmoid_schedule_is_monotone_between_its_ends() {
+        let s = NoiseSchedule::sigmoid(1000, 1e-4, 0.02);
+        assert!(s.beta.windows(2).all(|w| w[0] < w[1]));
+        // σ(±6) = 0.99753: the ends sit 0.25% of the range inside [β_start, β_end]; the middle is at half.
+        close(s.beta[0], 1e-4 + (0.02 - 1e-4) * (1.0 / (1.0 + 6f64.exp())), 1e-12);
+        assert!((s.beta[500] - (1e-4 + 0.5 * (0.02 - 1e-4))).abs() < 1e-4);
+    }
+
+    #[test]
+    fn zero_terminal_snr_rescale() {
+        let base = NoiseSchedule::linear(1000, 1e-4, 0.02);
+        let z = base.rescale_zero_terminal_snr();
+        assert_eq!(z.alpha_bar[999], 0.0);
+        assert_eq!(z.snr(999), 0.0);
+        close(z.alpha_bar[0], base.alpha_bar[0], 1e-12);
+        assert!(z.alpha_bar.windows(2).all(|w| w[1] < w[0]));
+        // β_{T−1} = 1 − 0/ᾱ_{T−2} = 1.
+        assert_eq!(z.beta[999], 1.0);
     }
 
     #[test]

@@ -338,7 +338,7 @@ impl UNet {
 }
 
 impl Denoiser for UNet {
-    fn predict_eps(&self, tape: &mut Tape, params: &ParamStore, x_t: &Var, t: &[usize]) -> Var {
+    fn predict(&self, tape: &mut Tape, params: &ParamStore, x_t: &Var, t: &[usize]) -> Var {
         let ts: Vec<f32> = t.iter().map(|&v| v as f32).collect();
         self.forward(tape, params, x_t, &ts, None)
     }

@@ -1,0 +1,158 @@
+//! What the network predicts, and the training loss.
+//!
+//! With x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε, a network can be trained to predict any one of three quantities, each
+//! determining the other two given x_t:
+//! ```text
+//! ε    the noise (Ho et al. 2020)                     x_0 = (x_t − √(1−ᾱ) ε) / √ᾱ
+//! x_0  the clean sample                               ε   = (x_t − √ᾱ x_0) / √(1−ᾱ)
+//! v    √ᾱ ε − √(1−ᾱ) x_0 (Salimans & Ho 2022, §4)     x_0 = √ᾱ x_t − √(1−ᾱ) v,  ε = √(1−ᾱ) x_t + √ᾱ v
+//! ```
+//! The loss is the mean squared error to the chosen target, optionally weighted per sample by min-SNR-γ
+//! (Hang et al. 2023, "Efficient Diffusion Training via Min-SNR Weighting Strategy", eq. 8 and §3.4), which
+//! keeps the easy low-noise timesteps from dominating training:
+//! ```text
+//! SNR_t = ᾱ_t / (1 − ᾱ_t);   weight = min(SNR, γ)/SNR (ε),  min(SNR, γ) (x_0),  min(SNR, γ)/(SNR + 1) (v)
+//! ```
+
+use autograd::{ParamStore, Tape, Tensor, Var};
+use rand::rngs::StdRng;
+use rand::RngExt;
+
+use crate::ddpm::Denoiser;
+use crate::schedule::NoiseSchedule;
+
+/// The network's target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Prediction {
+    Epsilon,
+    Sample,
+    Velocity,
+}
+
+impl Prediction {
+    pub fn name(self) -> &'static str {
+        match self {
+            Prediction::Epsilon => "epsilon",
+            Prediction::Sample => "x0",
+            Prediction::Velocity => "v",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Prediction> {
+        [Prediction::Epsilon, Prediction::Sample, Prediction::Velocity].into_iter().find(|p| p.name() == name)
+    }
+
+    /// The training target for x_0 and its noise ε at ᾱ.
+    pub fn target(self, x_0: f32, eps: f32, alpha_bar: f64) -> f32 {
+        let (a, s) = (alpha_bar.sqrt() as f32, (1.0 - alpha_bar).sqrt() as f32);
+        match self {
+            Prediction::Epsilon => eps,
+            Prediction::Sample => x_0,
+            Prediction::Velocity => a * eps - s * x_0,
+        }
+    }
+
+    /// (x̂_0, ε̂) from the network output at x_t and ᾱ (the table in the module doc).
+    pub fn to_x0_eps(self, output: f32, x_t: f32, alpha_bar: f64) -> (f32, f32) {
+        let (a, s) = (alpha_bar.sqrt() as f32, (1.0 - alpha_bar).sqrt() as f32);
+        match self {
+            Prediction::Epsilon => ((x_t - s * output) / a, output),
+            Prediction::Sample => (output, (x_t - a * output) / s),
+            Prediction::Velocity => (a * x_t - s * output, s * x_t + a * output),
+        }
+    }
+}
+
+/// Per-sample loss weighting.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Weighting {
+    Uniform,
+    /// min-SNR-γ; the paper's default is γ = 5.
+    MinSnr(f64),
+}
+
+impl Weighting {
+    pub fn weight(self, prediction: Prediction, snr: f64) -> f64 {
+        match self {
+            Weighting::Uniform => 1.0,
+            Weighting::MinSnr(gamma) => {
+                let clipped = snr.min(gamma);
+                match prediction {
+                    Prediction::Epsilon => clipped / snr.max(1e-20),
+                    Prediction::Sample => clipped,
+                    Prediction::Velocity => clipped / (snr + 1.0),
+                }
+            }
+        }
+    }
+}
+
+/// One batch's training loss: draws t ~ U{0 … T−1} and ε ~ N(0, I) from `rng`, noises x_0 [B, …] to x_t,
+/// and returns mean_b(w_b · mean((output − target)²)) on the tape.
+#[allow(clippy::too_many_arguments)]
+pub fn training_loss(
+    tape: &mut Tape,
+    model: &impl Denoiser,
+    params: &ParamStore,
+    schedule: &NoiseSchedule,
+    prediction: Prediction,
+    weighting: Weighting,
+    x_0: &Tensor,
+    rng: &mut StdRng,
+) -> Var {
+    let batch = x_0.shape()[0];
+    let row = x_0.numel() / batch;
+    let t: Vec<usize> = (0..batch).map(|_| rng.random_range(0..schedule.steps())).collect();
+    let eps = Tensor::randn(x_0.shape(), rng);
+    let x_t = tape.constant(schedule.q_sample(x_0, &t, &eps));
+    let mut target = Vec::with_capacity(x_0.numel());
+    for (b, &tb) in t.iter().enumerate() {
+        let range = b * row..(b + 1) * row;
+        let ab = schedule.alpha_bar[tb];
+        target.extend(
+            x_0.data()[range.clone()].iter().zip(&eps.data()[range]).map(|(&x, &e)| prediction.target(x, e, ab)),
+        );
+    }
+    let target = tape.constant(Tensor::from_vec(x_0.shape(), target));
+    let output = model.predict(tape, params, &x_t, &t);
+    if weighting == Weighting::Uniform {
+        return tape.mse_loss(&output, &target);
+    }
+    let weights: Vec<f32> = t.iter().map(|&tb| weighting.weight(prediction, schedule.snr(tb)) as f32).collect();
+    let diff = tape.sub(&output, &target);
+    let sq = tape.mul(&diff, &diff);
+    let flat = tape.reshape(&sq, &[batch, row]);
+    let per_sample = tape.mean(&flat, &[1], false);
+    let w = tape.constant(Tensor::from_vec(&[batch], weights));
+    let weighted = tape.mul(&per_sample, &w);
+    tape.mean_all(&weighted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_prediction_recovers_x0_and_eps() {
+        let (x0, eps, ab) = (0.3f32, -1.2f32, 0.64f64); // √ᾱ = 0.8, √(1−ᾱ) = 0.6
+        let x_t = 0.8 * x0 + 0.6 * eps;
+        for p in [Prediction::Epsilon, Prediction::Sample, Prediction::Velocity] {
+            let (x0_hat, eps_hat) = p.to_x0_eps(p.target(x0, eps, ab), x_t, ab);
+            assert!((x0_hat - x0).abs() < 1e-6 && (eps_hat - eps).abs() < 1e-6, "{p:?}");
+        }
+        // v = √ᾱ ε − √(1−ᾱ) x_0 = 0.8·(−1.2) − 0.6·0.3 = −1.14
+        assert!((Prediction::Velocity.target(x0, eps, ab) + 1.14).abs() < 1e-6);
+    }
+
+    #[test]
+    fn min_snr_weights() {
+        let w = Weighting::MinSnr(5.0);
+        // SNR 20 > γ: ε weight 5/20, x_0 weight 5, v weight 5/21; SNR 2 < γ: ε weight 1, v weight 2/3.
+        assert!((w.weight(Prediction::Epsilon, 20.0) - 0.25).abs() < 1e-12);
+        assert_eq!(w.weight(Prediction::Sample, 20.0), 5.0);
+        assert!((w.weight(Prediction::Velocity, 20.0) - 5.0 / 21.0).abs() < 1e-12);
+        assert_eq!(w.weight(Prediction::Epsilon, 2.0), 1.0);
+        assert!((w.weight(Prediction::Velocity, 2.0) - 2.0 / 3.0).abs() < 1e-12);
+        assert_eq!(Weighting::Uniform.weight(Prediction::Sample, 123.0), 1.0);
+    }
+}
