@@ -162,7 +162,7 @@ mod tests {
         let t = data.images.to_tensor();
         assert_eq!(t.shape(), &[5000, 1, 28, 28]);
         assert!(t.data().iter().all(|v| (-1.0..=1.0).contains(v)));
-        // Background is white (−1) and most pixels are background.
+        // Background pixels (byte 0) map to −1, and most pixels are background.
         let background = t.data().iter().filter(|&&v| v == -1.0).count() as f32 / t.numel() as f32;
         assert!(background > 0.7, "{background}");
     }

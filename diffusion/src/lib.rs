@@ -20,6 +20,7 @@ pub mod plot;
 pub mod sampler;
 pub mod schedule;
 pub mod toy2d;
+pub mod train;
 pub mod unet;
 
 pub use autograd;

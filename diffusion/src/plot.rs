@@ -106,3 +106,49 @@ mod tests {
         assert!(err.starts_with("/proc/no-such-dir"), "{err}");
     }
 }
+
+/// Lays out images [N, C, H, W] with values in [−1, 1] (C = 1 gray or 3 RGB) as a grid of `cols` columns,
+/// each pixel drawn as a `scale`×`scale` block, with a 2-pixel white border between images.
+#[track_caller]
+pub fn image_grid(images: &Tensor, cols: usize, scale: usize) -> Canvas {
+    let s = images.shape();
+    assert!(s.len() == 4 && (s[1] == 1 || s[1] == 3), "image_grid: images {s:?} must be [N, 1 or 3, H, W]");
+    let (n, c, h, w) = (s[0], s[1], s[2], s[3]);
+    let cols = cols.clamp(1, n.max(1));
+    let rows = n.div_ceil(cols);
+    let gap = 2;
+    let mut canvas = Canvas::new(cols * (w * scale + gap) + gap, rows * (h * scale + gap) + gap, [255, 255, 255]);
+    let to_byte = |v: f32| ((v.clamp(-1.0, 1.0) + 1.0) * 127.5).round() as u8;
+    for i in 0..n {
+        let (x0, y0) = (gap + (i % cols) * (w * scale + gap), gap + (i / cols) * (h * scale + gap));
+        for y in 0..h {
+            for x in 0..w {
+                let px = |ch: usize| to_byte(images.data()[((i * c + ch) * h + y) * w + x]);
+                let color = if c == 1 { [px(0); 3] } else { [px(0), px(1), px(2)] };
+                for dy in 0..scale {
+                    for dx in 0..scale {
+                        canvas.put(x0 + x * scale + dx, y0 + y * scale + dy, color);
+                    }
+                }
+            }
+        }
+    }
+    canvas
+}
+
+#[cfg(test)]
+mod grid_tests {
+    use super::*;
+
+    #[test]
+    fn grid_places_images_and_maps_values_to_bytes() {
+        let mut t = Tensor::full(&[3, 1, 2, 2], -1.0);
+        t.set(&[2, 0, 1, 1], 1.0);
+        let g = image_grid(&t, 2, 1);
+        assert_eq!((g.width, g.height), (2 * (2 + 2) + 2, 2 * (2 + 2) + 2));
+        // image 2 sits in row 1, column 0: its pixel (1, 1) is at (2 + 1, 2 + 4 + 1).
+        let at = |x: usize, y: usize| g.rgb[3 * (y * g.width + x)];
+        assert_eq!(at(3, 7), 255);
+        assert_eq!(at(2, 6), 0);
+    }
+}

@@ -89,12 +89,17 @@ fn clip_grad_norm_scales_to_the_bound() {
 fn ema_follows_its_recurrence() {
     let mut params = ParamStore::new();
     let id = params.add("w", Tensor::zeros(&[1]));
-    let mut ema = Ema::new(&params, 0.9);
+    let mut ema = Ema::new(&params, 0.5);
     params.get_mut(id).data_mut()[0] = 1.0;
+    // Warmup: d₀ = min(0.5, 1/10) = 0.1, d₁ = min(0.5, 2/11) = 2/11, then 0.5 from n = 8 on ((1+n)/(10+n) ≥ 0.5).
     ema.update(&params);
+    assert!((ema.params().get(id).data()[0] - 0.9).abs() < 1e-6); // 0.1·0 + 0.9·1
     ema.update(&params);
-    // shadow: 0 → 0.1 → 0.19
-    assert!((ema.params().get(id).data()[0] - 0.19).abs() < 1e-6);
+    assert!((ema.params().get(id).data()[0] - (1.0 - 0.1 * 2.0 / 11.0)).abs() < 1e-6);
+    for _ in 2..8 {
+        ema.update(&params);
+    }
+    assert_eq!(ema.current_decay(), 0.5);
 }
 
 #[test]
