@@ -3,8 +3,8 @@
 //! Trains the `small` U-Net (2.27 M parameters) on the 5,000 MNIST digits shipped in `data/mnist5k`, with
 //! AdamW, warmup and cosine decay, gradient clipping and an EMA of the weights, then samples new digits
 //! with the EMA weights. Writes into `--out` (default `out/03`): `loss.csv` (every step), a sample grid every
-//! `--sample-every` steps and `samples.png` at the end, and `denoising_strip.png` (four samples, x_t from
-//! pure noise on the left to the digit on the right).
+//! `--sample-every` steps and `samples.png` at the end, `denoising_strip.png` (four samples, x_t from
+//! pure noise on the left to the digit on the right), and `model.safetensors` (the EMA weights).
 //!
 //! ```text
 //! cargo run --release --example 03_train_mnist                  # about 20 minutes on 2 cores
@@ -12,10 +12,12 @@
 //! cargo run --release --example 03_train_mnist -- --images PATH --labels PATH   # any IDX pair
 //! ```
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Instant;
 
 use autograd::ParamStore;
+use diffusion::checkpoint::save_weights;
 use diffusion::cli::{exit_on_error, Args};
 use diffusion::idx::{read_labeled, shipped_mnist_dir};
 use diffusion::objective::{Prediction, Weighting};
@@ -117,6 +119,17 @@ fn run() -> Result<()> {
     };
     let started = Instant::now();
     let (ema, report) = train(&model, &mut params, &schedule, &images, &config)?;
+    // The EMA weights and what it takes to rebuild the model, for example 04 (and Python's safetensors).
+    let weights = out.join("model.safetensors");
+    let metadata = BTreeMap::from([
+        ("format".to_string(), "scratch-diffusion weights 1".to_string()),
+        ("preset".to_string(), preset.clone()),
+        ("prediction".to_string(), prediction.name().to_string()),
+        ("schedule".to_string(), schedule_name.clone()),
+        ("timesteps".to_string(), timesteps.to_string()),
+        ("steps_trained".to_string(), steps.to_string()),
+    ]);
+    save_weights(&weights, ema.params(), &metadata)?;
     println!(
         "trained in {:.1} min ({:.0} ms per step), final loss {:.4}; wrote {} and {}",
         started.elapsed().as_secs_f64() / 60.0,
@@ -125,6 +138,7 @@ fn run() -> Result<()> {
         out.join("loss.csv").display(),
         report.grid.display()
     );
+    println!("wrote {} (EMA weights; sample from them with example 04)", weights.display());
 
     // The denoising strip: four samples, DDIM with 50 steps, x_t every 5 steps, then the result.
     let strip_sampler = SamplerConfig {

@@ -9,6 +9,7 @@
 //! Around them: [`plot`] writes PNGs, [`cli`] reads the examples' flags, [`error`] is the error type of
 //! every file and command-line boundary.
 
+pub mod checkpoint;
 pub mod cli;
 pub mod ddpm;
 pub mod embedding;

@@ -94,6 +94,17 @@ impl NoiseSchedule {
         self.alpha_bar[t] / (1.0 - self.alpha_bar[t])
     }
 
+    /// A schedule by name, with the defaults the examples use: `linear` (DDPM's 1e-4 … 0.02, rescaled for
+    /// T ≠ 1000), `cosine`, `sigmoid` (1e-4 … 0.02).
+    pub fn by_name(name: &str, steps: usize) -> Option<NoiseSchedule> {
+        match name {
+            "linear" => Some(NoiseSchedule::linear_scaled(steps)),
+            "cosine" => Some(NoiseSchedule::cosine(steps)),
+            "sigmoid" => Some(NoiseSchedule::sigmoid(steps, 1e-4, 0.02)),
+            _ => None,
+        }
+    }
+
     /// Number of timesteps T.
     pub fn steps(&self) -> usize {
         self.beta.len()
