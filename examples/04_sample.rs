@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use autograd::ParamStore;
-use diffusion::checkpoint::load_weights;
+use diffusion::checkpoint::{load_weights, read_metadata};
 use diffusion::cli::{exit_on_error, Args};
 use diffusion::objective::Prediction;
 use diffusion::plot::image_grid;
@@ -67,8 +67,7 @@ fn run() -> Result<()> {
         (model, Prediction::Epsilon, NoiseSchedule::linear_scaled(if quick { 100 } else { 1000 }))
     } else {
         // Read the metadata first to build the right model, then load its weights into it.
-        let mut probe = ParamStore::new();
-        let meta = load_weights(&checkpoint, &mut probe)?;
+        let meta = read_metadata(&checkpoint)?;
         let field = |key: &str| {
             meta.get(key).cloned().ok_or_else(|| Error::format(&checkpoint, format!("has no {key:?} in its metadata")))
         };

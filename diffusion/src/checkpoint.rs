@@ -65,6 +65,16 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// The string metadata of a safetensors file, without loading any tensor into a model (to learn which
+/// model to build first).
+pub fn read_metadata(path: impl AsRef<Path>) -> Result<BTreeMap<String, String>> {
+    let path = path.as_ref();
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let (_, header) = SafeTensors::read_metadata(&bytes)
+        .map_err(|e| Error::format(path, format!("is not a valid safetensors file ({e})")))?;
+    Ok(header.metadata().clone().unwrap_or_default().into_iter().collect())
+}
+
 /// Loads `path` into `params`: every parameter must be present as f32 with its shape; returns the file's
 /// metadata. On any error the parameters are unchanged.
 pub fn load_weights(path: impl AsRef<Path>, params: &mut ParamStore) -> Result<BTreeMap<String, String>> {
@@ -91,8 +101,11 @@ pub fn load_weights(path: impl AsRef<Path>, params: &mut ParamStore) -> Result<B
         loaded.push((id, Tensor::from_vec(current.shape(), values)));
     }
     if file.len() != params.len() {
-        let extra: Vec<&str> = file.names().into_iter().filter(|n| params.find(n).is_none()).collect();
-        return Err(bad(format!("has tensors the model does not: {extra:?}")));
+        let mut extra: Vec<&str> = file.names().into_iter().filter(|n| params.find(n).is_none()).collect();
+        extra.sort_unstable();
+        let shown = extra.iter().take(3).map(|n| format!("{n:?}")).collect::<Vec<_>>().join(", ");
+        let more = if extra.len() > 3 { format!(" and {} more", extra.len() - 3) } else { String::new() };
+        return Err(bad(format!("has {} tensors the model does not ({shown}{more})", extra.len())));
     }
     for (id, tensor) in loaded {
         *params.get_mut(id) = tensor;
@@ -123,6 +136,7 @@ mod tests {
         let meta = BTreeMap::from([("preset".to_string(), "tiny".to_string())]);
         save_weights(&path, &store(1.5), &meta).unwrap();
         let mut target = store(0.0);
+        assert_eq!(read_metadata(&path).unwrap(), meta);
         assert_eq!(load_weights(&path, &mut target).unwrap(), meta);
         assert_eq!(target.get(target.find("a.weight").unwrap()).data(), store(1.5).get(autograd::ParamId(0)).data());
     }
@@ -157,6 +171,11 @@ mod tests {
         let err = load_weights(&path, &mut bigger).unwrap_err().to_string();
         assert!(err.contains("has no tensor named \"b.weight\""), "{err}");
         assert_eq!(bigger.get(autograd::ParamId(0)).data(), &[0.0; 6], "no partial load");
+        // A model with fewer parameters than the file.
+        let mut smaller = ParamStore::new();
+        smaller.add("a.bias", Tensor::zeros(&[3]));
+        let err = load_weights(&path, &mut smaller).unwrap_err().to_string();
+        assert!(err.contains("has 1 tensors the model does not (\"a.weight\")"), "{err}");
     }
 
     #[test]
