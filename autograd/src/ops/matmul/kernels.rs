@@ -209,13 +209,7 @@ pub fn gemm_serial(
     c: &mut [f32],
     beta: f32,
 ) {
-    assert!(c.len() >= m * n, "gemm: c too small for [{m}, {n}]");
-    if is_small(m, k) && m > 0 && n > 0 {
-        check_bounds(m, k, n, a, (rsa, csa), b, (rsb, csb));
-        return gemm_small_at(crate::cpu::simd(), m, k, n, a, (rsa, csa), b, (rsb, csb), c, n, beta);
-    }
-    // SAFETY: c is exclusively borrowed and holds m·n values in rows of n.
-    unsafe { sgemm_raw(m, k, n, a, (rsa, csa), b, (rsb, csb), c.as_mut_ptr(), n, beta) }
+    gemm_serial_strided(m, k, n, a, (rsa, csa), b, (rsb, csb), c, n, beta)
 }
 
 /// [`gemm_serial`] into a block of a larger row-major matrix: row i of c starts at `c[i·rsc]`.
