@@ -6,10 +6,16 @@
 //! `--sample-every` steps and `samples.png` at the end, `denoising_strip.png` (four samples, x_t from
 //! pure noise on the left to the digit on the right), and `model.safetensors` (the EMA weights).
 //!
+//! Checkpoints (parameters, EMA, Adam's moments, step, data position, config) go to `--out`/checkpoints every
+//! `--checkpoint-every` steps, the newest `--keep` kept; `--resume` continues a run from one, exactly as if
+//! it had not stopped. `--stop-at` ends a sitting early (with a checkpoint).
+//!
 //! ```text
 //! cargo run --release --example 03_train_mnist                  # about 20 minutes on 2 cores
 //! cargo run --release --example 03_train_mnist -- --quick       # seconds, for CI
 //! cargo run --release --example 03_train_mnist -- --images PATH --labels PATH   # any IDX pair
+//! cargo run --release --example 03_train_mnist -- --resume out/03/checkpoints   # continue from the newest
+//! cargo run --release --example 03_train_mnist -- --cifar DIR --preset rgb32      # CIFAR-10 (binary version)
 //! ```
 
 use std::collections::BTreeMap;
@@ -17,7 +23,9 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use autograd::ParamStore;
-use diffusion::checkpoint::save_weights;
+use diffusion::checkpoint::{check_format, list_checkpoints, read_metadata, save_weights, Checkpoint, Fields};
+use diffusion::checkpoint::{FORMAT_VERSION, WEIGHTS_FORMAT};
+use diffusion::cifar::read_cifar10_path;
 use diffusion::cli::{exit_on_error, Args};
 use diffusion::idx::{read_labeled, shipped_mnist_dir};
 use diffusion::objective::{Prediction, Weighting};
@@ -34,14 +42,39 @@ fn main() {
     exit_on_error(run);
 }
 
+/// The flags that define a run: stored in its checkpoints, and not to be given again with `--resume`
+/// (`--quick` only changes defaults, so with `--resume` it changes nothing but the outputs).
+const RUN_FLAGS: [&str; 14] = [
+    "preset",
+    "steps",
+    "batch",
+    "lr",
+    "warmup",
+    "weight-decay",
+    "grad-clip",
+    "ema",
+    "timesteps",
+    "schedule",
+    "prediction",
+    "min-snr",
+    "seed",
+    "limit",
+];
+
 fn run() -> Result<()> {
     let mut args = Args::from_env()?;
     let quick = args.flag("quick", "a few steps on a few images, for CI")?;
     let data = shipped_mnist_dir();
     let default_images = data.join("images-idx3-ubyte.gz").display().to_string();
     let default_labels = data.join("labels-idx1-ubyte.gz").display().to_string();
-    let images_path = PathBuf::from(args.value("images", default_images, "IDX images (gz or raw)")?);
-    let labels_path = PathBuf::from(args.value("labels", default_labels, "IDX labels, checked against the images")?);
+    let images_flag = args.value("images", default_images, "IDX images (gz or raw)")?;
+    let labels_flag = args.value("labels", default_labels, "IDX labels, checked against the images")?;
+    let cifar: String = args.value(
+        "cifar",
+        String::new(),
+        "train on CIFAR-10 binary files instead (a file or the directory of data_batch_*.bin; use --preset rgb32)",
+    )?;
+    let limit: usize = args.value("limit", if quick { 64 } else { 0 }, "use only the first N images (0: all)")?;
     let preset: String = args.value("preset", "small".to_string(), "U-Net preset: small, tiny, rgb32")?;
     let steps: usize = args.value("steps", if quick { 3 } else { 3000 }, "training steps")?;
     let batch: usize = args.value("batch", if quick { 4 } else { 32 }, "images per step")?;
@@ -55,80 +88,142 @@ fn run() -> Result<()> {
         args.value("schedule", "linear".to_string(), "beta schedule: linear, cosine, sigmoid")?;
     let prediction_name: String = args.value("prediction", "epsilon".to_string(), "network target: epsilon, x0, v")?;
     let min_snr: f64 = args.value("min-snr", 0.0, "min-SNR-gamma loss weighting (0: uniform)")?;
+    let seed: u64 = args.value("seed", 0, "random seed")?;
     let sample_every: usize = args.value("sample-every", if quick { 0 } else { 500 }, "steps between sample grids")?;
     let grid: usize = args.value("grid", if quick { 4 } else { 64 }, "images in each sample grid")?;
     let sampler_steps: usize =
         args.value("sampler-steps", if quick { 3 } else { 20 }, "DPM-Solver++ steps for the grids")?;
-    let seed: u64 = args.value("seed", 0, "random seed")?;
+    let checkpoint_every: usize =
+        args.value("checkpoint-every", if quick { 2 } else { 500 }, "steps between checkpoints")?;
+    let keep: usize = args.value("keep", 3, "checkpoints to keep, newest first (0: all)")?;
+    let stop_at: usize =
+        args.value("stop-at", 0, "end this sitting after this step, with a checkpoint (0: run to the end)")?;
+    let resume: String =
+        args.value("resume", String::new(), "continue from this checkpoint (a file, or a directory: its newest)")?;
     let out = PathBuf::from(args.value("out", "out/03".to_string(), "output directory")?);
+    let fixed: Vec<&str> = RUN_FLAGS.iter().copied().filter(|f| args.given(f)).collect();
     args.finish()?;
 
-    let usage = |what: &str, value: &str| Error::Usage(format!("--{what} {value:?}: unknown"));
-    let net_config = UNetConfig::preset(&preset).ok_or_else(|| usage("preset", &preset))?;
-    let prediction = Prediction::from_name(&prediction_name).ok_or_else(|| usage("prediction", &prediction_name))?;
-    let schedule = match schedule_name.as_str() {
-        "linear" => {
-            NoiseSchedule::linear(timesteps, 1e-4 * 1000.0 / timesteps as f64, 0.02 * 1000.0 / timesteps as f64)
-        }
-        "cosine" => NoiseSchedule::cosine(timesteps),
-        "sigmoid" => NoiseSchedule::sigmoid(timesteps, 1e-4, 0.02),
-        other => return Err(usage("schedule", other)),
-    };
-
-    let data = read_labeled(&images_path, &labels_path)?;
-    let mut images = data.images.to_tensor();
-    if images.shape()[1..] != [net_config.image_channels, net_config.image_size, net_config.image_size] {
-        return Err(Error::Usage(format!(
-            "--preset {preset} expects {}×{}×{} images, {} holds {:?}",
-            net_config.image_channels,
-            net_config.image_size,
-            net_config.image_size,
-            images_path.display(),
-            &images.shape()[1..]
-        )));
-    }
-    if quick {
-        let few = images.data()[..64 * 28 * 28].to_vec();
-        images = autograd::Tensor::from_vec(&[64, 1, 28, 28], few);
-    }
-
-    let mut params = ParamStore::new();
-    let model = UNet::new(net_config, &mut params, seed);
-    println!(
-        "U-Net '{preset}': {} parameters; {} images from {}; {steps} steps of batch {batch}",
-        params.num_elements(),
-        images.shape()[0],
-        images_path.display()
-    );
-    let config = TrainConfig {
-        steps,
-        batch,
+    let mut config = TrainConfig {
         lr,
         warmup,
-        min_lr_ratio: 0.0,
         weight_decay,
         grad_clip,
         ema_decay,
-        prediction,
         weighting: if min_snr > 0.0 { Weighting::MinSnr(min_snr) } else { Weighting::Uniform },
         seed,
         sample_every,
         grid_images: grid,
         grid_sampler: SamplerConfig { steps: sampler_steps, ..TrainConfig::default_grid_sampler() },
-        out_dir: out.clone(),
+        checkpoint_every,
+        keep_checkpoints: keep,
+        stop_at: (stop_at > 0).then_some(stop_at),
+        ..TrainConfig::new(steps, batch, out.clone())
     };
-    let started = Instant::now();
-    let (ema, report) = train(&model, &mut params, &schedule, &images, &config)?;
-    // The EMA weights and what it takes to rebuild the model, for example 04 (and Python's safetensors).
-    let weights = out.join("model.safetensors");
-    let metadata = BTreeMap::from([
-        ("format".to_string(), "scratch-diffusion weights 1".to_string()),
+    let usage = |what: &str, value: &str| Error::Usage(format!("--{what} {value:?}: unknown"));
+    let (net_config, schedule_name, timesteps, limit, resume_from) = if resume.is_empty() {
+        let net_config = UNetConfig::preset(&preset).ok_or_else(|| usage("preset", &preset))?;
+        config.prediction =
+            Prediction::from_name(&prediction_name).ok_or_else(|| usage("prediction", &prediction_name))?;
+        NoiseSchedule::by_name(&schedule_name, timesteps).ok_or_else(|| usage("schedule", &schedule_name))?;
+        (net_config, schedule_name, timesteps, limit, None)
+    } else {
+        // The run's settings come from the checkpoint; changing them would not continue the same run.
+        if let Some(flag) = fixed.first() {
+            return Err(Error::Usage(format!(
+                "--{flag} cannot be given with --resume: the checkpoint holds the run's settings"
+            )));
+        }
+        let mut path = PathBuf::from(&resume);
+        if path.is_dir() {
+            path = list_checkpoints(&path)?
+                .pop()
+                .ok_or_else(|| Error::Usage(format!("--resume {resume:?}: the directory holds no checkpoint")))?;
+        }
+        let metadata = read_metadata(&path)?;
+        check_format(&path, &metadata)?;
+        let fields = Fields::new(&path, &metadata);
+        config.set_from_metadata(&fields)?;
+        let net_config = UNetConfig::from_metadata(&fields)?;
+        let schedule_name: String = fields.get("schedule")?;
+        (net_config, schedule_name, fields.get("timesteps")?, fields.get("data.limit")?, Some(path))
+    };
+    let schedule = NoiseSchedule::by_name(&schedule_name, timesteps).expect("checked above");
+
+    let (images_path, mut images) = if cifar.is_empty() {
+        let (images_path, labels_path) = (PathBuf::from(images_flag), PathBuf::from(labels_flag));
+        let data = read_labeled(&images_path, &labels_path)?;
+        (images_path, data.images.to_tensor())
+    } else {
+        (PathBuf::from(&cifar), read_cifar10_path(&cifar)?.to_tensor())
+    };
+    let item = [net_config.image_channels, net_config.image_size, net_config.image_size];
+    if images.shape()[1..] != item {
+        return Err(Error::Usage(format!(
+            "the model takes {item:?} images, {} holds {:?}",
+            images_path.display(),
+            &images.shape()[1..]
+        )));
+    }
+    if limit > 0 && limit < images.shape()[0] {
+        let few = images.data()[..limit * item.iter().product::<usize>()].to_vec();
+        images = autograd::Tensor::from_vec(&[limit, item[0], item[1], item[2]], few);
+    }
+    config.run_metadata = net_config.to_metadata();
+    config.run_metadata.extend([
         ("preset".to_string(), preset.clone()),
-        ("prediction".to_string(), prediction.name().to_string()),
         ("schedule".to_string(), schedule_name.clone()),
         ("timesteps".to_string(), timesteps.to_string()),
-        ("steps_trained".to_string(), steps.to_string()),
+        ("data.images".to_string(), images_path.display().to_string()),
+        ("data.count".to_string(), images.shape()[0].to_string()),
+        ("data.limit".to_string(), limit.to_string()),
     ]);
+
+    let mut params = ParamStore::new();
+    let model = UNet::new(net_config, &mut params, config.seed);
+    let checkpoint = match &resume_from {
+        Some(path) => {
+            let c = Checkpoint::load(path, &params)?;
+            let stored: usize = c.config.get("data.count").and_then(|v| v.parse().ok()).unwrap_or(0);
+            if stored != images.shape()[0] {
+                return Err(Error::Usage(format!(
+                    "{} was trained on {stored} images; {} gives {}",
+                    path.display(),
+                    images_path.display(),
+                    images.shape()[0]
+                )));
+            }
+            println!("resuming {} at step {} of {}", path.display(), c.step, config.steps);
+            Some(c)
+        }
+        None => None,
+    };
+    println!(
+        "U-Net: {} parameters; {} images from {}; {} steps of batch {}",
+        params.num_elements(),
+        images.shape()[0],
+        images_path.display(),
+        config.steps,
+        config.batch
+    );
+    let started = Instant::now();
+    let (ema, report) = train(&model, &mut params, &schedule, &images, &config, checkpoint)?;
+    if report.step < config.steps {
+        println!(
+            "stopped at step {} of {} ({:.0} ms per step); continue with --resume {}",
+            report.step,
+            config.steps,
+            report.mean_step_ms,
+            report.checkpoint.display()
+        );
+        return Ok(());
+    }
+    // The EMA weights and what it takes to rebuild the model, for example 04 (and Python's safetensors).
+    let weights = out.join("model.safetensors");
+    let mut metadata: BTreeMap<String, String> =
+        config.to_metadata().into_iter().chain(config.run_metadata.clone()).collect();
+    metadata.insert("format".to_string(), WEIGHTS_FORMAT.to_string());
+    metadata.insert("format_version".to_string(), FORMAT_VERSION.to_string());
     save_weights(&weights, ema.params(), &metadata)?;
     println!(
         "trained in {:.1} min ({:.0} ms per step), final loss {:.4}; wrote {} and {}",
@@ -148,15 +243,15 @@ fn run() -> Result<()> {
         clip_x0: Some(1.0),
     };
     let mut frames = Vec::new();
-    let mut rng = StdRng::seed_from_u64(seed + 1);
+    let mut rng = StdRng::seed_from_u64(config.seed + 1);
     let mut k = 0;
     let last = sample_traced(
         &model,
         ema.params(),
         &schedule,
-        prediction,
+        config.prediction,
         &strip_sampler,
-        &[4, 1, 28, 28],
+        &[4, item[0], item[1], item[2]],
         &mut rng,
         |_, x| {
             if k % 5 == 0 {
@@ -167,14 +262,14 @@ fn run() -> Result<()> {
     );
     frames.push(last);
     // Arrange as rows = samples, columns = time.
-    let (cols, pixels) = (frames.len(), 28 * 28);
+    let (cols, pixels) = (frames.len(), item.iter().product::<usize>());
     let mut strip = Vec::with_capacity(4 * cols * pixels);
     for s in 0..4 {
         for f in &frames {
             strip.extend_from_slice(&f.data()[s * pixels..(s + 1) * pixels]);
         }
     }
-    let strip = autograd::Tensor::from_vec(&[4 * cols, 1, 28, 28], strip);
+    let strip = autograd::Tensor::from_vec(&[4 * cols, item[0], item[1], item[2]], strip);
     let path = out.join("denoising_strip.png");
     image_grid(&strip, cols, 2).write_png(&path)?;
     println!("wrote {} (rows: samples; columns: x_t from noise to digit)", path.display());

@@ -1,7 +1,8 @@
 //! # 04 — Sample from a trained model with any sampler
 //!
-//! Loads the weights example 03 wrote (`out/03/model.safetensors`, which also records the preset, the
-//! prediction target and the schedule) and draws `--count` images with the chosen sampler and step count,
+//! Loads the weights example 03 wrote (`out/03/model.safetensors`), or the EMA weights of one of its
+//! checkpoints (`out/03/checkpoints/step-*.safetensors`); either file records the U-Net config, the
+//! prediction target and the schedule. Draws `--count` images with the chosen sampler and step count,
 //! timing it. The same `--seed` gives the same images every time.
 //!
 //! ```text
@@ -15,7 +16,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use autograd::ParamStore;
-use diffusion::checkpoint::{load_weights, read_metadata};
+use diffusion::checkpoint::Trained;
 use diffusion::cli::{exit_on_error, Args};
 use diffusion::objective::Prediction;
 use diffusion::plot::image_grid;
@@ -35,8 +36,11 @@ fn run() -> Result<()> {
     let quick = args.flag("quick", "sample from an untrained tiny model (exercises the code, for CI)")?;
     let random: String =
         args.value("random-weights", String::new(), "sample from an untrained model of this preset (for timing)")?;
-    let checkpoint =
-        PathBuf::from(args.value("checkpoint", "out/03/model.safetensors".to_string(), "weights from example 03")?);
+    let checkpoint = PathBuf::from(args.value(
+        "checkpoint",
+        "out/03/model.safetensors".to_string(),
+        "weights or a checkpoint from example 03",
+    )?);
     let sampler: String = args.value("sampler", "dpm".to_string(), "ddpm, ddim or dpm (DPM-Solver++ 2M)")?;
     let steps: usize = args.value("steps", if quick { 4 } else { 20 }, "network evaluations (ddpm: all T)")?;
     let eta: f32 = args.value("eta", 0.0, "DDIM noise scale")?;
@@ -66,31 +70,22 @@ fn run() -> Result<()> {
         println!("an untrained '{preset}' U-Net (random weights): the images are noise; the timing is real");
         (model, Prediction::Epsilon, NoiseSchedule::linear_scaled(if quick { 100 } else { 1000 }))
     } else {
-        // Read the metadata first to build the right model, then load its weights into it.
-        let meta = read_metadata(&checkpoint)?;
-        let field = |key: &str| {
-            meta.get(key).cloned().ok_or_else(|| Error::format(&checkpoint, format!("has no {key:?} in its metadata")))
-        };
-        let preset = field("preset")?;
-        let config = UNetConfig::preset(&preset)
-            .ok_or_else(|| Error::format(&checkpoint, format!("names an unknown preset {preset:?}")))?;
-        let prediction_name = field("prediction")?;
-        let prediction = Prediction::from_name(&prediction_name)
-            .ok_or_else(|| Error::format(&checkpoint, format!("names an unknown prediction {prediction_name:?}")))?;
-        let timesteps: usize = field("timesteps")?
-            .parse()
-            .map_err(|_| Error::format(&checkpoint, "has a timesteps value that is not a number"))?;
-        let schedule_name = field("schedule")?;
-        let schedule = NoiseSchedule::by_name(&schedule_name, timesteps)
-            .ok_or_else(|| Error::format(&checkpoint, format!("names an unknown schedule {schedule_name:?}")))?;
-        let model = UNet::new(config, &mut params, 0);
-        load_weights(&checkpoint, &mut params)?;
+        // The file's metadata describes the model; build it, then load the weights into it.
+        let trained = Trained::load(&checkpoint)?;
+        let m = &trained.metadata;
+        let describe = |key: &str| m.get(key).map_or("?", String::as_str).to_string();
         println!(
-            "loaded {} ('{preset}', {} parameters, {prediction_name}, {schedule_name} schedule, T = {timesteps})",
+            "loaded {} ({} parameters, '{}' preset, {} prediction, {} schedule, T = {}{})",
             checkpoint.display(),
-            params.num_elements()
+            trained.params.num_elements(),
+            describe("preset"),
+            trained.prediction.name(),
+            describe("schedule"),
+            trained.schedule.steps(),
+            m.get("step").map_or(String::new(), |s| format!(", checkpoint of step {s}: its EMA weights"))
         );
-        (model, prediction, schedule)
+        params = trained.params;
+        (trained.model, trained.prediction, trained.schedule)
     };
 
     let config = SamplerConfig { method, steps, spacing, clip_x0: (!no_clip).then_some(1.0) };

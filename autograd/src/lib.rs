@@ -39,5 +39,5 @@ pub mod tensor;
 
 pub use gradcheck::{gradcheck, gradcheck_with, GradcheckConfig};
 pub use params::{ParamId, ParamStore};
-pub use tape::{Gradients, NodeId, Op, Tape, Var};
+pub use tape::{Gradients, NodeId, NonFinite, Op, Tape, Var};
 pub use tensor::Tensor;

@@ -94,6 +94,26 @@ pub struct Tape {
     recording: bool,
     bound_params: HashMap<ParamId, NodeId>,
     profile: Option<Profile>,
+    finite_check: Option<FiniteCheck>,
+}
+
+/// What [`Tape::enable_finite_check`] has seen: ops so far, and the first op whose output was not finite.
+#[derive(Default, Debug)]
+struct FiniteCheck {
+    ops: usize,
+    first: Option<NonFinite>,
+}
+
+/// The first op whose output held a NaN or ±∞ (see [`Tape::enable_finite_check`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct NonFinite {
+    /// Position of the op in the forward pass, counting every op from 1.
+    pub op_index: usize,
+    pub op: &'static str,
+    pub shape: Vec<usize>,
+    pub input_shapes: Vec<Vec<usize>>,
+    /// The parameters among its inputs (a layer's weights name the layer).
+    pub params: Vec<ParamId>,
 }
 
 /// Time spent per op, forward and backward (see [`Tape::enable_profile`]).
@@ -147,7 +167,7 @@ impl Gradients {
 impl Tape {
     /// A tape that records: ops on values that require gradients get nodes.
     pub fn new() -> Tape {
-        Tape { nodes: Vec::new(), recording: true, bound_params: HashMap::new(), profile: None }
+        Tape { nodes: Vec::new(), recording: true, bound_params: HashMap::new(), profile: None, finite_check: None }
     }
 
     /// A tape that records nothing (PyTorch's `torch.no_grad()`): every value is a plain constant.
@@ -195,6 +215,17 @@ impl Tape {
         }
         profile.ops.clear();
         out
+    }
+
+    /// Starts checking every op's output for NaN or ±∞ (recorded or not); [`Tape::first_non_finite`] then
+    /// names the first op that produced one. A debugging aid: it reads every activation once more.
+    pub fn enable_finite_check(&mut self) {
+        self.finite_check = Some(FiniteCheck::default());
+    }
+
+    /// The first op whose output held a NaN or ±∞ since [`Tape::enable_finite_check`].
+    pub fn first_non_finite(&self) -> Option<&NonFinite> {
+        self.finite_check.as_ref().and_then(|c| c.first.as_ref())
     }
 
     /// A value that requires no gradient; the same as [`Var::constant`].
@@ -252,6 +283,26 @@ impl Tape {
             entry.0 += 1;
             entry.1 += spent;
             profile.last = Some(now);
+        }
+        if let Some(check) = self.finite_check.as_mut() {
+            check.ops += 1;
+            if check.first.is_none() && !output.all_finite() {
+                let params = inputs
+                    .iter()
+                    .filter_map(|v| v.node)
+                    .filter_map(|n| match self.nodes[n].leaf {
+                        Some(Leaf::Param(id)) => Some(id),
+                        _ => None,
+                    })
+                    .collect();
+                check.first = Some(NonFinite {
+                    op_index: check.ops,
+                    op: op.name(),
+                    shape: output.shape().to_vec(),
+                    input_shapes: inputs.iter().map(|v| v.shape().to_vec()).collect(),
+                    params,
+                });
+            }
         }
         if !self.needs_grad(inputs) {
             return Var::constant(output);
@@ -473,6 +524,29 @@ mod tests {
         let exp_row = report.lines().find(|l| l.starts_with("exp")).expect("exp is listed");
         assert_eq!(exp_row.split_whitespace().nth(1), Some("2"), "{report}");
         assert!(report.lines().any(|l| l.starts_with("sum")), "{report}");
+    }
+
+    #[test]
+    fn finite_check_names_the_first_op_that_produced_a_nan() {
+        let mut tape = Tape::new();
+        tape.enable_finite_check();
+        let x = tape.leaf(Tensor::from_vec(&[3], vec![1.0, -1.0, 2.0]));
+        let y = tape.exp(&x); // finite
+        assert_eq!(tape.first_non_finite(), None);
+        let minus_y = tape.neg(&y);
+        let z = tape.log(&minus_y); // log of negatives: NaN, at the third op
+        let _ = tape.sqrt(&z); // NaN again, but not the first
+        let first = tape.first_non_finite().unwrap();
+        assert_eq!((first.op_index, first.op, first.shape.as_slice()), (3, "log", &[3][..]));
+        assert!(first.params.is_empty());
+        // An op with a parameter input names it.
+        let (params, w, _) = store();
+        let mut tape = Tape::new();
+        tape.enable_finite_check();
+        let wv = tape.param(&params, w);
+        let x = tape.constant(Tensor::full(&[3], f32::INFINITY));
+        let _ = tape.mul(&x, &wv);
+        assert_eq!(tape.first_non_finite().unwrap().params, [w]);
     }
 
     #[test]

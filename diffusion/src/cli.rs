@@ -13,6 +13,7 @@ pub struct Args {
     program: String,
     values: BTreeMap<String, Option<String>>,
     known: Vec<String>,
+    given: Vec<String>,
     help: bool,
 }
 
@@ -45,7 +46,7 @@ impl Args {
             };
             values.insert(name, value);
         }
-        Ok(Args { program, values, known: Vec::new(), help })
+        Ok(Args { program, values, known: Vec::new(), given: Vec::new(), help })
     }
 
     /// A `--name value` flag parsed as T, or `default` when absent.
@@ -55,6 +56,9 @@ impl Args {
         T::Err: Display,
     {
         self.known.push(format!("  --{name} <{default}>  {help}"));
+        if self.values.contains_key(name) {
+            self.given.push(name.to_string());
+        }
         match self.values.remove(name) {
             None => Ok(default),
             Some(None) => Err(Error::Usage(format!("--{name} needs a value"))),
@@ -65,11 +69,19 @@ impl Args {
     /// A bare `--name` switch.
     pub fn flag(&mut self, name: &str, help: &str) -> Result<bool> {
         self.known.push(format!("  --{name}  {help}"));
+        if self.values.contains_key(name) {
+            self.given.push(name.to_string());
+        }
         match self.values.remove(name) {
             None => Ok(false),
             Some(None) => Ok(true),
             Some(Some(v)) => Err(Error::Usage(format!("--{name} takes no value, got {v:?}"))),
         }
+    }
+
+    /// Whether flag `name` (already read with [`Args::value`] or [`Args::flag`]) was on the command line.
+    pub fn given(&self, name: &str) -> bool {
+        self.given.iter().any(|g| g == name)
     }
 
     /// Fails on any flag that was not read; prints the flags and exits 0 on `--help`.
@@ -108,6 +120,7 @@ mod tests {
         assert_eq!(a.value("lr", 1.0f32, "").unwrap(), 0.5);
         assert_eq!(a.value("seed", 7u64, "").unwrap(), 7);
         assert!(a.flag("quick", "").unwrap());
+        assert!(a.given("steps") && a.given("quick") && !a.given("seed"));
         a.finish().unwrap();
     }
 

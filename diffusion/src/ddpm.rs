@@ -27,6 +27,12 @@ use crate::schedule::NoiseSchedule;
 /// was trained for ([`crate::objective::Prediction`]); the functions in this module use ε.
 pub trait Denoiser {
     fn predict(&self, tape: &mut Tape, params: &ParamStore, x_t: &Var, t: &[usize]) -> Var;
+
+    /// The prediction in training mode: `rng` drives whatever is random in training only (dropout).
+    fn predict_train(&self, tape: &mut Tape, params: &ParamStore, x_t: &Var, t: &[usize], rng: &mut StdRng) -> Var {
+        let _ = rng;
+        self.predict(tape, params, x_t, t)
+    }
 }
 
 /// The ε-prediction loss on one batch x_0 [B, …] (Algorithm 1); draws t and ε from `rng`.

@@ -12,6 +12,8 @@ pub enum Error {
     Format { path: PathBuf, problem: String },
     /// A command-line flag or value is wrong.
     Usage(String),
+    /// Training produced a NaN or infinity: where, and what went non-finite first.
+    Diverged(String),
 }
 
 impl Error {
@@ -30,6 +32,7 @@ impl fmt::Display for Error {
             Error::Io { path, source } => write!(f, "{}: {source}", path.display()),
             Error::Format { path, problem } => write!(f, "{}: {problem}", path.display()),
             Error::Usage(msg) => write!(f, "{msg}"),
+            Error::Diverged(msg) => write!(f, "training diverged at {msg}"),
         }
     }
 }

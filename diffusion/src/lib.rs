@@ -10,6 +10,7 @@
 //! every file and command-line boundary.
 
 pub mod checkpoint;
+pub mod cifar;
 pub mod cli;
 pub mod ddpm;
 pub mod embedding;

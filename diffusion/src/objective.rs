@@ -114,7 +114,7 @@ pub fn training_loss(
         );
     }
     let target = tape.constant(Tensor::from_vec(x_0.shape(), target));
-    let output = model.predict(tape, params, &x_t, &t);
+    let output = model.predict_train(tape, params, &x_t, &t, rng);
     if weighting == Weighting::Uniform {
         return tape.mse_loss(&output, &target);
     }

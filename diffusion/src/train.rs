@@ -1,6 +1,7 @@
 //! The training loop for image diffusion: AdamW with warmup then cosine decay, gradient clipping, an EMA of
 //! the weights (used for sampling), a progress line, the loss of every step in a CSV file, and sample grids.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufWriter, IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -11,6 +12,7 @@ use autograd::{ParamStore, Tape, Tensor};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
+use crate::checkpoint::{save_rotating, Checkpoint, Fields};
 use crate::error::{Error, Result};
 use crate::objective::{training_loss, Prediction, Weighting};
 use crate::plot::image_grid;
@@ -40,9 +42,44 @@ pub struct TrainConfig {
     pub grid_images: usize,
     pub grid_sampler: SamplerConfig,
     pub out_dir: PathBuf,
+    /// Write a checkpoint into `out_dir/checkpoints` every this many steps (0 = only where training stops).
+    pub checkpoint_every: usize,
+    /// Keep the newest this many checkpoints (0 = all).
+    pub keep_checkpoints: usize,
+    /// Stop after this many steps of the `steps` schedule, with a checkpoint (to train in sittings).
+    pub stop_at: Option<usize>,
+    /// Stored in every checkpoint beside the training settings: what else it takes to rebuild the run (the
+    /// model config, the schedule, the data).
+    pub run_metadata: BTreeMap<String, String>,
 }
 
 impl TrainConfig {
+    /// A run with the usual settings (AdamW at 1e-3 without weight decay, 200 warmup steps, clipping at 1,
+    /// EMA 0.999, ε-prediction, grids with DPM-Solver++ 20 steps, a checkpoint every 500 steps, keep 3).
+    pub fn new(steps: usize, batch: usize, out_dir: impl Into<PathBuf>) -> TrainConfig {
+        TrainConfig {
+            steps,
+            batch,
+            lr: 1e-3,
+            warmup: 200,
+            min_lr_ratio: 0.0,
+            weight_decay: 0.0,
+            grad_clip: 1.0,
+            ema_decay: 0.999,
+            prediction: Prediction::Epsilon,
+            weighting: Weighting::Uniform,
+            seed: 0,
+            sample_every: 0,
+            grid_images: 64,
+            grid_sampler: TrainConfig::default_grid_sampler(),
+            out_dir: out_dir.into(),
+            checkpoint_every: 500,
+            keep_checkpoints: 3,
+            stop_at: None,
+            run_metadata: BTreeMap::new(),
+        }
+    }
+
     /// Learning rate at `step`: linear warmup, then cosine decay.
     /// ```text
     /// lr(s) = lr · s/warmup                                                  s < warmup
@@ -62,27 +99,76 @@ impl TrainConfig {
     pub fn default_grid_sampler() -> SamplerConfig {
         SamplerConfig { method: Method::DpmSolver2M, steps: 20, spacing: Spacing::Linspace, clip_x0: Some(1.0) }
     }
+
+    /// The settings that define the optimization (everything that changes the numbers), as `train.*`
+    /// metadata entries; outputs (grids, checkpoints, where to stop) are not among them.
+    pub fn to_metadata(&self) -> BTreeMap<String, String> {
+        let weighting = match self.weighting {
+            Weighting::Uniform => "uniform".to_string(),
+            Weighting::MinSnr(gamma) => format!("min-snr:{gamma}"),
+        };
+        [
+            ("steps", self.steps.to_string()),
+            ("batch", self.batch.to_string()),
+            ("lr", self.lr.to_string()),
+            ("warmup", self.warmup.to_string()),
+            ("min_lr_ratio", self.min_lr_ratio.to_string()),
+            ("weight_decay", self.weight_decay.to_string()),
+            ("grad_clip", self.grad_clip.to_string()),
+            ("ema_decay", self.ema_decay.to_string()),
+            ("prediction", self.prediction.name().to_string()),
+            ("weighting", weighting),
+            ("seed", self.seed.to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (format!("train.{k}"), v))
+        .collect()
+    }
+
+    /// Replaces the optimization settings with those stored by [`TrainConfig::to_metadata`].
+    pub fn set_from_metadata(&mut self, fields: &Fields) -> Result<()> {
+        self.steps = fields.get("train.steps")?;
+        self.batch = fields.get("train.batch")?;
+        self.lr = fields.get("train.lr")?;
+        self.warmup = fields.get("train.warmup")?;
+        self.min_lr_ratio = fields.get("train.min_lr_ratio")?;
+        self.weight_decay = fields.get("train.weight_decay")?;
+        self.grad_clip = fields.get("train.grad_clip")?;
+        self.ema_decay = fields.get("train.ema_decay")?;
+        self.prediction = fields.named("train.prediction", Prediction::from_name)?;
+        self.weighting = fields.named("train.weighting", |w| match w.strip_prefix("min-snr:") {
+            Some(gamma) => gamma.parse().ok().map(Weighting::MinSnr),
+            None => (w == "uniform").then_some(Weighting::Uniform),
+        })?;
+        self.seed = fields.get("train.seed")?;
+        Ok(())
+    }
 }
 
 /// What a finished run reports.
 #[derive(Clone, Debug)]
 pub struct TrainReport {
+    /// The step training stopped at (`steps`, or `stop_at`).
+    pub step: usize,
     pub final_loss: f32,
     pub mean_step_ms: f64,
     pub grid: PathBuf,
+    /// The checkpoint written where training stopped.
+    pub checkpoint: PathBuf,
 }
 
 /// A progress line: step, loss, images/s, ETA. Rewritten in place on a terminal; plain lines otherwise.
 struct Progress {
     terminal: bool,
+    first_step: usize,
     started: Instant,
     last_print: Instant,
 }
 
 impl Progress {
-    fn new() -> Progress {
+    fn new(first_step: usize) -> Progress {
         let now = Instant::now();
-        Progress { terminal: std::io::stderr().is_terminal(), started: now, last_print: now }
+        Progress { terminal: std::io::stderr().is_terminal(), first_step, started: now, last_print: now }
     }
 
     fn update(&mut self, step: usize, total: usize, loss: f32, batch: usize, force: bool) {
@@ -92,7 +178,7 @@ impl Progress {
         }
         self.last_print = Instant::now();
         let elapsed = self.started.elapsed().as_secs_f64();
-        let per_step = elapsed / step.max(1) as f64;
+        let per_step = elapsed / (step - self.first_step).max(1) as f64;
         let eta = per_step * (total - step) as f64;
         let line = format!(
             "step {step:>6}/{total}  loss {loss:.4}  {:.1} img/s  elapsed {}  eta {}",
@@ -116,72 +202,209 @@ fn clock(seconds: f64) -> String {
     format!("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
 }
 
-/// Trains `model` on `images` [N, C, H, W] (values in [−1, 1]) as configured; writes `loss.csv`,
-/// `samples_step<k>.png` every `sample_every` steps and `samples.png` at the end into `out_dir`.
-/// Returns the EMA parameters (for sampling) and a report.
+/// The random generator of one purpose and one index (a step, an epoch), keyed by the run's seed: ChaCha12
+/// whose key is (seed, stream, index). A run's randomness is then a function of where it is, not of how it
+/// got there, which is what makes resuming exact without saving any generator state.
+pub fn keyed_rng(seed: u64, stream: Stream, index: u64) -> StdRng {
+    let mut key = [0u8; 32];
+    key[..8].copy_from_slice(&seed.to_le_bytes());
+    key[8..16].copy_from_slice(&(stream as u64).to_le_bytes());
+    key[16..24].copy_from_slice(&index.to_le_bytes());
+    StdRng::from_seed(key)
+}
+
+/// The independent random streams of a training run.
+#[derive(Clone, Copy, Debug)]
+pub enum Stream {
+    /// One generator per step: timesteps, noise, dropout.
+    Step = 1,
+    /// One generator per epoch: the order of the data.
+    Shuffle = 2,
+}
+
+/// The order in which epoch `epoch` visits `n` items (Fisher–Yates with that epoch's generator).
+pub fn epoch_order(n: usize, seed: u64, epoch: u64) -> Vec<usize> {
+    let mut rng = keyed_rng(seed, Stream::Shuffle, epoch);
+    let mut order: Vec<usize> = (0..n).collect();
+    for i in (1..n).rev() {
+        order.swap(i, rng.random_range(0..=i));
+    }
+    order
+}
+
+/// Trains `model` on `images` [N, C, H, W] (values in [−1, 1]) as configured, from scratch or from
+/// `resume`; writes `loss.csv`, `samples_step<k>.png` every `sample_every` steps, `samples.png` at the end
+/// and checkpoints into `out_dir/checkpoints`. Returns the EMA parameters (for sampling) and a report.
+///
+/// A run resumed from the checkpoint of step k continues exactly as the uninterrupted run would have: the
+/// parameters, the EMA, Adam's moments, the data order and every random draw are restored or recomputed
+/// from (seed, step). A loss, gradient or parameter that is NaN or infinite stops training with
+/// [`Error::Diverged`], naming the step and the first parameter or activation that went non-finite; the
+/// checkpoints written before are kept.
 pub fn train(
     model: &UNet,
     params: &mut ParamStore,
     schedule: &NoiseSchedule,
     images: &Tensor,
     config: &TrainConfig,
+    resume: Option<Checkpoint>,
 ) -> Result<(Ema, TrainReport)> {
     std::fs::create_dir_all(&config.out_dir).map_err(|e| Error::io(&config.out_dir, e))?;
-    let csv_path = config.out_dir.join("loss.csv");
-    let mut csv = BufWriter::new(File::create(&csv_path).map_err(|e| Error::io(&csv_path, e))?);
-    writeln!(csv, "step,loss,lr").map_err(|e| Error::io(&csv_path, e))?;
-
-    let mut rng = StdRng::seed_from_u64(config.seed);
+    let checkpoint_dir = config.out_dir.join("checkpoints");
+    std::fs::create_dir_all(&checkpoint_dir).map_err(|e| Error::io(&checkpoint_dir, e))?;
     let mut opt = Adam::adamw(config.lr, config.weight_decay);
-    let mut ema = Ema::new(params, config.ema_decay);
+    let (start, mut epoch, mut position, mut ema) = match resume {
+        None => (0, 0, 0, Ema::new(params, config.ema_decay)),
+        Some(c) => {
+            *params = c.params;
+            opt.set_state(c.adam);
+            (c.step as usize, c.epoch, c.position as usize, Ema::from_parts(c.ema, config.ema_decay, c.ema_updates))
+        }
+    };
+    let end = config.stop_at.unwrap_or(config.steps).min(config.steps);
+    let csv_path = config.out_dir.join("loss.csv");
+    let mut csv = loss_csv(&csv_path, start)?;
+
     let (n, row) = (images.shape()[0], images.numel() / images.shape()[0]);
     let mut item_shape = images.shape().to_vec();
-    let mut order: Vec<usize> = (0..n).collect();
-    let mut position = n; // forces a shuffle at the first batch
+    item_shape[0] = config.batch;
+    let mut order = epoch_order(n, config.seed, epoch);
     let mut tape = Tape::new();
-    let mut progress = Progress::new();
+    let mut progress = Progress::new(start);
     let mut last_loss = f32::NAN;
+    let mut last_checkpoint: Option<PathBuf> = None;
     let started = Instant::now();
-    for step in 0..config.steps {
-        // The next batch in a fresh permutation each epoch.
+    for step in start..end {
+        // The next batch: items in this epoch's order, moving to the next epoch's order at the end.
         let mut batch = Vec::with_capacity(config.batch * row);
         for _ in 0..config.batch {
             if position == n {
-                for i in (1..n).rev() {
-                    order.swap(i, rng.random_range(0..=i));
-                }
+                epoch += 1;
+                order = epoch_order(n, config.seed, epoch);
                 position = 0;
             }
             let k = order[position];
             position += 1;
             batch.extend_from_slice(&images.data()[k * row..(k + 1) * row]);
         }
-        item_shape[0] = config.batch;
         let x_0 = Tensor::from_vec(&item_shape, batch);
 
         let lr = config.lr_at(step);
         opt.set_lr(lr);
+        let mut rng = keyed_rng(config.seed, Stream::Step, step as u64);
         let loss =
             training_loss(&mut tape, model, params, schedule, config.prediction, config.weighting, &x_0, &mut rng);
+        last_loss = loss.value().item();
+        let diverged = |problem: String| {
+            let kept = match &last_checkpoint {
+                Some(p) => format!("the last good checkpoint is {}", p.display()),
+                None => "no checkpoint was written in this run".to_string(),
+            };
+            Error::Diverged(format!("step {}: {problem}; {kept}", step + 1))
+        };
+        if !last_loss.is_finite() {
+            tape.clear();
+            return Err(diverged(explain_non_finite_loss(model, params, schedule, config, &x_0, step, last_loss)));
+        }
         let mut grads = tape.backward(&loss);
+        if let Some((id, _)) = grads.params().find(|(_, g)| !g.all_finite()) {
+            let name = params.name(id);
+            return Err(diverged(format!(
+                "the loss is {last_loss} but the gradient of parameter {name} is not finite"
+            )));
+        }
         if config.grad_clip > 0.0 {
             clip_grad_norm(&mut grads, config.grad_clip);
         }
         opt.step(params, &grads);
         ema.update(params);
-        last_loss = loss.value().item();
         writeln!(csv, "{},{last_loss},{lr}", step + 1).map_err(|e| Error::io(&csv_path, e))?;
-        progress.update(step + 1, config.steps, last_loss, config.batch, step + 1 == config.steps);
+        progress.update(step + 1, config.steps, last_loss, config.batch, step + 1 == end);
         if config.sample_every > 0 && (step + 1) % config.sample_every == 0 && step + 1 < config.steps {
             let path = config.out_dir.join(format!("samples_step{}.png", step + 1));
             write_grid(model, ema.params(), schedule, config, &path)?;
         }
+        let periodic = config.checkpoint_every > 0 && (step + 1) % config.checkpoint_every == 0;
+        if periodic || step + 1 == end {
+            // The csv must hold every step the checkpoint holds before the checkpoint exists.
+            csv.flush().map_err(|e| Error::io(&csv_path, e))?;
+            let checkpoint = Checkpoint {
+                step: step as u64 + 1,
+                epoch,
+                position: position as u64,
+                params: params.clone(),
+                ema: ema.params().clone(),
+                ema_updates: ema.updates(),
+                adam: opt.state().to_vec(),
+                config: config.to_metadata().into_iter().chain(config.run_metadata.clone()).collect(),
+            };
+            last_checkpoint = Some(save_rotating(&checkpoint_dir, &checkpoint, config.keep_checkpoints)?);
+        }
     }
-    let mean_step_ms = started.elapsed().as_secs_f64() * 1e3 / config.steps.max(1) as f64;
+    let mean_step_ms = started.elapsed().as_secs_f64() * 1e3 / (end - start).max(1) as f64;
     csv.flush().map_err(|e| Error::io(&csv_path, e))?;
-    let grid = config.out_dir.join("samples.png");
+    let grid =
+        config.out_dir.join(if end == config.steps { "samples.png".into() } else { format!("samples_step{end}.png") });
     write_grid(model, ema.params(), schedule, config, &grid)?;
-    Ok((ema, TrainReport { final_loss: last_loss, mean_step_ms, grid }))
+    let checkpoint = last_checkpoint.unwrap_or_else(|| checkpoint_dir.join(format!("step-{end:08}.safetensors")));
+    Ok((ema, TrainReport { step: end, final_loss: last_loss, mean_step_ms, grid, checkpoint }))
+}
+
+/// Opens the loss log for appending after step `start`: a new file with its header when starting from
+/// scratch; when resuming, the rows up to `start` are kept and any later ones (written after the checkpoint
+/// by the interrupted run) dropped, so the file reads as one uninterrupted run.
+fn loss_csv(path: &Path, start: usize) -> Result<BufWriter<File>> {
+    let mut kept = String::from("step,loss,lr\n");
+    if start > 0 {
+        if let Ok(previous) = std::fs::read_to_string(path) {
+            for line in previous.lines().skip(1) {
+                match line.split(',').next().and_then(|s| s.parse::<usize>().ok()) {
+                    Some(s) if s <= start => {
+                        kept.push_str(line);
+                        kept.push('\n');
+                    }
+                    _ => break,
+                }
+            }
+        }
+    }
+    let mut file = BufWriter::new(File::create(path).map_err(|e| Error::io(path, e))?);
+    file.write_all(kept.as_bytes()).map_err(|e| Error::io(path, e))?;
+    Ok(file)
+}
+
+/// Why the loss of `step` is not finite: the first parameter that is not, or else the first activation
+/// that is not, found by running the step's forward pass again (same batch, same random draws) with the
+/// tape's finite check on.
+fn explain_non_finite_loss(
+    model: &UNet,
+    params: &ParamStore,
+    schedule: &NoiseSchedule,
+    config: &TrainConfig,
+    x_0: &Tensor,
+    step: usize,
+    loss: f32,
+) -> String {
+    if let Some((_, name, _)) = params.iter().find(|(_, _, t)| !t.all_finite()) {
+        return format!("the loss is {loss}; parameter {name} is not finite");
+    }
+    if !x_0.all_finite() {
+        return format!("the loss is {loss}; the training batch holds non-finite pixels");
+    }
+    let mut tape = Tape::new();
+    tape.enable_finite_check();
+    let mut rng = keyed_rng(config.seed, Stream::Step, step as u64);
+    let _ = training_loss(&mut tape, model, params, schedule, config.prediction, config.weighting, x_0, &mut rng);
+    let Some(first) = tape.first_non_finite() else { return format!("the loss is {loss}") };
+    let layer = match first.params.first() {
+        Some(&id) => format!(" of {}", params.name(id).rsplit_once('.').map_or(params.name(id), |(layer, _)| layer)),
+        None => String::new(),
+    };
+    format!(
+        "the loss is {loss}; the first non-finite activation is the output of op #{} ({}{layer}), shape {:?} from \
+         inputs {:?}",
+        first.op_index, first.op, first.shape, first.input_shapes
+    )
 }
 
 /// Samples `grid_images` images with a fixed seed (the same noise every time) and writes them as a grid.
@@ -207,27 +430,43 @@ mod tests {
 
     fn config(steps: usize, out: &str) -> TrainConfig {
         TrainConfig {
-            steps,
-            batch: 8,
             lr: 2e-3,
             warmup: 10,
-            min_lr_ratio: 0.0,
-            weight_decay: 0.0,
-            grad_clip: 1.0,
             ema_decay: 0.9,
-            prediction: Prediction::Epsilon,
-            weighting: Weighting::Uniform,
             seed: 1,
-            sample_every: 0,
             grid_images: 4,
-            grid_sampler: SamplerConfig {
-                method: Method::DpmSolver2M,
-                steps: 5,
-                spacing: Spacing::Linspace,
-                clip_x0: Some(1.0),
-            },
-            out_dir: std::env::temp_dir().join(format!("train-test-{}-{out}", std::process::id())),
+            grid_sampler: SamplerConfig { steps: 5, ..TrainConfig::default_grid_sampler() },
+            checkpoint_every: 0,
+            ..TrainConfig::new(steps, 8, std::env::temp_dir().join(format!("train-test-{}-{out}", std::process::id())))
         }
+    }
+
+    /// `count` 8×8 "images": a bright 3×3 square on a dark background at a random position.
+    fn squares(count: usize) -> Tensor {
+        let mut rng = StdRng::seed_from_u64(5);
+        let mut data = vec![-1.0f32; count * 64];
+        for i in 0..count {
+            let (y, x) = (rng.random_range(0..5usize), rng.random_range(0..5usize));
+            for dy in 0..3 {
+                for dx in 0..3 {
+                    data[i * 64 + (y + dy) * 8 + x + dx] = 1.0;
+                }
+            }
+        }
+        Tensor::from_vec(&[count, 1, 8, 8], data)
+    }
+
+    fn losses(out_dir: &Path) -> Vec<f32> {
+        std::fs::read_to_string(out_dir.join("loss.csv"))
+            .unwrap()
+            .lines()
+            .skip(1)
+            .map(|l| l.split(',').nth(1).unwrap().parse().unwrap())
+            .collect()
+    }
+
+    fn bits(store: &ParamStore) -> Vec<u32> {
+        store.iter().flat_map(|(_, _, t)| t.data().iter().map(|v| v.to_bits()).collect::<Vec<_>>()).collect()
     }
 
     #[test]
@@ -242,35 +481,115 @@ mod tests {
 
     #[test]
     fn tiny_unet_training_lowers_the_loss_and_writes_its_outputs() {
-        // A batch of 8×8 "images": a bright square on a dark background, with a random position.
-        let mut rng = StdRng::seed_from_u64(5);
-        let mut data = vec![-1.0f32; 64 * 64];
-        for i in 0..64 {
-            let (y, x) = (rng.random_range(0..5usize), rng.random_range(0..5usize));
-            for dy in 0..3 {
-                for dx in 0..3 {
-                    data[i * 64 + (y + dy) * 8 + x + dx] = 1.0;
-                }
-            }
-        }
-        let images = Tensor::from_vec(&[64, 1, 8, 8], data);
+        let images = squares(64);
         let mut params = ParamStore::new();
         let model = UNet::new(UNetConfig::tiny(), &mut params, 0);
         let schedule = NoiseSchedule::linear(200, 1e-4, 0.04);
         let cfg = config(300, "tiny");
-        let csv = cfg.out_dir.join("loss.csv");
-        let (_, report) = train(&model, &mut params, &schedule, &images, &cfg).unwrap();
-        let losses: Vec<f32> = std::fs::read_to_string(&csv)
-            .unwrap()
-            .lines()
-            .skip(1)
-            .map(|l| l.split(',').nth(1).unwrap().parse().unwrap())
-            .collect();
+        let (_, report) = train(&model, &mut params, &schedule, &images, &cfg, None).unwrap();
+        let losses = losses(&cfg.out_dir);
         assert_eq!(losses.len(), 300);
         let first: f32 = losses[..30].iter().sum::<f32>() / 30.0;
         let last: f32 = losses[270..].iter().sum::<f32>() / 30.0;
         assert!(last < 0.6 * first, "loss {first} → {last}");
-        assert!(report.grid.exists());
+        assert!(report.grid.exists() && report.checkpoint.exists());
+        std::fs::remove_dir_all(&cfg.out_dir).unwrap();
+    }
+
+    /// N steps straight, against N/2 steps, a stop, a resume from the checkpoint, and N/2 more: the same
+    /// losses and the same parameters, EMA and Adam moments, bit for bit. Dropout is on, and 20 images in
+    /// batches of 8 make batches straddle epochs, so the random draws and the data order are both tested.
+    #[test]
+    fn a_resumed_run_equals_the_uninterrupted_run_bit_for_bit() {
+        let images = squares(20);
+        let net = UNetConfig { dropout: 0.1, ..UNetConfig::tiny() };
+        let schedule = NoiseSchedule::linear(200, 1e-4, 0.04);
+        let steps = 12;
+
+        let straight = config(steps, "straight");
+        let mut p_straight = ParamStore::new();
+        let model = UNet::new(net.clone(), &mut p_straight, 3);
+        let (ema_straight, _) = train(&model, &mut p_straight, &schedule, &images, &straight, None).unwrap();
+
+        let sittings = TrainConfig { stop_at: Some(steps / 2), ..config(steps, "sittings") };
+        let mut p_first = ParamStore::new();
+        let model = UNet::new(net, &mut p_first, 3);
+        let (_, first) = train(&model, &mut p_first, &schedule, &images, &sittings, None).unwrap();
+        assert_eq!(first.step, steps / 2);
+        // A fresh model (different initial weights) receives everything from the checkpoint.
+        let mut p_resumed = ParamStore::new();
+        let model = UNet::new(model.config.clone(), &mut p_resumed, 99);
+        let checkpoint = Checkpoint::load(&first.checkpoint, &p_resumed).unwrap();
+        assert_eq!((checkpoint.step, checkpoint.epoch, checkpoint.position), (6, 2, 8), "48 items = 2 epochs + 8");
+        let resume = TrainConfig { stop_at: None, ..sittings.clone() };
+        let (ema_resumed, report) =
+            train(&model, &mut p_resumed, &schedule, &images, &resume, Some(checkpoint)).unwrap();
+        assert_eq!(report.step, steps);
+
+        assert_eq!(losses(&straight.out_dir), losses(&sittings.out_dir), "loss.csv holds the same rows");
+        assert_eq!(losses(&straight.out_dir).len(), steps);
+        assert!(bits(&p_straight) == bits(&p_resumed), "parameters differ");
+        assert!(bits(ema_straight.params()) == bits(ema_resumed.params()), "EMA differs");
+        let last = |dir: &Path| Checkpoint::load(dir.join("checkpoints/step-00000012.safetensors"), &p_straight);
+        let (a, b) = (last(&straight.out_dir).unwrap(), last(&sittings.out_dir).unwrap());
+        assert!(a.adam == b.adam && a.ema_updates == b.ema_updates && a.position == b.position);
+        for dir in [&straight.out_dir, &sittings.out_dir] {
+            std::fs::remove_dir_all(dir).unwrap();
+        }
+    }
+
+    #[test]
+    fn training_is_bit_identical_on_one_and_two_threads() {
+        let images = squares(24);
+        let schedule = NoiseSchedule::linear(200, 1e-4, 0.04);
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            pool.install(|| {
+                let cfg = config(6, &format!("threads{threads}"));
+                let mut params = ParamStore::new();
+                let model = UNet::new(UNetConfig { dropout: 0.1, ..UNetConfig::tiny() }, &mut params, 4);
+                train(&model, &mut params, &schedule, &images, &cfg, None).unwrap();
+                let losses: Vec<u32> = losses(&cfg.out_dir).iter().map(|l| l.to_bits()).collect();
+                std::fs::remove_dir_all(&cfg.out_dir).unwrap();
+                (bits(&params), losses)
+            })
+        };
+        let (one, two) = (run(1), run(2));
+        assert!(one == two, "1 and 2 threads disagree");
+    }
+
+    #[test]
+    fn a_nan_stops_training_naming_the_step_and_what_went_bad_first() {
+        let images = squares(16);
+        let schedule = NoiseSchedule::linear(200, 1e-4, 0.04);
+        // A parameter that is NaN from the start is named at step 1.
+        let cfg = config(5, "nan-param");
+        let mut params = ParamStore::new();
+        let model = UNet::new(UNetConfig::tiny(), &mut params, 0);
+        let id = params.find("mid.res1.conv2.bias").unwrap();
+        params.get_mut(id).data_mut()[0] = f32::NAN;
+        let err = train(&model, &mut params, &schedule, &images, &cfg, None).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "training diverged at step 1: the loss is NaN; parameter mid.res1.conv2.bias is not finite; \
+             no checkpoint was written in this run"
+        );
+        // A learning rate of 1e30 makes the weights huge after one step and the activations overflow in the
+        // second; the checkpoint of step 1 is kept and still loads.
+        let cfg = TrainConfig { lr: 1e30, warmup: 0, grad_clip: 0.0, checkpoint_every: 1, ..config(5, "nan-lr") };
+        let mut params = ParamStore::new();
+        let model = UNet::new(UNetConfig::tiny(), &mut params, 0);
+        let err = train(&model, &mut params, &schedule, &images, &cfg, None).unwrap_err();
+        assert!(matches!(err, Error::Diverged(_)));
+        let err = err.to_string();
+        let kept = cfg.out_dir.join("checkpoints/step-00000001.safetensors");
+        assert!(err.starts_with("training diverged at step 2: the loss is "), "{err}");
+        assert!(
+            err.contains("the first non-finite activation is the output of op #3 (linear of time.linear2)"),
+            "{err}"
+        );
+        assert!(err.ends_with(&format!("the last good checkpoint is {}", kept.display())), "{err}");
+        assert_eq!(Checkpoint::load(&kept, &params).unwrap().step, 1);
         std::fs::remove_dir_all(&cfg.out_dir).unwrap();
     }
 }

@@ -17,13 +17,17 @@
 //! ```
 //! The preset [`UNetConfig::small`] is the common small DDPM U-Net for 28×28 digits (2,268,513 parameters).
 
+use std::collections::BTreeMap;
+
 use autograd::nn::{Conv2d, GroupNorm, Linear};
 use autograd::{ParamStore, Tape, Var};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
+use crate::checkpoint::{join, Fields};
 use crate::ddpm::Denoiser;
 use crate::embedding::timestep_embedding;
+use crate::error::Result;
 
 /// Architecture of a [`UNet`].
 #[derive(Clone, Debug, PartialEq)]
@@ -112,6 +116,84 @@ impl UNetConfig {
             "rgb32" => Some(UNetConfig::rgb32()),
             _ => None,
         }
+    }
+
+    /// The config as `unet.*` metadata entries (for checkpoints and weight files).
+    pub fn to_metadata(&self) -> BTreeMap<String, String> {
+        let attention: Vec<u8> = self.attention.iter().map(|&a| a as u8).collect();
+        [
+            ("image_channels", self.image_channels.to_string()),
+            ("image_size", self.image_size.to_string()),
+            ("base_channels", self.base_channels.to_string()),
+            ("channel_mult", join(&self.channel_mult)),
+            ("blocks_per_level", self.blocks_per_level.to_string()),
+            ("attention", join(&attention)),
+            ("heads", self.heads.to_string()),
+            ("groups", self.groups.to_string()),
+            ("dropout", self.dropout.to_string()),
+            ("time_embedding_dim", self.time_embedding_dim.to_string()),
+            ("time_dim", self.time_dim.to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (format!("unet.{k}"), v))
+        .collect()
+    }
+
+    /// The config written by [`UNetConfig::to_metadata`], checked with [`UNetConfig::validate`].
+    pub fn from_metadata(fields: &Fields) -> Result<UNetConfig> {
+        let attention: Vec<u8> = fields.list("unet.attention")?;
+        let config = UNetConfig {
+            image_channels: fields.get("unet.image_channels")?,
+            image_size: fields.get("unet.image_size")?,
+            base_channels: fields.get("unet.base_channels")?,
+            channel_mult: fields.list("unet.channel_mult")?,
+            blocks_per_level: fields.get("unet.blocks_per_level")?,
+            attention: attention.iter().map(|&a| a != 0).collect(),
+            heads: fields.get("unet.heads")?,
+            groups: fields.get("unet.groups")?,
+            dropout: fields.get("unet.dropout")?,
+            time_embedding_dim: fields.get("unet.time_embedding_dim")?,
+            time_dim: fields.get("unet.time_dim")?,
+        };
+        config.validate().map_err(|problem| fields.error(format!("describes an impossible U-Net: {problem}")))?;
+        Ok(config)
+    }
+
+    /// Whether a U-Net can be built from this config; if not, what is wrong.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        let levels = self.channel_mult.len();
+        let positive = [
+            ("image_channels", self.image_channels),
+            ("image_size", self.image_size),
+            ("base_channels", self.base_channels),
+            ("blocks_per_level", self.blocks_per_level),
+            ("heads", self.heads),
+            ("groups", self.groups),
+            ("time_dim", self.time_dim),
+            ("channel levels", levels),
+        ];
+        if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
+            return Err(format!("{name} is 0"));
+        }
+        if self.attention.len() != levels {
+            return Err(format!("attention has {} entries for {levels} levels", self.attention.len()));
+        }
+        if self.time_embedding_dim == 0 || self.time_embedding_dim % 2 != 0 {
+            return Err(format!("time_embedding_dim {} is not a positive even number", self.time_embedding_dim));
+        }
+        if self.image_size % (1 << (levels - 1)) != 0 {
+            return Err(format!("image_size {} cannot be halved {} times", self.image_size, levels - 1));
+        }
+        for l in 0..levels {
+            let c = self.channels(l);
+            if c == 0 || c % self.groups != 0 || c % self.heads != 0 {
+                return Err(format!("level {l} has {c} channels, not a multiple of groups and heads"));
+            }
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return Err(format!("dropout {} is not in [0, 1)", self.dropout));
+        }
+        Ok(())
     }
 
     fn channels(&self, level: usize) -> usize {
@@ -342,6 +424,11 @@ impl Denoiser for UNet {
         let ts: Vec<f32> = t.iter().map(|&v| v as f32).collect();
         self.forward(tape, params, x_t, &ts, None)
     }
+
+    fn predict_train(&self, tape: &mut Tape, params: &ParamStore, x_t: &Var, t: &[usize], rng: &mut StdRng) -> Var {
+        let ts: Vec<f32> = t.iter().map(|&v| v as f32).collect();
+        self.forward(tape, params, x_t, &ts, Some(rng))
+    }
 }
 
 #[cfg(test)]
@@ -354,6 +441,27 @@ mod tests {
         let mut params = ParamStore::new();
         let _ = UNet::new(UNetConfig::small(), &mut params, 0);
         assert_eq!(params.num_elements(), 2_268_513);
+    }
+
+    #[test]
+    fn config_round_trips_through_metadata_and_bad_configs_are_errors() {
+        let path = std::path::Path::new("model.safetensors");
+        for config in [UNetConfig::small(), UNetConfig::tiny(), UNetConfig::rgb32()] {
+            let meta = config.to_metadata();
+            assert_eq!(UNetConfig::from_metadata(&Fields::new(path, &meta)).unwrap(), config);
+        }
+        let mut meta = UNetConfig::tiny().to_metadata();
+        meta.insert("unet.groups".into(), "3".into());
+        let err = UNetConfig::from_metadata(&Fields::new(path, &meta)).unwrap_err().to_string();
+        let expected = "level 0 has 8 channels, not a multiple of groups and heads";
+        assert_eq!(err, format!("model.safetensors: describes an impossible U-Net: {expected}"));
+        meta.insert("unet.channel_mult".into(), "1,x".into());
+        let err = UNetConfig::from_metadata(&Fields::new(path, &meta)).unwrap_err().to_string();
+        assert!(err.contains("\"unet.channel_mult\" entry that is not a valid list"), "{err}");
+        meta.insert("unet.channel_mult".into(), "1,2".into());
+        meta.remove("unet.heads");
+        let err = UNetConfig::from_metadata(&Fields::new(path, &meta)).unwrap_err().to_string();
+        assert!(err.contains("no \"unet.heads\" entry"), "{err}");
     }
 
     #[test]

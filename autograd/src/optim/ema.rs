@@ -21,6 +21,11 @@ impl Ema {
         Ema { decay, updates: 0, shadow: params.clone() }
     }
 
+    /// An average restored from a checkpoint: its parameters and the number of updates it has had.
+    pub fn from_parts(shadow: ParamStore, decay: f32, updates: u64) -> Ema {
+        Ema { decay, updates, shadow }
+    }
+
     /// The decay the next update uses.
     pub fn current_decay(&self) -> f32 {
         let n = self.updates as f32;

@@ -1,0 +1,143 @@
+//! Saving and loading weights as safetensors (the ecosystem's weight format: a JSON header of names,
+//! dtypes, shapes and offsets, then raw little-endian data; no code runs on load, and Python's
+//! `safetensors` and `torch` read it unchanged). Parameter names are the store's (`down1.0.res.conv1.weight`).
+//!
+//! Writes are crash-safe: the bytes go to a temporary file in the same directory, which is flushed and
+//! synced, then renamed over the destination (atomic on POSIX), then the directory is synced; a crash
+//! at any point leaves either the old file or the new one, never a torn one. Loads check everything
+//! before touching the model: a missing, extra, wrong-dtype or wrong-shape tensor is an error naming the
+//! file, and the parameters are left as they were.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::io::Write;
+use std::path::Path;
+
+use autograd::{ParamStore, Tensor};
+use safetensors::tensor::TensorView;
+use safetensors::{Dtype, SafeTensors};
+
+use crate::error::{Error, Result};
+
+mod state;
+mod trained;
+pub use state::{check_format, join, list_checkpoints, save_rotating, Checkpoint, Fields, FORMAT, FORMAT_VERSION};
+pub use trained::{Trained, WEIGHTS_FORMAT};
+
+/// Writes every parameter of `params` and the string `metadata` to `path`, crash-safe.
+pub fn save_weights(path: impl AsRef<Path>, params: &ParamStore, metadata: &BTreeMap<String, String>) -> Result<()> {
+    let path = path.as_ref();
+    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = params
+        .iter()
+        .map(|(_, name, t)| {
+            (name.to_string(), t.shape().to_vec(), t.data().iter().flat_map(|v| v.to_le_bytes()).collect())
+        })
+        .collect();
+    let views = bytes
+        .iter()
+        .map(|(name, shape, data)| {
+            let view = TensorView::new(Dtype::F32, shape.clone(), data).expect("sizes agree by construction");
+            (name.clone(), view)
+        })
+        .collect::<Vec<_>>();
+    let info: HashMap<String, String> = metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let buffer = safetensors::serialize(views, Some(info))
+        .map_err(|e| Error::format(path, format!("could not be encoded as safetensors: {e}")))?;
+    write_atomically(path, &buffer)
+}
+
+/// Replaces `path` with `bytes` so that a crash leaves either the old or the new file whole.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let temp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let write = || -> std::io::Result<()> {
+        let mut file = File::create(&temp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        Ok(())
+    };
+    if let Err(e) = write() {
+        let _ = std::fs::remove_file(&temp);
+        return Err(Error::io(&temp, e));
+    }
+    std::fs::rename(&temp, path).map_err(|e| Error::io(path, e))?;
+    // The rename is durable only once the directory entry is on disk.
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// The string metadata of a safetensors file, without loading any tensor into a model (to learn which
+/// model to build first).
+pub fn read_metadata(path: impl AsRef<Path>) -> Result<BTreeMap<String, String>> {
+    let path = path.as_ref();
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let (_, header) = SafeTensors::read_metadata(&bytes)
+        .map_err(|e| Error::format(path, format!("is not a valid safetensors file ({e})")))?;
+    Ok(header.metadata().clone().unwrap_or_default().into_iter().collect())
+}
+
+/// Loads `path` into `params`: every parameter must be present as f32 with its shape; returns the file's
+/// metadata. On any error the parameters are unchanged.
+pub fn load_weights(path: impl AsRef<Path>, params: &mut ParamStore) -> Result<BTreeMap<String, String>> {
+    let path = path.as_ref();
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let (file, metadata) = parse(path, &bytes)?;
+    let loaded = read_store(path, &file, "", params)?;
+    check_no_extra(path, &file, params.len())?;
+    *params = loaded;
+    Ok(metadata)
+}
+
+/// The tensors and string metadata of a safetensors file, or an error naming the file.
+fn parse<'a>(path: &Path, bytes: &'a [u8]) -> Result<(SafeTensors<'a>, BTreeMap<String, String>)> {
+    let invalid =
+        |e: safetensors::SafeTensorError| Error::format(path, format!("is not a valid safetensors file ({e})"));
+    let (_, header) = SafeTensors::read_metadata(bytes).map_err(invalid)?;
+    let file = SafeTensors::deserialize(bytes).map_err(invalid)?;
+    Ok((file, header.metadata().clone().unwrap_or_default().into_iter().collect()))
+}
+
+/// A copy of `template` with every value read from the tensor `prefix + name`, which must be f32 with the
+/// template's shape.
+fn read_store(path: &Path, file: &SafeTensors, prefix: &str, template: &ParamStore) -> Result<ParamStore> {
+    let mut store = template.clone();
+    for (id, name, current) in template.iter() {
+        *store.get_mut(id) = read_f32(path, file, &format!("{prefix}{name}"), current.shape())?;
+    }
+    Ok(store)
+}
+
+/// The tensor `name`, which must be f32 of `shape`.
+fn read_f32(path: &Path, file: &SafeTensors, name: &str, shape: &[usize]) -> Result<Tensor> {
+    let bad = |problem: String| Error::format(path, problem);
+    let view = file.tensor(name).map_err(|_| bad(format!("has no tensor named {name:?}")))?;
+    if view.dtype() != Dtype::F32 {
+        return Err(bad(format!("tensor {name:?} is {:?}, expected F32", view.dtype())));
+    }
+    if view.shape() != shape {
+        return Err(bad(format!("tensor {name:?} has shape {:?}, the model expects {shape:?}", view.shape())));
+    }
+    let values = view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+    Ok(Tensor::from_vec(shape, values))
+}
+
+/// Fails when the file holds more tensors than the `expected` number that were read from it.
+fn check_no_extra(path: &Path, file: &SafeTensors, expected: usize) -> Result<()> {
+    if file.len() == expected {
+        return Ok(());
+    }
+    let mut names = file.names();
+    names.sort_unstable();
+    let shown = names.iter().take(3).map(|n| format!("{n:?}")).collect::<Vec<_>>().join(", ");
+    Err(Error::format(
+        path,
+        format!("has {} tensors, {expected} expected (a different model?); its first: {shown}", file.len()),
+    ))
+}
+
+#[cfg(test)]
+mod tests;

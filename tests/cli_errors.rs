@@ -1,0 +1,86 @@
+//! The examples' command lines: a mistake gets one line on stderr and a non-zero exit, never a backtrace.
+//! Runs the example binaries `cargo test` builds beside this test.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+/// `target/<profile>/examples/<name>`, next to this test's `target/<profile>/deps/`.
+fn example(name: &str) -> Command {
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
+    let path = profile_dir.join("examples").join(name);
+    assert!(path.exists(), "{} is built by cargo test", path.display());
+    let mut command = Command::new(path);
+    command.env_remove("RUST_BACKTRACE");
+    command
+}
+
+/// Runs and returns (exit code, stderr), checking that stderr is one line starting "error: ".
+fn fails(command: &mut Command) -> (i32, String) {
+    let output = command.output().unwrap();
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr:?}");
+    assert!(stderr.starts_with("error: "), "{stderr:?}");
+    (output.status.code().unwrap(), stderr.trim_end().to_string())
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("cli-errors-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn unknown_flags_and_bad_values_are_usage_errors() {
+    let (code, err) = fails(example("03_train_mnist").args(["--quick", "--stpes", "3"]));
+    assert_eq!((code, err.as_str()), (2, "error: unknown flag --stpes (try --help)"));
+    let (code, err) = fails(example("03_train_mnist").args(["--steps", "ten"]));
+    assert_eq!((code, err.as_str()), (2, "error: --steps \"ten\": invalid digit found in string"));
+    let (code, err) = fails(example("04_sample").args(["--sampler", "euler"]));
+    assert_eq!((code, err.as_str()), (2, "error: --sampler \"euler\": unknown (ddpm, ddim, dpm)"));
+    let (code, err) = fails(example("03_train_mnist").args(["--preset", "huge"]));
+    assert_eq!((code, err.as_str()), (2, "error: --preset \"huge\": unknown"));
+}
+
+#[test]
+fn missing_and_corrupt_files_are_named() {
+    let (code, err) = fails(example("03_train_mnist").args(["--quick", "--images", "/no/such/images.gz"]));
+    assert_eq!(code, 1);
+    assert!(err.starts_with("error: /no/such/images.gz: ") && err.contains("No such file"), "{err}");
+    let dir = scratch("corrupt");
+    let bad = dir.join("bad.safetensors");
+    std::fs::write(&bad, b"\x10\0\0\0\0\0\0\0{\"a\": not json}").unwrap();
+    for (name, flag) in [("04_sample", "--checkpoint"), ("03_train_mnist", "--resume")] {
+        let (code, err) = fails(example(name).args([flag, bad.to_str().unwrap()]));
+        assert_eq!(code, 1);
+        assert!(err.starts_with(&format!("error: {}: is not a valid safetensors file", bad.display())), "{err}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A quick run stopped after 2 of 3 steps, then resumed: the run's settings cannot be changed on resume,
+/// and the resumed run writes the same loss log as one that never stopped.
+#[test]
+fn stop_and_resume_from_the_command_line() {
+    let (straight, sittings) = (scratch("straight"), scratch("sittings"));
+    let run = |args: &[&str]| {
+        let output = example("03_train_mnist").args(args).output().unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    };
+    let out = |dir: &PathBuf| dir.to_str().unwrap().to_string();
+    run(&["--quick", "--out", &out(&straight)]);
+    run(&["--quick", "--stop-at", "2", "--out", &out(&sittings)]);
+    let checkpoints = sittings.join("checkpoints");
+    let (code, err) = fails(example("03_train_mnist").args(["--resume", checkpoints.to_str().unwrap(), "--lr", "1"]));
+    assert_eq!(
+        (code, err.as_str()),
+        (2, "error: --lr cannot be given with --resume: the checkpoint holds the run's settings")
+    );
+    run(&["--quick", "--resume", checkpoints.to_str().unwrap(), "--out", &out(&sittings)]);
+    let log = |dir: &PathBuf| std::fs::read_to_string(dir.join("loss.csv")).unwrap();
+    assert_eq!(log(&straight), log(&sittings));
+    assert_eq!(log(&straight).lines().count(), 4, "a header and 3 steps");
+    for dir in [straight, sittings] {
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
