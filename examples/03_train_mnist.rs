@@ -44,7 +44,9 @@ fn main() {
 
 /// The flags that define a run: stored in its checkpoints, and not to be given again with `--resume`
 /// (`--quick` only changes defaults, so with `--resume` it changes nothing but the outputs).
-const RUN_FLAGS: [&str; 14] = [
+const RUN_FLAGS: [&str; 16] = [
+    "conditional",
+    "label-dropout",
     "preset",
     "steps",
     "batch",
@@ -89,6 +91,11 @@ fn run() -> Result<()> {
     let prediction_name: String = args.value("prediction", "epsilon".to_string(), "network target: epsilon, x0, v")?;
     let min_snr: f64 = args.value("min-snr", 0.0, "min-SNR-gamma loss weighting (0: uniform)")?;
     let seed: u64 = args.value("seed", 0, "random seed")?;
+    let conditional =
+        args.flag("conditional", "class-conditional: learn p(x | label), for classifier-free guidance")?;
+    let label_dropout: f32 =
+        args.value("label-dropout", 0.1, "probability of training an image as unlabeled (--conditional)")?;
+    let guidance: f32 = args.value("guidance", 3.0, "guidance scale of the sample grids (--conditional)")?;
     let sample_every: usize = args.value("sample-every", if quick { 0 } else { 500 }, "steps between sample grids")?;
     let grid: usize = args.value("grid", if quick { 4 } else { 64 }, "images in each sample grid")?;
     let sampler_steps: usize =
@@ -118,11 +125,14 @@ fn run() -> Result<()> {
         checkpoint_every,
         keep_checkpoints: keep,
         stop_at: (stop_at > 0).then_some(stop_at),
+        label_dropout,
+        grid_guidance: guidance,
         ..TrainConfig::new(steps, batch, out.clone())
     };
     let usage = |what: &str, value: &str| Error::Usage(format!("--{what} {value:?}: unknown"));
     let (net_config, schedule_name, timesteps, limit, resume_from) = if resume.is_empty() {
-        let net_config = UNetConfig::preset(&preset).ok_or_else(|| usage("preset", &preset))?;
+        let mut net_config = UNetConfig::preset(&preset).ok_or_else(|| usage("preset", &preset))?;
+        net_config.num_classes = if conditional { 10 } else { 0 };
         config.prediction =
             Prediction::from_name(&prediction_name).ok_or_else(|| usage("prediction", &prediction_name))?;
         NoiseSchedule::by_name(&schedule_name, timesteps).ok_or_else(|| usage("schedule", &schedule_name))?;
@@ -150,13 +160,17 @@ fn run() -> Result<()> {
     };
     let schedule = NoiseSchedule::by_name(&schedule_name, timesteps).expect("checked above");
 
-    let (images_path, mut images) = if cifar.is_empty() {
+    let (images_path, mut images, mut labels) = if cifar.is_empty() {
         let (images_path, labels_path) = (PathBuf::from(images_flag), PathBuf::from(labels_flag));
         let data = read_labeled(&images_path, &labels_path)?;
-        (images_path, data.images.to_tensor())
+        (images_path, data.images.to_tensor(), data.labels)
     } else {
-        (PathBuf::from(&cifar), read_cifar10_path(&cifar)?.to_tensor())
+        let data = read_cifar10_path(&cifar)?;
+        (PathBuf::from(&cifar), data.to_tensor(), data.labels)
     };
+    if let Some(&big) = labels.iter().find(|&&l| l as usize >= net_config.num_classes.max(10)) {
+        return Err(Error::format(&images_path, format!("has a label {big}; digits and CIFAR-10 have labels 0-9")));
+    }
     let item = [net_config.image_channels, net_config.image_size, net_config.image_size];
     if images.shape()[1..] != item {
         return Err(Error::Usage(format!(
@@ -168,8 +182,9 @@ fn run() -> Result<()> {
     if limit > 0 && limit < images.shape()[0] {
         let few = images.data()[..limit * item.iter().product::<usize>()].to_vec();
         images = autograd::Tensor::from_vec(&[limit, item[0], item[1], item[2]], few);
+        labels.truncate(limit);
     }
-    config.run_metadata = net_config.to_metadata();
+    let labels: Vec<usize> = labels.iter().map(|&l| l as usize).collect();
     config.run_metadata.extend([
         ("preset".to_string(), preset.clone()),
         ("schedule".to_string(), schedule_name.clone()),
@@ -207,7 +222,7 @@ fn run() -> Result<()> {
         config.batch
     );
     let started = Instant::now();
-    let (ema, report) = train(&model, &mut params, &schedule, &images, &config, checkpoint)?;
+    let (ema, report) = train(&model, &mut params, &schedule, &images, Some(&labels), &config, checkpoint)?;
     if report.step < config.steps {
         println!(
             "stopped at step {} of {} ({:.0} ms per step); continue with --resume {}",

@@ -11,10 +11,15 @@
 
 pub mod checkpoint;
 pub mod cifar;
+pub mod classifier;
 pub mod cli;
+pub mod control;
 pub mod ddpm;
 pub mod embedding;
 pub mod error;
+pub mod evaluate;
+pub mod fid;
+pub mod guidance;
 pub mod idx;
 pub mod mlp;
 pub mod objective;

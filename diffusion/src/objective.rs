@@ -92,7 +92,7 @@ impl Weighting {
 #[allow(clippy::too_many_arguments)]
 pub fn training_loss(
     tape: &mut Tape,
-    model: &impl Denoiser,
+    model: &(impl Denoiser + ?Sized),
     params: &ParamStore,
     schedule: &NoiseSchedule,
     prediction: Prediction,

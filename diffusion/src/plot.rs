@@ -152,3 +152,145 @@ mod grid_tests {
         assert_eq!(at(2, 6), 0);
     }
 }
+
+impl Canvas {
+    /// A straight line from (x0, y0) to (x1, y1), `width` pixels thick (Bresenham's algorithm).
+    pub fn line(&mut self, (x0, y0): (isize, isize), (x1, y1): (isize, isize), width: usize, color: [u8; 3]) {
+        let (dx, dy) = ((x1 - x0).abs(), -(y1 - y0).abs());
+        let (sx, sy) = (if x0 < x1 { 1 } else { -1 }, if y0 < y1 { 1 } else { -1 });
+        let (mut x, mut y, mut err) = (x0, y0, dx + dy);
+        loop {
+            self.dot((x, y), width / 2, color);
+            if x == x1 && y == y1 {
+                break;
+            }
+            let e2 = 2 * err;
+            if e2 >= dy {
+                err += dy;
+                x += sx;
+            }
+            if e2 <= dx {
+                err += dx;
+                y += sy;
+            }
+        }
+    }
+
+    /// A filled square of half-width `r` centred on (x, y).
+    pub fn dot(&mut self, (x, y): (isize, isize), r: usize, color: [u8; 3]) {
+        let r = r as isize;
+        for py in y - r..=y + r {
+            for px in x - r..=x + r {
+                if px >= 0 && py >= 0 {
+                    self.put(px as usize, py as usize, color);
+                }
+            }
+        }
+    }
+
+    /// Digits, '.', '-' and spaces in a 3×5 pixel font drawn `scale` times larger, top-left at (x, y). Other
+    /// characters are skipped (a space's width).
+    pub fn text(&mut self, (x, y): (usize, usize), text: &str, scale: usize, color: [u8; 3]) {
+        // Each glyph: five rows of three bits, the top row first, the left pixel the high bit.
+        const GLYPHS: [(char, [u8; 5]); 12] = [
+            ('0', [7, 5, 5, 5, 7]),
+            ('1', [2, 6, 2, 2, 7]),
+            ('2', [7, 1, 7, 4, 7]),
+            ('3', [7, 1, 7, 1, 7]),
+            ('4', [5, 5, 7, 1, 1]),
+            ('5', [7, 4, 7, 1, 7]),
+            ('6', [7, 4, 7, 5, 7]),
+            ('7', [7, 1, 1, 1, 1]),
+            ('8', [7, 5, 7, 5, 7]),
+            ('9', [7, 5, 7, 1, 7]),
+            ('.', [0, 0, 0, 0, 2]),
+            ('-', [0, 0, 7, 0, 0]),
+        ];
+        for (i, ch) in text.chars().enumerate() {
+            let Some((_, rows)) = GLYPHS.iter().find(|(c, _)| *c == ch) else { continue };
+            let x0 = x + i * 4 * scale;
+            for (r, bits) in rows.iter().enumerate() {
+                for b in 0..3 {
+                    if bits & (4 >> b) != 0 {
+                        for dy in 0..scale {
+                            for dx in 0..scale {
+                                self.put(x0 + b * scale + dx, y + r * scale + dy, color);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One series of a [`line_chart`]: points (x, y), drawn as dots joined by lines.
+pub struct Series {
+    pub points: Vec<(f64, f64)>,
+    pub color: [u8; 3],
+}
+
+/// A chart of `series` over a log₁₀ x axis with ticks at `x_ticks` and a linear y axis from 0 to `y_max`
+/// with 5 labelled ticks; `levels` are horizontal reference lines (y, color), drawn dashed.
+pub fn line_chart(series: &[Series], x_ticks: &[f64], y_max: f64, levels: &[(f64, [u8; 3])]) -> Canvas {
+    let (w, h, left, bottom, top, right) = (720usize, 420usize, 70usize, 40usize, 20usize, 20usize);
+    let mut c = Canvas::new(w, h, [255, 255, 255]);
+    let (x_lo, x_hi) = x_ticks.iter().fold((f64::MAX, f64::MIN), |(lo, hi), &t| (lo.min(t.log10()), hi.max(t.log10())));
+    let pad = 0.05 * (x_hi - x_lo).max(1e-9);
+    let (x_lo, x_hi) = (x_lo - pad, x_hi + pad);
+    let px = |x: f64| (left as f64 + (x.log10() - x_lo) / (x_hi - x_lo) * (w - left - right) as f64).round() as isize;
+    let py = |y: f64| (top as f64 + (1.0 - y / y_max) * (h - top - bottom) as f64).round() as isize;
+    let axis = [90, 90, 90];
+    let (x_axis, y_axis) = (py(0.0), left as isize);
+    c.line((y_axis, x_axis), ((w - right) as isize, x_axis), 1, axis);
+    c.line((y_axis, top as isize), (y_axis, x_axis), 1, axis);
+    for &t in x_ticks {
+        c.line((px(t), x_axis), (px(t), x_axis + 5), 1, axis);
+        let label = format!("{t}");
+        c.text(((px(t) - 4 * label.len() as isize) as usize, (x_axis + 10) as usize), &label, 2, axis);
+    }
+    for k in 0..=4 {
+        let y = y_max * k as f64 / 4.0;
+        c.line((y_axis - 5, py(y)), (y_axis, py(y)), 1, axis);
+        let label = format!("{y:.1}");
+        c.text((4, (py(y) - 5).max(0) as usize), &label, 2, axis);
+    }
+    for &(y, color) in levels {
+        let mut x = left as isize;
+        while x < (w - right) as isize {
+            c.line((x, py(y)), ((x + 6).min((w - right) as isize), py(y)), 2, color);
+            x += 12;
+        }
+    }
+    for s in series {
+        for pair in s.points.windows(2) {
+            c.line((px(pair[0].0), py(pair[0].1)), (px(pair[1].0), py(pair[1].1)), 3, s.color);
+        }
+        for &(x, y) in &s.points {
+            c.dot((px(x), py(y)), 4, s.color);
+        }
+    }
+    c
+}
+
+#[cfg(test)]
+mod chart_tests {
+    use super::*;
+
+    #[test]
+    fn lines_dots_and_text_land_where_asked() {
+        let mut c = Canvas::new(20, 10, [255; 3]);
+        c.line((0, 0), (9, 9), 1, [0; 3]);
+        assert!((0..10).all(|i| c.rgb[3 * (i * 20 + i)] == 0), "the diagonal is drawn");
+        c.text((12, 0), "1", 1, [0; 3]);
+        // '1' is [2, 6, 2, 2, 7]: its top row has only the middle pixel.
+        assert_eq!((c.rgb[3 * 12], c.rgb[3 * 13], c.rgb[3 * 14]), (255, 0, 255));
+        let chart = line_chart(
+            &[Series { points: vec![(10.0, 1.0), (100.0, 2.0)], color: [200, 0, 0] }],
+            &[10.0, 100.0],
+            4.0,
+            &[(0.5, [0, 0, 200])],
+        );
+        assert!(chart.rgb.chunks(3).any(|p| p == [200, 0, 0]) && chart.rgb.chunks(3).any(|p| p == [0, 0, 200]));
+    }
+}

@@ -123,8 +123,19 @@ pub fn sample_traced(
     rng: &mut StdRng,
     mut trace: impl FnMut(usize, &Tensor),
 ) -> Tensor {
-    let total = schedule.steps();
-    let ts: Vec<usize> = match config.method {
+    let ts = sampler_timesteps(schedule.steps(), config);
+    let mut stepper = Stepper::new(model, params, schedule, prediction, config);
+    let mut x = Tensor::randn(shape, rng);
+    for (i, &t) in ts.iter().enumerate() {
+        trace(t, &x);
+        x = stepper.step(t, ts.get(i + 1).copied(), &x, rng);
+    }
+    x
+}
+
+/// The descending timesteps `config` visits on a schedule of `total` steps.
+pub fn sampler_timesteps(total: usize, config: &SamplerConfig) -> Vec<usize> {
+    match config.method {
         Method::Ddpm => (0..total).rev().collect(),
         Method::Ddim { .. } => timesteps(total, config.steps, config.spacing),
         // As diffusers' DPMSolverMultistepScheduler: steps + 1 points with the last (lowest) dropped, then a
@@ -135,34 +146,55 @@ pub fn sample_traced(
             ts.pop();
             ts
         }
-    };
-    let mut tape = Tape::inference();
-    let mut x = Tensor::randn(shape, rng);
-    let mut previous: Option<(Tensor, f64)> = None; // DPM-Solver++: (x̂_0, h) of the step before
-    for (i, &t) in ts.iter().enumerate() {
-        trace(t, &x);
-        let batch_t = vec![t; shape[0]];
-        let output = model.predict(&mut tape, params, &Var::constant(x.clone()), &batch_t).into_value();
-        let ab = schedule.alpha_bar[t];
-        let (x0, eps) = estimates(prediction, &output, &x, ab, config.clip_x0);
-        let next = ts.get(i + 1).copied();
-        x = match config.method {
-            Method::Ddpm => ddpm_update(schedule, t, &x, &x0, rng),
+    }
+}
+
+/// One sampler step at a time: evaluates the network at (x_t, t) and moves to the next timestep (or, after
+/// the last, to the data). Keeps what a multistep method needs from the step before.
+pub struct Stepper<'a, D: Denoiser> {
+    model: &'a D,
+    params: &'a ParamStore,
+    schedule: &'a NoiseSchedule,
+    prediction: Prediction,
+    config: &'a SamplerConfig,
+    tape: Tape,
+    /// DPM-Solver++: (x̂_0, h) of the step before.
+    previous: Option<(Tensor, f64)>,
+}
+
+impl<'a, D: Denoiser> Stepper<'a, D> {
+    pub fn new(
+        model: &'a D,
+        params: &'a ParamStore,
+        schedule: &'a NoiseSchedule,
+        prediction: Prediction,
+        config: &'a SamplerConfig,
+    ) -> Self {
+        Stepper { model, params, schedule, prediction, config, tape: Tape::inference(), previous: None }
+    }
+
+    /// x at timestep `t` → x at `next` (`None`: the end of sampling).
+    pub fn step(&mut self, t: usize, next: Option<usize>, x: &Tensor, rng: &mut StdRng) -> Tensor {
+        let batch_t = vec![t; x.shape()[0]];
+        let output = self.model.predict(&mut self.tape, self.params, &Var::constant(x.clone()), &batch_t).into_value();
+        let ab = self.schedule.alpha_bar[t];
+        let (x0, eps) = estimates(self.prediction, &output, x, ab, self.config.clip_x0);
+        match self.config.method {
+            Method::Ddpm => ddpm_update(self.schedule, t, x, &x0, rng),
             Method::Ddim { eta } => {
-                let ab_next = next.map_or(1.0, |s| schedule.alpha_bar[s]);
+                let ab_next = next.map_or(1.0, |s| self.schedule.alpha_bar[s]);
                 ddim_update(ab, ab_next, &x0, &eps, eta, rng)
             }
             Method::DpmSolver2M => match next {
                 None => x0,
                 Some(s) => {
-                    let (x_new, h) = dpm_solver_update(ab, schedule.alpha_bar[s], &x, &x0, previous.as_ref());
-                    previous = Some((x0, h));
+                    let (x_new, h) = dpm_solver_update(ab, self.schedule.alpha_bar[s], x, &x0, self.previous.as_ref());
+                    self.previous = Some((x0, h));
                     x_new
                 }
             },
-        };
+        }
     }
-    x
 }
 
 /// (x̂_0, ε̂) from the network output; with clipping, x̂_0 is clamped and ε̂ recomputed from it.

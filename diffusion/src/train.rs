@@ -14,6 +14,7 @@ use rand::{RngExt, SeedableRng};
 
 use crate::checkpoint::{save_rotating, Checkpoint, Fields};
 use crate::error::{Error, Result};
+use crate::guidance::{Conditional, Guided};
 use crate::objective::{training_loss, Prediction, Weighting};
 use crate::plot::image_grid;
 use crate::sampler::{sample, Method, SamplerConfig, Spacing};
@@ -48,8 +49,13 @@ pub struct TrainConfig {
     pub keep_checkpoints: usize,
     /// Stop after this many steps of the `steps` schedule, with a checkpoint (to train in sittings).
     pub stop_at: Option<usize>,
-    /// Stored in every checkpoint beside the training settings: what else it takes to rebuild the run (the
-    /// model config, the schedule, the data).
+    /// Probability of training a labeled example as unlabeled (classifier-free guidance; class-conditional
+    /// models only).
+    pub label_dropout: f32,
+    /// Guidance scale of the sample grids of a class-conditional model (row i of a grid is class i).
+    pub grid_guidance: f32,
+    /// Stored in every checkpoint beside the training settings and the model config: what else it takes to
+    /// rebuild the run (the schedule, the data).
     pub run_metadata: BTreeMap<String, String>,
 }
 
@@ -76,6 +82,8 @@ impl TrainConfig {
             checkpoint_every: 500,
             keep_checkpoints: 3,
             stop_at: None,
+            label_dropout: 0.1,
+            grid_guidance: 3.0,
             run_metadata: BTreeMap::new(),
         }
     }
@@ -119,6 +127,7 @@ impl TrainConfig {
             ("prediction", self.prediction.name().to_string()),
             ("weighting", weighting),
             ("seed", self.seed.to_string()),
+            ("label_dropout", self.label_dropout.to_string()),
         ]
         .into_iter()
         .map(|(k, v)| (format!("train.{k}"), v))
@@ -141,6 +150,9 @@ impl TrainConfig {
             None => (w == "uniform").then_some(Weighting::Uniform),
         })?;
         self.seed = fields.get("train.seed")?;
+        if fields.text("train.label_dropout").is_ok() {
+            self.label_dropout = fields.get("train.label_dropout")?;
+        }
         Ok(())
     }
 }
@@ -246,9 +258,24 @@ pub fn train(
     params: &mut ParamStore,
     schedule: &NoiseSchedule,
     images: &Tensor,
+    labels: Option<&[usize]>,
     config: &TrainConfig,
     resume: Option<Checkpoint>,
 ) -> Result<(Ema, TrainReport)> {
+    let conditional = model.config.num_classes > 0;
+    match labels {
+        None if conditional => {
+            return Err(Error::Usage("a class-conditional model needs labels to train on".into()));
+        }
+        Some(l) if l.len() != images.shape()[0] => {
+            return Err(Error::Usage(format!("{} labels for {} images", l.len(), images.shape()[0])));
+        }
+        Some(l) if conditional && l.iter().any(|&c| c >= model.config.num_classes) => {
+            return Err(Error::Usage(format!("a label is not below num_classes = {}", model.config.num_classes)));
+        }
+        _ => {}
+    }
+    let labels = labels.filter(|_| conditional);
     std::fs::create_dir_all(&config.out_dir).map_err(|e| Error::io(&config.out_dir, e))?;
     let checkpoint_dir = config.out_dir.join("checkpoints");
     std::fs::create_dir_all(&checkpoint_dir).map_err(|e| Error::io(&checkpoint_dir, e))?;
@@ -277,6 +304,7 @@ pub fn train(
     for step in start..end {
         // The next batch: items in this epoch's order, moving to the next epoch's order at the end.
         let mut batch = Vec::with_capacity(config.batch * row);
+        let mut batch_labels = Vec::with_capacity(config.batch);
         for _ in 0..config.batch {
             if position == n {
                 epoch += 1;
@@ -286,14 +314,17 @@ pub fn train(
             let k = order[position];
             position += 1;
             batch.extend_from_slice(&images.data()[k * row..(k + 1) * row]);
+            batch_labels.extend(labels.map(|l| l[k]));
         }
         let x_0 = Tensor::from_vec(&item_shape, batch);
 
         let lr = config.lr_at(step);
         opt.set_lr(lr);
         let mut rng = keyed_rng(config.seed, Stream::Step, step as u64);
+        let denoiser =
+            Conditional { model, labels: labels.map(|_| batch_labels.as_slice()), label_dropout: config.label_dropout };
         let loss =
-            training_loss(&mut tape, model, params, schedule, config.prediction, config.weighting, &x_0, &mut rng);
+            training_loss(&mut tape, &denoiser, params, schedule, config.prediction, config.weighting, &x_0, &mut rng);
         last_loss = loss.value().item();
         let diverged = |problem: String| {
             let kept = match &last_checkpoint {
@@ -304,7 +335,7 @@ pub fn train(
         };
         if !last_loss.is_finite() {
             tape.clear();
-            return Err(diverged(explain_non_finite_loss(model, params, schedule, config, &x_0, step, last_loss)));
+            return Err(diverged(explain_non_finite_loss(&denoiser, params, schedule, config, &x_0, step, last_loss)));
         }
         let mut grads = tape.backward(&loss);
         if let Some((id, _)) = grads.params().find(|(_, g)| !g.all_finite()) {
@@ -336,7 +367,12 @@ pub fn train(
                 ema: ema.params().clone(),
                 ema_updates: ema.updates(),
                 adam: opt.state().to_vec(),
-                config: config.to_metadata().into_iter().chain(config.run_metadata.clone()).collect(),
+                config: config
+                    .to_metadata()
+                    .into_iter()
+                    .chain(model.config.to_metadata())
+                    .chain(config.run_metadata.clone())
+                    .collect(),
             };
             last_checkpoint = Some(save_rotating(&checkpoint_dir, &checkpoint, config.keep_checkpoints)?);
         }
@@ -377,7 +413,7 @@ fn loss_csv(path: &Path, start: usize) -> Result<BufWriter<File>> {
 /// that is not, found by running the step's forward pass again (same batch, same random draws) with the
 /// tape's finite check on.
 fn explain_non_finite_loss(
-    model: &UNet,
+    model: &Conditional,
     params: &ParamStore,
     schedule: &NoiseSchedule,
     config: &TrainConfig,
@@ -407,7 +443,8 @@ fn explain_non_finite_loss(
     )
 }
 
-/// Samples `grid_images` images with a fixed seed (the same noise every time) and writes them as a grid.
+/// Samples `grid_images` images with a fixed seed (the same noise every time) and writes them as a grid; a
+/// class-conditional model draws class i in row i, guided with `grid_guidance`.
 pub fn write_grid(
     model: &UNet,
     params: &ParamStore,
@@ -418,8 +455,15 @@ pub fn write_grid(
     let c = &model.config;
     let shape = [config.grid_images, c.image_channels, c.image_size, c.image_size];
     let mut rng = StdRng::seed_from_u64(0x6e1d);
-    let images = sample(model, params, schedule, config.prediction, &config.grid_sampler, &shape, &mut rng);
-    let cols = (config.grid_images as f64).sqrt().ceil() as usize;
+    let (images, cols) = if c.num_classes > 0 {
+        let cols = config.grid_images.div_ceil(c.num_classes);
+        let labels = (0..config.grid_images).map(|i| (i / cols) % c.num_classes).collect();
+        let guided = Guided { model, labels, scale: config.grid_guidance };
+        (sample(&guided, params, schedule, config.prediction, &config.grid_sampler, &shape, &mut rng), cols)
+    } else {
+        let cols = (config.grid_images as f64).sqrt().ceil() as usize;
+        (sample(model, params, schedule, config.prediction, &config.grid_sampler, &shape, &mut rng), cols)
+    };
     image_grid(&images, cols, 2).write_png(path)
 }
 
@@ -486,7 +530,7 @@ mod tests {
         let model = UNet::new(UNetConfig::tiny(), &mut params, 0);
         let schedule = NoiseSchedule::linear(200, 1e-4, 0.04);
         let cfg = config(300, "tiny");
-        let (_, report) = train(&model, &mut params, &schedule, &images, &cfg, None).unwrap();
+        let (_, report) = train(&model, &mut params, &schedule, &images, None, &cfg, None).unwrap();
         let losses = losses(&cfg.out_dir);
         assert_eq!(losses.len(), 300);
         let first: f32 = losses[..30].iter().sum::<f32>() / 30.0;
@@ -509,12 +553,12 @@ mod tests {
         let straight = config(steps, "straight");
         let mut p_straight = ParamStore::new();
         let model = UNet::new(net.clone(), &mut p_straight, 3);
-        let (ema_straight, _) = train(&model, &mut p_straight, &schedule, &images, &straight, None).unwrap();
+        let (ema_straight, _) = train(&model, &mut p_straight, &schedule, &images, None, &straight, None).unwrap();
 
         let sittings = TrainConfig { stop_at: Some(steps / 2), ..config(steps, "sittings") };
         let mut p_first = ParamStore::new();
         let model = UNet::new(net, &mut p_first, 3);
-        let (_, first) = train(&model, &mut p_first, &schedule, &images, &sittings, None).unwrap();
+        let (_, first) = train(&model, &mut p_first, &schedule, &images, None, &sittings, None).unwrap();
         assert_eq!(first.step, steps / 2);
         // A fresh model (different initial weights) receives everything from the checkpoint.
         let mut p_resumed = ParamStore::new();
@@ -523,7 +567,7 @@ mod tests {
         assert_eq!((checkpoint.step, checkpoint.epoch, checkpoint.position), (6, 2, 8), "48 items = 2 epochs + 8");
         let resume = TrainConfig { stop_at: None, ..sittings.clone() };
         let (ema_resumed, report) =
-            train(&model, &mut p_resumed, &schedule, &images, &resume, Some(checkpoint)).unwrap();
+            train(&model, &mut p_resumed, &schedule, &images, None, &resume, Some(checkpoint)).unwrap();
         assert_eq!(report.step, steps);
 
         assert_eq!(losses(&straight.out_dir), losses(&sittings.out_dir), "loss.csv holds the same rows");
@@ -548,7 +592,7 @@ mod tests {
                 let cfg = config(6, &format!("threads{threads}"));
                 let mut params = ParamStore::new();
                 let model = UNet::new(UNetConfig { dropout: 0.1, ..UNetConfig::tiny() }, &mut params, 4);
-                train(&model, &mut params, &schedule, &images, &cfg, None).unwrap();
+                train(&model, &mut params, &schedule, &images, None, &cfg, None).unwrap();
                 let losses: Vec<u32> = losses(&cfg.out_dir).iter().map(|l| l.to_bits()).collect();
                 std::fs::remove_dir_all(&cfg.out_dir).unwrap();
                 (bits(&params), losses)
@@ -556,6 +600,28 @@ mod tests {
         };
         let (one, two) = (run(1), run(2));
         assert!(one == two, "1 and 2 threads disagree");
+    }
+
+    #[test]
+    fn a_class_conditional_model_trains_on_labels_and_refuses_to_train_without() {
+        let images = squares(16);
+        let labels: Vec<usize> = (0..16).map(|i| i % 3).collect();
+        let schedule = NoiseSchedule::linear(200, 1e-4, 0.04);
+        let cfg = TrainConfig { grid_images: 6, ..config(4, "conditional") };
+        let mut params = ParamStore::new();
+        let model = UNet::new(UNetConfig { num_classes: 3, ..UNetConfig::tiny() }, &mut params, 0);
+        let before = params.get(params.find("class_embedding.weight").unwrap()).clone();
+        let err = train(&model, &mut params, &schedule, &images, None, &cfg, None).unwrap_err().to_string();
+        assert_eq!(err, "a class-conditional model needs labels to train on");
+        let err = train(&model, &mut params, &schedule, &images, Some(&[5; 16]), &cfg, None).unwrap_err().to_string();
+        assert_eq!(err, "a label is not below num_classes = 3");
+        let (_, report) = train(&model, &mut params, &schedule, &images, Some(&labels), &cfg, None).unwrap();
+        let after = params.get(params.find("class_embedding.weight").unwrap());
+        assert!(after.data() != before.data(), "the class embedding learns");
+        let checkpoint = Checkpoint::load(&report.checkpoint, &params).unwrap();
+        assert_eq!(checkpoint.config["unet.num_classes"], "3");
+        assert_eq!(checkpoint.config["train.label_dropout"], "0.1");
+        std::fs::remove_dir_all(&cfg.out_dir).unwrap();
     }
 
     #[test]
@@ -568,7 +634,7 @@ mod tests {
         let model = UNet::new(UNetConfig::tiny(), &mut params, 0);
         let id = params.find("mid.res1.conv2.bias").unwrap();
         params.get_mut(id).data_mut()[0] = f32::NAN;
-        let err = train(&model, &mut params, &schedule, &images, &cfg, None).unwrap_err().to_string();
+        let err = train(&model, &mut params, &schedule, &images, None, &cfg, None).unwrap_err().to_string();
         assert_eq!(
             err,
             "training diverged at step 1: the loss is NaN; parameter mid.res1.conv2.bias is not finite; \
@@ -579,7 +645,7 @@ mod tests {
         let cfg = TrainConfig { lr: 1e30, warmup: 0, grad_clip: 0.0, checkpoint_every: 1, ..config(5, "nan-lr") };
         let mut params = ParamStore::new();
         let model = UNet::new(UNetConfig::tiny(), &mut params, 0);
-        let err = train(&model, &mut params, &schedule, &images, &cfg, None).unwrap_err();
+        let err = train(&model, &mut params, &schedule, &images, None, &cfg, None).unwrap_err();
         assert!(matches!(err, Error::Diverged(_)));
         let err = err.to_string();
         let kept = cfg.out_dir.join("checkpoints/step-00000001.safetensors");

@@ -19,7 +19,7 @@
 
 use std::collections::BTreeMap;
 
-use autograd::nn::{Conv2d, GroupNorm, Linear};
+use autograd::nn::{Conv2d, Embedding, GroupNorm, Linear};
 use autograd::{ParamStore, Tape, Var};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -51,6 +51,9 @@ pub struct UNetConfig {
     pub time_embedding_dim: usize,
     /// Width of the learned time embedding every residual block reads.
     pub time_dim: usize,
+    /// Class-conditional when > 0: a learned vector per class (and one more, index `num_classes`, for "no
+    /// class") is added to the time embedding.
+    pub num_classes: usize,
 }
 
 impl UNetConfig {
@@ -69,6 +72,7 @@ impl UNetConfig {
             dropout: 0.0,
             time_embedding_dim: 64,
             time_dim: 256,
+            num_classes: 0,
         }
     }
 
@@ -86,6 +90,7 @@ impl UNetConfig {
             dropout: 0.0,
             time_embedding_dim: 16,
             time_dim: 32,
+            num_classes: 0,
         }
     }
 
@@ -105,6 +110,7 @@ impl UNetConfig {
             dropout: 0.1,
             time_embedding_dim: 64,
             time_dim: 256,
+            num_classes: 0,
         }
     }
 
@@ -133,6 +139,7 @@ impl UNetConfig {
             ("dropout", self.dropout.to_string()),
             ("time_embedding_dim", self.time_embedding_dim.to_string()),
             ("time_dim", self.time_dim.to_string()),
+            ("num_classes", self.num_classes.to_string()),
         ]
         .into_iter()
         .map(|(k, v)| (format!("unet.{k}"), v))
@@ -154,6 +161,8 @@ impl UNetConfig {
             dropout: fields.get("unet.dropout")?,
             time_embedding_dim: fields.get("unet.time_embedding_dim")?,
             time_dim: fields.get("unet.time_dim")?,
+            // Absent from files written before class conditioning existed: unconditional.
+            num_classes: if fields.text("unet.num_classes").is_ok() { fields.get("unet.num_classes")? } else { 0 },
         };
         config.validate().map_err(|problem| fields.error(format!("describes an impossible U-Net: {problem}")))?;
         Ok(config)
@@ -312,6 +321,7 @@ pub struct UNet {
     up: Vec<(Vec<Stage>, Option<Conv2d>)>,
     out_norm: GroupNorm,
     out_conv: Conv2d,
+    class_embedding: Option<Embedding>,
 }
 
 impl UNet {
@@ -369,23 +379,45 @@ impl UNet {
         }
         let out_norm = GroupNorm::new(params, "out.norm", cfg.groups, ch);
         let out_conv = Conv2d::new(params, "out.conv", ch, cfg.image_channels, 3, 1, 1, rng);
-        UNet { config, time1, time2, conv_in, down, mid, up, out_norm, out_conv }
+        // Last, so that an unconditional model's parameters are initialized the same with or without it.
+        let class_embedding =
+            (cfg.num_classes > 0).then(|| Embedding::new(params, "class_embedding", cfg.num_classes + 1, td, rng));
+        UNet { config, time1, time2, conv_in, down, mid, up, out_norm, out_conv, class_embedding }
     }
 
-    /// The network's output for x_t [B, C, H, W] at timesteps t; `rng` enables dropout (training).
+    /// The network's output for x_t [B, C, H, W] at timesteps t, for class `labels` (a conditional model;
+    /// `None` or the label `num_classes` means "no class"); `rng` enables dropout (training).
     pub fn forward(
         &self,
         t: &mut Tape,
         ps: &ParamStore,
         x: &Var,
         timesteps: &[f32],
+        labels: Option<&[usize]>,
         mut rng: Option<&mut StdRng>,
     ) -> Var {
         let cfg = &self.config;
         let emb = t.constant(timestep_embedding(timesteps, cfg.time_embedding_dim, 10000.0));
         let temb = self.time1.forward(t, ps, &emb);
         let temb = t.silu(&temb);
-        let temb = self.time2.forward(t, ps, &temb);
+        let mut temb = self.time2.forward(t, ps, &temb);
+        match (&self.class_embedding, labels) {
+            (Some(table), labels) => {
+                let null = vec![cfg.num_classes; timesteps.len()];
+                let labels = labels.unwrap_or(&null);
+                assert_eq!(
+                    labels.len(),
+                    timesteps.len(),
+                    "UNet: {} labels for a batch of {}",
+                    labels.len(),
+                    timesteps.len()
+                );
+                let class = table.forward(t, ps, labels);
+                temb = t.add(&temb, &class);
+            }
+            (None, Some(_)) => panic!("UNet: class labels given to a model without classes (num_classes = 0)"),
+            (None, None) => {}
+        }
         let temb = t.silu(&temb); // every ResBlock applies SiLU to temb first; do it once here
 
         let mut h = self.conv_in.forward(t, ps, x);
@@ -422,12 +454,12 @@ impl UNet {
 impl Denoiser for UNet {
     fn predict(&self, tape: &mut Tape, params: &ParamStore, x_t: &Var, t: &[usize]) -> Var {
         let ts: Vec<f32> = t.iter().map(|&v| v as f32).collect();
-        self.forward(tape, params, x_t, &ts, None)
+        self.forward(tape, params, x_t, &ts, None, None)
     }
 
     fn predict_train(&self, tape: &mut Tape, params: &ParamStore, x_t: &Var, t: &[usize], rng: &mut StdRng) -> Var {
         let ts: Vec<f32> = t.iter().map(|&v| v as f32).collect();
-        self.forward(tape, params, x_t, &ts, Some(rng))
+        self.forward(tape, params, x_t, &ts, None, Some(rng))
     }
 }
 
@@ -487,7 +519,7 @@ mod tests {
         let net = UNet::new(UNetConfig::tiny(), &mut params, 0);
         let mut tape = Tape::new();
         let x = tape.constant(Tensor::randn_seeded(&[2, 1, 8, 8], 1));
-        let y = net.forward(&mut tape, &params, &x, &[3.0, 500.0], None);
+        let y = net.forward(&mut tape, &params, &x, &[3.0, 500.0], None, None);
         assert_eq!(y.shape(), &[2, 1, 8, 8]);
         let loss = tape.mean_all(&y);
         let grads = tape.backward(&loss);

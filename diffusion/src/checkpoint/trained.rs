@@ -29,6 +29,39 @@ pub struct Trained {
 }
 
 impl Trained {
+    /// A model with random weights (for the examples' quick modes: the code runs, the images are noise).
+    pub fn untrained(config: UNetConfig, timesteps: usize, seed: u64) -> Trained {
+        let mut params = ParamStore::new();
+        let metadata = config.to_metadata();
+        let model = UNet::new(config, &mut params, seed);
+        let schedule = NoiseSchedule::linear_scaled(timesteps);
+        Trained { model, params, prediction: Prediction::Epsilon, schedule, metadata }
+    }
+
+    /// The examples' choice: with `quick`, an untrained `small` U-Net with T = 20 (the code runs, the images
+    /// are noise); otherwise the model in `path`.
+    pub fn load_or_untrained(path: &Path, quick: bool, seed: u64) -> Result<Trained> {
+        if quick {
+            Ok(Trained::untrained(UNetConfig::small(), 20, seed))
+        } else {
+            Trained::load(path)
+        }
+    }
+
+    /// Fails with a usage error unless the model draws 1×28×28 images (what the digit classifier and the
+    /// shipped digits are).
+    pub fn require_digits(&self) -> Result<()> {
+        let c = &self.model.config;
+        if (c.image_channels, c.image_size) == (1, 28) {
+            return Ok(());
+        }
+        Err(Error::Usage(format!(
+            "this needs a model of 1×28×28 digits; this one draws {}×{s}×{s} images",
+            c.image_channels,
+            s = c.image_size
+        )))
+    }
+
     /// Reads the metadata, builds the model it describes, then loads its weights; any problem is an error
     /// naming the file.
     pub fn load(path: impl AsRef<Path>) -> Result<Trained> {

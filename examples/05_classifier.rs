@@ -1,0 +1,86 @@
+//! # 05 — A digit classifier, the judge of the samples
+//!
+//! Trains the small convolutional classifier of `diffusion/src/classifier.rs` with the engine on the shipped
+//! MNIST digits, holding out the last 50 of each digit (500 images) to measure its accuracy, or on all of them
+//! when `--test-images`/`--test-labels` name a separate test set (full MNIST's t10k files, say). Writes
+//! `out/05/classifier.safetensors`, which examples 06 (evaluation) and 07 (guidance) use to judge samples.
+//!
+//! ```text
+//! cargo run --release --example 05_classifier
+//! cargo run --release --example 05_classifier -- --quick
+//! ```
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use diffusion::classifier::{save, split_idx, train_classifier, ClassifierTraining, Split};
+use diffusion::cli::{exit_on_error, Args};
+use diffusion::idx::{read_labeled, shipped_mnist_dir};
+use diffusion::Result;
+
+fn main() {
+    exit_on_error(run);
+}
+
+fn run() -> Result<()> {
+    let mut args = Args::from_env()?;
+    let quick = args.flag("quick", "one short epoch on a few images, for CI")?;
+    let data = shipped_mnist_dir();
+    let images = PathBuf::from(args.value(
+        "images",
+        data.join("images-idx3-ubyte.gz").display().to_string(),
+        "training IDX images",
+    )?);
+    let labels = PathBuf::from(args.value(
+        "labels",
+        data.join("labels-idx1-ubyte.gz").display().to_string(),
+        "training IDX labels",
+    )?);
+    let test_images: String =
+        args.value("test-images", String::new(), "a separate test set (default: hold out 50 per digit)")?;
+    let test_labels: String = args.value("test-labels", String::new(), "its labels")?;
+    let epochs: usize = args.value("epochs", if quick { 1 } else { 12 }, "passes over the training images")?;
+    let seed: u64 = args.value("seed", 0, "random seed")?;
+    let out =
+        PathBuf::from(args.value("out", "out/05/classifier.safetensors".to_string(), "where to write the weights")?);
+    args.finish()?;
+
+    let mut split = if test_images.is_empty() {
+        split_idx(&images, &labels, 50)?
+    } else {
+        let train = split_idx(&images, &labels, 0)?;
+        let test = read_labeled(&test_images, &test_labels)?;
+        Split {
+            test_images: test.images.to_tensor(),
+            test_labels: test.labels.iter().map(|&l| l as usize).collect(),
+            ..train
+        }
+    };
+    if quick {
+        let few = 256 * 784;
+        split.train_images = autograd::Tensor::from_vec(&[256, 1, 28, 28], split.train_images.data()[..few].to_vec());
+        split.train_labels.truncate(256);
+    }
+    println!(
+        "training on {} images, testing on {} held-out images; {epochs} epochs",
+        split.train_labels.len(),
+        split.test_labels.len()
+    );
+    let config = ClassifierTraining { epochs, seed, ..ClassifierTraining::default() };
+    let started = Instant::now();
+    let (model, params) = train_classifier(&split.train_images, &split.train_labels, 10, &config, |epoch, loss| {
+        println!("epoch {epoch:>2}: mean loss {loss:.4} ({:.0} s)", started.elapsed().as_secs_f64());
+    });
+    let judged = model.judge(&params, &split.test_images);
+    let accuracy = judged.accuracy(&split.test_labels);
+    println!(
+        "held-out accuracy {:.2}% ({} of {}), mean confidence {:.3}",
+        100.0 * accuracy,
+        (accuracy * split.test_labels.len() as f64).round(),
+        split.test_labels.len(),
+        judged.mean_confidence()
+    );
+    save(&out, &params, 10, &[("held_out_accuracy", format!("{accuracy:.4}")), ("epochs", epochs.to_string())])?;
+    println!("wrote {}", out.display());
+    Ok(())
+}

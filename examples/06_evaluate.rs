@@ -1,0 +1,173 @@
+//! # 06 — How good are the samples, and how many steps do they need?
+//!
+//! For each sampler and step count (DDPM 1000; DDIM 10, 20, 50; DPM-Solver++ 10, 20) draws `--count` images
+//! from a trained model (example 03's weights or checkpoint) and reports the Fréchet distance of their
+//! classifier features to real digits (example 05's classifier), next to its floor (real vs real) and
+//! ceiling (real vs noise), plus the classifier's mean confidence, the classes it sees and the sampling time.
+//! Writes `out/06/evaluation.csv`, `out/06/frechet_vs_steps.png` (one line per sampler) and a grid of the
+//! first 64 samples of each row.
+//!
+//! ```text
+//! cargo run --release --example 05_classifier        # once: the judge
+//! cargo run --release --example 06_evaluate          # about 20 minutes on 2 cores (DDPM's 1000 steps are most of it)
+//! cargo run --release --example 06_evaluate -- --quick
+//! ```
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use autograd::Tensor;
+use diffusion::checkpoint::Trained;
+use diffusion::classifier::{self, split_idx, train_classifier, ClassifierTraining};
+use diffusion::cli::{exit_on_error, Args};
+use diffusion::evaluate::Reference;
+use diffusion::idx::shipped_mnist_dir;
+use diffusion::plot::{image_grid, line_chart, Series};
+use diffusion::sampler::{sample, Method, SamplerConfig, Spacing};
+use diffusion::{Error, Result};
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+
+fn main() {
+    exit_on_error(run);
+}
+
+fn run() -> Result<()> {
+    let mut args = Args::from_env()?;
+    let quick = args.flag("quick", "an untrained model, a one-epoch classifier, few images and steps: for CI")?;
+    let checkpoint = PathBuf::from(args.value(
+        "checkpoint",
+        "out/03/model.safetensors".to_string(),
+        "weights or checkpoint from example 03",
+    )?);
+    let classifier_path = PathBuf::from(args.value(
+        "classifier",
+        "out/05/classifier.safetensors".to_string(),
+        "classifier from example 05",
+    )?);
+    let count: usize =
+        args.value("count", if quick { 16 } else { 256 }, "samples per sampler (and real images per reference set)")?;
+    let batch: usize = args.value("batch", 64, "samples drawn at once")?;
+    let seed: u64 = args.value("seed", 0, "random seed")?;
+    let out = PathBuf::from(args.value("out", "out/06".to_string(), "output directory")?);
+    args.finish()?;
+
+    let split = split_idx(
+        &shipped_mnist_dir().join("images-idx3-ubyte.gz"),
+        &shipped_mnist_dir().join("labels-idx1-ubyte.gz"),
+        0,
+    )?;
+    let real = split.train_images;
+    let (judge, judge_params) = if quick {
+        let few = autograd::Tensor::from_vec(&[256, 1, 28, 28], real.data()[..256 * 784].to_vec());
+        let config = ClassifierTraining { epochs: 1, ..ClassifierTraining::default() };
+        train_classifier(&few, &split.train_labels[..256], 10, &config, |_, _| {})
+    } else {
+        classifier::load(&classifier_path).map_err(|e| {
+            Error::Usage(format!("{e} (train the classifier first: cargo run --release --example 05_classifier)"))
+        })?
+    };
+    if quick {
+        println!("an untrained 'small' U-Net with T = 20 (--quick): the numbers exercise the code, nothing more");
+    }
+    let trained = Trained::load_or_untrained(&checkpoint, quick, seed)?;
+    trained.require_digits()?;
+    let Trained { model, params, prediction, schedule, .. } = trained;
+
+    let started = Instant::now();
+    let reference = Reference::new(&judge, &judge_params, &real, count, seed);
+    println!(
+        "reference: {count} real images; Fréchet distance floor (real vs real) {:.3}, ceiling (real vs noise) {:.3} ({:.1} s)",
+        reference.floor,
+        reference.ceiling,
+        started.elapsed().as_secs_f64()
+    );
+
+    let runs: Vec<(Method, usize)> = if quick {
+        vec![
+            (Method::Ddpm, 20),
+            (Method::Ddim { eta: 0.0 }, 2),
+            (Method::Ddim { eta: 0.0 }, 4),
+            (Method::DpmSolver2M, 2),
+        ]
+    } else {
+        vec![
+            (Method::Ddpm, schedule.steps()),
+            (Method::Ddim { eta: 0.0 }, 10),
+            (Method::Ddim { eta: 0.0 }, 20),
+            (Method::Ddim { eta: 0.0 }, 50),
+            (Method::DpmSolver2M, 10),
+            (Method::DpmSolver2M, 20),
+        ]
+    };
+    std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
+    let mut csv = String::from("sampler,steps,frechet,floor,ceiling,confidence,seconds,histogram\n");
+    println!("\n| sampler | steps | Fréchet distance | mean confidence | classes 0-9 | time for {count} |\n|---|---|---|---|---|---|");
+    let mut ddim = Vec::new();
+    let mut dpm = Vec::new();
+    let mut ddpm = Vec::new();
+    for (method, steps) in runs {
+        let config = SamplerConfig { method, steps, spacing: Spacing::Linspace, clip_x0: Some(1.0) };
+        let mut rng = StdRng::seed_from_u64(seed + 1);
+        let started = Instant::now();
+        let mut images = Vec::with_capacity(count * 784);
+        for start in (0..count).step_by(batch) {
+            let n = batch.min(count - start);
+            images.extend_from_slice(
+                sample(&model, &params, &schedule, prediction, &config, &[n, 1, 28, 28], &mut rng).data(),
+            );
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        let images = Tensor::from_vec(&[count, 1, 28, 28], images);
+        let (score, _) = reference.score(&judge, &judge_params, &images);
+        let name = match method {
+            Method::Ddpm => "ddpm",
+            Method::Ddim { .. } => "ddim",
+            Method::DpmSolver2M => "dpm-solver++",
+        };
+        let histogram = score.histogram.iter().map(|h| h.to_string()).collect::<Vec<_>>().join(" ");
+        println!(
+            "| {name} | {steps} | {:.3} | {:.3} | {histogram} | {seconds:.1} s |",
+            score.frechet, score.confidence
+        );
+        let _ = writeln!(
+            csv,
+            "{name},{steps},{:.4},{:.4},{:.4},{:.4},{seconds:.2},{histogram}",
+            score.frechet, reference.floor, reference.ceiling, score.confidence
+        );
+        let shown = 64.min(count);
+        let grid = Tensor::from_vec(&[shown, 1, 28, 28], images.data()[..shown * 784].to_vec());
+        image_grid(&grid, 8, 2).write_png(out.join(format!("{name}_{steps}.png")))?;
+        match method {
+            Method::Ddpm => ddpm.push((steps as f64, score.frechet)),
+            Method::Ddim { .. } => ddim.push((steps as f64, score.frechet)),
+            Method::DpmSolver2M => dpm.push((steps as f64, score.frechet)),
+        }
+    }
+    let csv_path = out.join("evaluation.csv");
+    std::fs::write(&csv_path, csv).map_err(|e| Error::io(&csv_path, e))?;
+    let all: Vec<f64> = ddim.iter().chain(&dpm).chain(&ddpm).map(|p| p.1).chain([reference.floor]).collect();
+    let y_max = all.iter().fold(0.0f64, |m, &v| m.max(v)) * 1.15;
+    let mut ticks: Vec<f64> = ddim.iter().chain(&dpm).chain(&ddpm).map(|p| p.0).collect();
+    ticks.sort_by(f64::total_cmp);
+    ticks.dedup();
+    let chart = line_chart(
+        &[
+            Series { points: ddim, color: [31, 119, 180] },
+            Series { points: dpm, color: [255, 127, 14] },
+            Series { points: ddpm, color: [0, 0, 0] },
+        ],
+        &ticks,
+        y_max.max(1e-6),
+        &[(reference.floor, [150, 150, 150])],
+    );
+    let chart_path = out.join("frechet_vs_steps.png");
+    chart.write_png(&chart_path)?;
+    println!(
+        "\nwrote {}, {} (blue DDIM, orange DPM-Solver++, black DDPM; dashed grey: the real-vs-real floor) and a grid per row",
+        csv_path.display(),
+        chart_path.display()
+    );
+    Ok(())
+}
