@@ -13,9 +13,10 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use diffusion::classifier::{save, split_idx, train_classifier, ClassifierTraining, Split};
+use diffusion::classifier::{save, select, split_idx, train_classifier, ClassifierTraining, Split};
 use diffusion::cli::{exit_on_error, Args};
 use diffusion::idx::{read_labeled, shipped_mnist_dir};
+use diffusion::plot::image_grid;
 use diffusion::Result;
 
 fn main() {
@@ -39,7 +40,7 @@ fn run() -> Result<()> {
     let test_images: String =
         args.value("test-images", String::new(), "a separate test set (default: hold out 50 per digit)")?;
     let test_labels: String = args.value("test-labels", String::new(), "its labels")?;
-    let epochs: usize = args.value("epochs", if quick { 1 } else { 12 }, "passes over the training images")?;
+    let epochs: usize = args.value("epochs", if quick { 1 } else { 25 }, "passes over the training images")?;
     let seed: u64 = args.value("seed", 0, "random seed")?;
     let out =
         PathBuf::from(args.value("out", "out/05/classifier.safetensors".to_string(), "where to write the weights")?);
@@ -80,6 +81,23 @@ fn run() -> Result<()> {
         split.test_labels.len(),
         judged.mean_confidence()
     );
+    // The digits it gets wrong, as a picture: often digits a person would hesitate over too.
+    let wrong: Vec<usize> = judged
+        .predicted()
+        .iter()
+        .zip(&split.test_labels)
+        .enumerate()
+        .filter(|(_, (p, l))| p != l)
+        .map(|(i, _)| i)
+        .collect();
+    if !wrong.is_empty() {
+        let predicted = judged.predicted();
+        let list: Vec<String> = wrong.iter().map(|&i| format!("{}→{}", split.test_labels[i], predicted[i])).collect();
+        println!("wrong (label→predicted): {}", list.join(" "));
+        let path = out.with_file_name("misclassified.png");
+        image_grid(&select(&split.test_images, &wrong), wrong.len().min(10), 3).write_png(&path)?;
+        println!("wrote {}", path.display());
+    }
     save(&out, &params, 10, &[("held_out_accuracy", format!("{accuracy:.4}")), ("epochs", epochs.to_string())])?;
     println!("wrote {}", out.display());
     Ok(())

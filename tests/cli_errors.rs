@@ -80,7 +80,34 @@ fn stop_and_resume_from_the_command_line() {
     let log = |dir: &PathBuf| std::fs::read_to_string(dir.join("loss.csv")).unwrap();
     assert_eq!(log(&straight), log(&sittings));
     assert_eq!(log(&straight).lines().count(), 4, "a header and 3 steps");
+
+    // Sampling from a checkpoint gives the same images for the same seed, every time.
+    let last = checkpoints.join("step-00000003.safetensors");
+    let draw = |name: &str| {
+        let png = sittings.join(name);
+        let args =
+            ["--checkpoint", last.to_str().unwrap(), "--steps", "3", "--count", "4", "--out", png.to_str().unwrap()];
+        let output = example("04_sample").args(args).output().unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        std::fs::read(png).unwrap()
+    };
+    assert_eq!(draw("a.png"), draw("b.png"));
     for dir in [straight, sittings] {
         std::fs::remove_dir_all(dir).unwrap();
     }
+}
+
+/// A run that diverges exits with status 1 and one line naming the step, the first bad activation and the
+/// checkpoint that is kept.
+#[test]
+fn a_diverging_run_exits_non_zero_and_keeps_its_last_checkpoint() {
+    let dir = scratch("diverge");
+    let args = ["--quick", "--lr", "1e30", "--warmup", "0", "--grad-clip", "0", "--checkpoint-every", "1", "--out"];
+    let (code, err) = fails(example("03_train_mnist").args(args).arg(&dir));
+    assert_eq!(code, 1);
+    let kept = dir.join("checkpoints").join("step-00000001.safetensors");
+    assert!(err.starts_with("error: training diverged at step 2: the loss is "), "{err}");
+    assert!(err.ends_with(&format!("the last good checkpoint is {}", kept.display())), "{err}");
+    assert!(kept.exists());
+    std::fs::remove_dir_all(&dir).unwrap();
 }

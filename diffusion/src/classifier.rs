@@ -4,17 +4,20 @@
 //!
 //! ```text
 //! x [B, 1, 28, 28]
-//! → Conv3x3(1→32) → ReLU → Conv3x3 stride 2 (32→64) → ReLU → Conv3x3 stride 2 (64→64) → ReLU   [B, 64, 7, 7]
-//! → flatten → Linear(3136→128) → ReLU                        the features (128 per image)
-//! → Dropout(0.3) (training) → Linear(128→10)                 the logits
+//! → Conv3x3(1→32) → ReLU → Conv3x3(32→32) → ReLU                                   [B, 32, 28, 28]
+//! → Conv3x3 stride 2 (32→64) → ReLU → Conv3x3(64→64) → ReLU                        [B, 64, 14, 14]
+//! → Conv3x3 stride 2 (64→128) → ReLU                                               [B, 128, 7, 7]
+//! → flatten → Linear(6272→128) → ReLU                        the features (128 per image)
+//! → Dropout(0.5) (training) → Linear(128→10)                 the logits
 //! ```
-//! Trained with cross-entropy and Adam on images shifted by up to 2 pixels at random (the digits of MNIST
-//! are centred by their centre of mass, so small shifts are the variation a classifier must tolerate).
+//! Trained with cross-entropy and Adam (learning rate decayed to 0 along a cosine) on randomly warped
+//! copies of the images: rotated by up to 12°, scaled by up to 10%, shifted by up to 2 pixels (Simard et al.
+//! 2003 showed such distortions are worth more training data on MNIST; with 4,500 images they are).
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use autograd::nn::{Conv2d, Linear};
+use autograd::nn::{Conv2d, GroupNorm, Linear};
 use autograd::optim::{Adam, Optimizer};
 use autograd::{ParamStore, Tape, Tensor, Var};
 use rand::rngs::StdRng;
@@ -29,9 +32,7 @@ pub const FEATURES: usize = 128;
 
 /// The classifier's layers.
 pub struct Classifier {
-    conv1: Conv2d,
-    conv2: Conv2d,
-    conv3: Conv2d,
+    convs: Vec<(Conv2d, GroupNorm)>,
     fc1: Linear,
     fc2: Linear,
     classes: usize,
@@ -84,14 +85,24 @@ pub struct ClassifierTraining {
     pub epochs: usize,
     pub batch: usize,
     pub lr: f32,
-    /// Largest random shift, in pixels, of each training image.
-    pub max_shift: usize,
+    /// Largest random shift (pixels), rotation (degrees) and relative scale change of a training image.
+    pub max_shift: f32,
+    pub max_rotation: f32,
+    pub max_scale: f32,
     pub seed: u64,
 }
 
 impl Default for ClassifierTraining {
     fn default() -> Self {
-        ClassifierTraining { epochs: 12, batch: 64, lr: 1e-3, max_shift: 2, seed: 0 }
+        ClassifierTraining {
+            epochs: 15,
+            batch: 64,
+            lr: 1e-3,
+            max_shift: 2.0,
+            max_rotation: 12.0,
+            max_scale: 0.1,
+            seed: 0,
+        }
     }
 }
 
@@ -100,10 +111,15 @@ impl Classifier {
     pub fn new(params: &mut ParamStore, classes: usize, seed: u64) -> Classifier {
         let rng = &mut StdRng::seed_from_u64(seed);
         Classifier {
-            conv1: Conv2d::new(params, "conv1", 1, 32, 3, 1, 1, rng),
-            conv2: Conv2d::new(params, "conv2", 32, 64, 3, 2, 1, rng),
-            conv3: Conv2d::new(params, "conv3", 64, 64, 3, 2, 1, rng),
-            fc1: Linear::new(params, "fc1", 64 * 7 * 7, FEATURES, rng),
+            convs: [(1, 32, 1), (32, 32, 1), (32, 64, 2), (64, 64, 1), (64, 128, 2)]
+                .iter()
+                .enumerate()
+                .map(|(i, &(c_in, c_out, stride))| {
+                    let conv = Conv2d::new(params, &format!("conv{}", i + 1), c_in, c_out, 3, stride, 1, rng);
+                    (conv, GroupNorm::new(params, &format!("norm{}", i + 1), 8, c_out))
+                })
+                .collect(),
+            fc1: Linear::new(params, "fc1", 128 * 7 * 7, FEATURES, rng),
             fc2: Linear::new(params, "fc2", FEATURES, classes, rng),
             classes,
         }
@@ -118,13 +134,13 @@ impl Classifier {
             x.shape()
         );
         let b = x.shape()[0];
-        let h = self.conv1.forward(t, ps, x);
-        let h = t.relu(&h);
-        let h = self.conv2.forward(t, ps, &h);
-        let h = t.relu(&h);
-        let h = self.conv3.forward(t, ps, &h);
-        let h = t.relu(&h);
-        let h = t.reshape(&h, &[b, 64 * 7 * 7]);
+        let mut h = x.clone();
+        for (conv, norm) in &self.convs {
+            let c = conv.forward(t, ps, &h);
+            let n = norm.forward(t, ps, &c);
+            h = t.relu(&n);
+        }
+        let h = t.reshape(&h, &[b, 128 * 7 * 7]);
         let h = self.fc1.forward(t, ps, &h);
         let features = t.relu(&h);
         let h = match rng {
@@ -173,6 +189,8 @@ pub fn train_classifier(
     let mut rng = StdRng::seed_from_u64(config.seed ^ 0x5eed);
     let mut tape = Tape::new();
     let mut order: Vec<usize> = (0..n).collect();
+    let total_steps = config.epochs * n.div_ceil(config.batch);
+    let mut step = 0;
     for epoch in 0..config.epochs {
         for i in (1..n).rev() {
             order.swap(i, rng.random_range(0..=i));
@@ -181,9 +199,11 @@ pub fn train_classifier(
         for chunk in order.chunks(config.batch) {
             let mut x = Vec::with_capacity(chunk.len() * 784);
             for &k in chunk {
-                let dy = rng.random_range(0..=2 * config.max_shift) as isize - config.max_shift as isize;
-                let dx = rng.random_range(0..=2 * config.max_shift) as isize - config.max_shift as isize;
-                x.extend(shifted(&images.data()[k * 784..(k + 1) * 784], dy, dx));
+                let shift = config.max_shift;
+                let angle = config.max_rotation.to_radians() * rng.random_range(-1.0f32..=1.0);
+                let scale = 1.0 + config.max_scale * rng.random_range(-1.0f32..=1.0);
+                let (dy, dx) = (shift * rng.random_range(-1.0f32..=1.0), shift * rng.random_range(-1.0f32..=1.0));
+                x.extend(warped(&images.data()[k * 784..(k + 1) * 784], angle, scale, dy, dx));
             }
             let x = tape.constant(Tensor::from_vec(&[chunk.len(), 1, 28, 28], x));
             let (_, logits) = model.forward(&mut tape, &params, &x, Some(&mut rng));
@@ -192,7 +212,11 @@ pub fn train_classifier(
             total += loss.value().item();
             batches += 1;
             let grads = tape.backward(&loss);
+            // Cosine decay of the learning rate to 0 over the run.
+            let progress = step as f32 / total_steps.max(1) as f32;
+            opt.set_lr(config.lr * 0.5 * (1.0 + (std::f32::consts::PI * progress).cos()));
             opt.step(&mut params, &grads);
+            step += 1;
         }
         report(epoch + 1, total / batches.max(1) as f32);
     }
@@ -209,6 +233,36 @@ pub fn shifted(image: &[f32], dy: isize, dx: isize) -> Vec<f32> {
             if (0..28).contains(&sy) && (0..28).contains(&sx) {
                 out[(y * 28 + x) as usize] = image[(sy * 28 + sx) as usize];
             }
+        }
+    }
+    out
+}
+
+/// A 28×28 image rotated by `angle` radians and scaled by `scale` about its centre, then moved by (dy, dx)
+/// pixels; each output pixel reads the input bilinearly at the inverse-transformed position (−1 outside).
+pub fn warped(image: &[f32], angle: f32, scale: f32, dy: f32, dx: f32) -> Vec<f32> {
+    let (sin, cos) = angle.sin_cos();
+    let c = 13.5;
+    let at = |y: isize, x: isize| {
+        if (0..28).contains(&y) && (0..28).contains(&x) {
+            image[(y * 28 + x) as usize]
+        } else {
+            -1.0
+        }
+    };
+    let mut out = vec![-1.0; 784];
+    for y in 0..28 {
+        for x in 0..28 {
+            // Inverse map: undo the shift, then the rotation and scale about the centre.
+            let (u, v) = (x as f32 - dx - c, y as f32 - dy - c);
+            let sx = (cos * u + sin * v) / scale + c;
+            let sy = (-sin * u + cos * v) / scale + c;
+            let (x0, y0) = (sx.floor(), sy.floor());
+            let (fx, fy) = (sx - x0, sy - y0);
+            let (x0, y0) = (x0 as isize, y0 as isize);
+            let top = at(y0, x0) * (1.0 - fx) + at(y0, x0 + 1) * fx;
+            let bottom = at(y0 + 1, x0) * (1.0 - fx) + at(y0 + 1, x0 + 1) * fx;
+            out[y * 28 + x] = top * (1.0 - fy) + bottom * fy;
         }
     }
     out
@@ -321,6 +375,14 @@ mod tests {
         assert_eq!(moved[7 * 28 + 4], 1.0);
         assert_eq!(moved.iter().filter(|&&v| v == 1.0).count(), 1);
         assert_eq!(shifted(&image, 0, 0), image);
+        // The identity warp is the identity; a pure integer shift warp is the shift.
+        let w = warped(&image, 0.0, 1.0, 0.0, 0.0);
+        assert!(w.iter().zip(&image).all(|(a, b)| (a - b).abs() < 1e-6));
+        let w = warped(&image, 0.0, 1.0, 2.0, -3.0);
+        assert!(w.iter().zip(&moved).all(|(a, b)| (a - b).abs() < 1e-6));
+        // A quarter turn about the centre (13.5, 13.5) moves (y 5, x 7) to (y 7, x 22).
+        let w = warped(&image, std::f32::consts::FRAC_PI_2, 1.0, 0.0, 0.0);
+        assert!((w[7 * 28 + 22] - 1.0).abs() < 1e-5, "{}", w[7 * 28 + 22]);
     }
 
     #[test]
@@ -340,13 +402,13 @@ mod tests {
         let labels: Vec<usize> = data.labels.iter().map(|&l| l as usize).collect();
         let images = data.images.to_tensor();
         let (train, test) = split_held_out(&labels, 20);
-        let train = &train[..1500];
+        let train = &train[..1000];
         let train_labels: Vec<usize> = train.iter().map(|&i| labels[i]).collect();
-        let config = ClassifierTraining { epochs: 3, ..ClassifierTraining::default() };
+        let config = ClassifierTraining { epochs: 2, ..ClassifierTraining::default() };
         let mut losses = Vec::new();
         let (model, params) =
             train_classifier(&select(&images, train), &train_labels, 10, &config, |_, l| losses.push(l));
-        assert!(losses[2] < losses[0], "{losses:?}");
+        assert!(losses[1] < losses[0], "{losses:?}");
         let judged = model.judge(&params, &select(&images, &test));
         let test_labels: Vec<usize> = test.iter().map(|&i| labels[i]).collect();
         let accuracy = judged.accuracy(&test_labels);
