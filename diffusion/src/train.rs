@@ -444,7 +444,8 @@ fn explain_non_finite_loss(
 }
 
 /// Samples `grid_images` images with a fixed seed (the same noise every time) and writes them as a grid; a
-/// class-conditional model draws class i in row i, guided with `grid_guidance`.
+/// class-conditional model draws class i in row i (⌊grid_images / classes⌋ of each), guided with
+/// `grid_guidance`.
 pub fn write_grid(
     model: &UNet,
     params: &ParamStore,
@@ -455,9 +456,11 @@ pub fn write_grid(
     let c = &model.config;
     let shape = [config.grid_images, c.image_channels, c.image_size, c.image_size];
     let mut rng = StdRng::seed_from_u64(0x6e1d);
-    let (images, cols) = if c.num_classes > 0 {
-        let cols = config.grid_images.div_ceil(c.num_classes);
-        let labels = (0..config.grid_images).map(|i| (i / cols) % c.num_classes).collect();
+    // A conditional model: whole rows only, `cols` samples of each class.
+    let (images, cols) = if let Some(per_class) = config.grid_images.checked_div(c.num_classes) {
+        let cols = per_class.max(1);
+        let labels: Vec<usize> = (0..cols * c.num_classes).map(|i| i / cols).collect();
+        let shape = [labels.len(), shape[1], shape[2], shape[3]];
         let guided = Guided { model, labels, scale: config.grid_guidance };
         (sample(&guided, params, schedule, config.prediction, &config.grid_sampler, &shape, &mut rng), cols)
     } else {
