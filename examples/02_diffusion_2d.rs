@@ -40,7 +40,7 @@ fn run() -> Result<()> {
     let timesteps: usize = args.value("timesteps", if quick { 100 } else { 1000 }, "diffusion steps T")?;
     let samples: usize = args.value("samples", if quick { 300 } else { 2000 }, "points to generate")?;
     let seed: u64 = args.value("seed", 0, "random seed")?;
-    let out: String = args.value("out", "out".to_string(), "output directory")?;
+    let out: String = args.value("out", (if quick { "out/quick" } else { "out" }).to_string(), "output directory")?;
     args.finish()?;
 
     let datasets: Vec<Toy2d> = if dataset == "all" {

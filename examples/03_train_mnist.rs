@@ -107,7 +107,11 @@ fn run() -> Result<()> {
         args.value("stop-at", 0, "end this sitting after this step, with a checkpoint (0: run to the end)")?;
     let resume: String =
         args.value("resume", String::new(), "continue from this checkpoint (a file, or a directory: its newest)")?;
-    let out = PathBuf::from(args.value("out", "out/03".to_string(), "output directory")?);
+    let out = PathBuf::from(args.value(
+        "out",
+        (if quick { "out/quick/03" } else { "out/03" }).to_string(),
+        "output directory",
+    )?);
     let fixed: Vec<&str> = RUN_FLAGS.iter().copied().filter(|f| args.given(f)).collect();
     args.finish()?;
 

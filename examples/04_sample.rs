@@ -49,7 +49,11 @@ fn run() -> Result<()> {
     let no_clip = args.flag("no-clip", "do not clamp the predicted x0 to [-1, 1]")?;
     let count: usize = args.value("count", 16, "images to draw")?;
     let seed: u64 = args.value("seed", 0, "random seed")?;
-    let out = PathBuf::from(args.value("out", "out/04/samples.png".to_string(), "output PNG")?);
+    let out = PathBuf::from(args.value(
+        "out",
+        (if quick { "out/quick/04/samples.png" } else { "out/04/samples.png" }).to_string(),
+        "output PNG",
+    )?);
     args.finish()?;
 
     let method = match sampler.as_str() {

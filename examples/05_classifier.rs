@@ -42,8 +42,11 @@ fn run() -> Result<()> {
     let test_labels: String = args.value("test-labels", String::new(), "its labels")?;
     let epochs: usize = args.value("epochs", if quick { 1 } else { 25 }, "passes over the training images")?;
     let seed: u64 = args.value("seed", 0, "random seed")?;
-    let out =
-        PathBuf::from(args.value("out", "out/05/classifier.safetensors".to_string(), "where to write the weights")?);
+    let out = PathBuf::from(args.value(
+        "out",
+        (if quick { "out/quick/05/classifier.safetensors" } else { "out/05/classifier.safetensors" }).to_string(),
+        "where to write the weights",
+    )?);
     args.finish()?;
 
     let mut split = if test_images.is_empty() {

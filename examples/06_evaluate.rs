@@ -50,7 +50,11 @@ fn run() -> Result<()> {
         args.value("count", if quick { 16 } else { 256 }, "samples per sampler (and real images per reference set)")?;
     let batch: usize = args.value("batch", 64, "samples drawn at once")?;
     let seed: u64 = args.value("seed", 0, "random seed")?;
-    let out = PathBuf::from(args.value("out", "out/06".to_string(), "output directory")?);
+    let out = PathBuf::from(args.value(
+        "out",
+        (if quick { "out/quick/06" } else { "out/06" }).to_string(),
+        "output directory",
+    )?);
     args.finish()?;
 
     let split = split_idx(

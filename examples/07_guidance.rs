@@ -46,7 +46,11 @@ fn run() -> Result<()> {
     let per_class: usize = args.value("per-class", if quick { 1 } else { 20 }, "samples of each digit per scale")?;
     let sampler_steps: usize = args.value("steps", if quick { 2 } else { 20 }, "DPM-Solver++ steps")?;
     let seed: u64 = args.value("seed", 0, "random seed")?;
-    let out = PathBuf::from(args.value("out", "out/07".to_string(), "output directory")?);
+    let out = PathBuf::from(args.value(
+        "out",
+        (if quick { "out/quick/07" } else { "out/07" }).to_string(),
+        "output directory",
+    )?);
     args.finish()?;
     let scales: Vec<f32> = scales
         .split(',')

@@ -38,7 +38,11 @@ fn run() -> Result<()> {
     let steps: usize = args.value("steps", if quick { 4 } else { 50 }, "DDIM steps for strength 1")?;
     let count: usize = args.value("count", 6, "digits to start from")?;
     let seed: u64 = args.value("seed", 0, "random seed")?;
-    let out = PathBuf::from(args.value("out", "out/08/img2img.png".to_string(), "output PNG")?);
+    let out = PathBuf::from(args.value(
+        "out",
+        (if quick { "out/quick/08/img2img.png" } else { "out/08/img2img.png" }).to_string(),
+        "output PNG",
+    )?);
     args.finish()?;
 
     let t = Trained::load_or_untrained(&checkpoint, quick, seed)?;

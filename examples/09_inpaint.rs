@@ -43,7 +43,11 @@ fn run() -> Result<()> {
     let steps: usize = args.value("steps", if quick { 3 } else { 50 }, "DDIM steps")?;
     let count: usize = args.value("count", 6, "digits")?;
     let seed: u64 = args.value("seed", 0, "random seed")?;
-    let out = PathBuf::from(args.value("out", "out/09/inpaint.png".to_string(), "output PNG")?);
+    let out = PathBuf::from(args.value(
+        "out",
+        (if quick { "out/quick/09/inpaint.png" } else { "out/09/inpaint.png" }).to_string(),
+        "output PNG",
+    )?);
     args.finish()?;
 
     let hidden = |y: usize, x: usize| match mask_name.as_str() {

@@ -53,7 +53,11 @@ fn run() -> Result<()> {
     let steps: usize = args.value("steps", if quick { 3 } else { 50 }, "DDIM steps")?;
     let label: usize = args.value("label", 0, "for a class-conditional model: the class to draw (guidance 3)")?;
     let seed: u64 = args.value("seed", 0, "random seed")?;
-    let out = PathBuf::from(args.value("out", "out/10/interpolation.png".to_string(), "output PNG")?);
+    let out = PathBuf::from(args.value(
+        "out",
+        (if quick { "out/quick/10/interpolation.png" } else { "out/10/interpolation.png" }).to_string(),
+        "output PNG",
+    )?);
     args.finish()?;
 
     let t = Trained::load_or_untrained(&checkpoint, quick, seed)?;

@@ -9,10 +9,15 @@
 //!
 //! Tensors give their buffer back here when their last reference drops; kernels take their outputs and
 //! scratch space from here. Buffers under [`MIN_POOLED`] floats go to the system allocator as usual (small
-//! allocations are served from the allocator's own free lists without page faults). The pool holds at most
-//! [`MAX_POOLED_BYTES`]; beyond that, freed buffers go back to the system.
+//! allocations are served from the allocator's own free lists without page faults).
+//!
+//! The pool takes back only buffers it lent (it remembers their addresses): a buffer that some other code
+//! allocated, wrapped in a tensor and dropped goes back to the system. Otherwise every step's freshly built
+//! batch, noise and targets would pile up in the pool, never to be asked for again, and a long run would grow
+//! by their size every step. So the pool never holds more buffers of a size than were out at once. It also
+//! holds at most [`MAX_POOLED_BYTES`].
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
@@ -21,9 +26,24 @@ pub const MIN_POOLED: usize = 4096;
 /// Most bytes kept in the pool.
 pub const MAX_POOLED_BYTES: usize = 6 << 30;
 
+#[derive(Default)]
 struct Pool {
     free: HashMap<usize, Vec<Vec<f32>>>,
     bytes: usize,
+    /// Addresses of the buffers lent and not yet given back.
+    lent: HashSet<usize>,
+}
+
+fn lock() -> std::sync::MutexGuard<'static, Option<Pool>> {
+    POOL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Records that `v` is lent by the pool (so that [`give`] takes it back).
+fn lend(v: Vec<f32>) -> Vec<f32> {
+    if v.capacity() >= MIN_POOLED {
+        lock().get_or_insert_with(Pool::default).lent.insert(v.as_ptr() as usize);
+    }
+    v
 }
 
 static POOL: Mutex<Option<Pool>> = Mutex::new(None);
@@ -35,17 +55,16 @@ pub fn fresh_allocations() -> usize {
     FRESH.load(Ordering::Relaxed)
 }
 
-/// A recycled buffer of capacity `len`, with whatever it held before, if one is free.
+/// A recycled buffer of capacity `len`, with whatever it held before, if one is free (marked as lent).
 fn recycled(len: usize) -> Option<Vec<f32>> {
     if len < MIN_POOLED {
         return None;
     }
-    let mut guard = POOL.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(v) = guard.as_mut().and_then(|pool| {
-        let v = pool.free.get_mut(&len).and_then(Vec::pop)?;
+    let mut guard = lock();
+    let pool = guard.get_or_insert_with(Pool::default);
+    if let Some(v) = pool.free.get_mut(&len).and_then(Vec::pop) {
         pool.bytes -= len * 4;
-        Some(v)
-    }) {
+        pool.lent.insert(v.as_ptr() as usize);
         return Some(v);
     }
     FRESH.fetch_add(1, Ordering::Relaxed);
@@ -59,7 +78,7 @@ pub fn take(len: usize) -> Vec<f32> {
             v.clear();
             v
         }
-        None => Vec::with_capacity(len),
+        None => lend(Vec::with_capacity(len)),
     }
 }
 
@@ -72,7 +91,7 @@ pub fn take_dirty(len: usize) -> Vec<f32> {
             v
         }
         // Zeroed by the allocator (fresh pages arrive zeroed, so this costs no pass over the memory).
-        None => vec![0.0; len],
+        None => lend(vec![0.0; len]),
     }
 }
 
@@ -90,24 +109,29 @@ pub fn collect(len: usize, items: impl IntoIterator<Item = f32>) -> Vec<f32> {
     v
 }
 
-/// Returns a buffer to the pool (dropped instead if small or if the pool is full). Its contents stay, for
-/// [`take_dirty`].
+/// Returns a buffer to the pool if the pool lent it (dropped instead if small, not lent, or if the pool is
+/// full). Its contents stay, for [`take_dirty`].
 pub fn give(v: Vec<f32>) {
     let cap = v.capacity();
     if cap < MIN_POOLED {
         return;
     }
-    let mut guard = POOL.lock().unwrap_or_else(|e| e.into_inner());
-    let pool = guard.get_or_insert_with(|| Pool { free: HashMap::new(), bytes: 0 });
-    if pool.bytes + cap * 4 <= MAX_POOLED_BYTES {
+    let mut guard = lock();
+    let pool = guard.get_or_insert_with(Pool::default);
+    if pool.lent.remove(&(v.as_ptr() as usize)) && pool.bytes + cap * 4 <= MAX_POOLED_BYTES {
         pool.bytes += cap * 4;
         pool.free.entry(cap).or_default().push(v);
     }
 }
 
+/// Bytes the pool holds, free for the taking.
+pub fn pooled_bytes() -> usize {
+    lock().as_ref().map_or(0, |p| p.bytes)
+}
+
 /// Frees every pooled buffer.
 pub fn clear() {
-    *POOL.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    *lock() = None;
 }
 
 #[cfg(test)]
@@ -123,5 +147,25 @@ mod tests {
         let w = take_filled(len, 2.0);
         assert_eq!(w.as_ptr(), ptr, "the same allocation comes back");
         assert!(w.iter().all(|&x| x == 2.0));
+    }
+
+    #[test]
+    fn buffers_the_pool_did_not_lend_are_not_kept() {
+        let len = MIN_POOLED * 5 + 3; // a size no other test uses
+        let before = pooled_bytes();
+        // Built elsewhere (as a batch of data is), given back many times: the pool must not grow.
+        for _ in 0..10 {
+            give(vec![1.0; len]);
+        }
+        let lent = take(len);
+        let ptr = lent.as_ptr();
+        give(lent);
+        let again = take(len);
+        assert_eq!(again.as_ptr(), ptr, "a lent buffer still comes back");
+        give(again);
+        // Other tests run in parallel and may hold buffers of their own sizes; this size holds one buffer.
+        assert!(pooled_bytes() >= before);
+        let mut guard = lock();
+        assert_eq!(guard.as_mut().unwrap().free.get(&len).map_or(0, Vec::len), 1);
     }
 }
