@@ -9,6 +9,7 @@
 //! cargo run --release --example 04_sample -- --sampler ddim --steps 50
 //! cargo run --release --example 04_sample -- --sampler dpm --steps 20
 //! cargo run --release --example 04_sample -- --sampler ddpm             # all T steps
+//! cargo run --release --example 04_sample -- --checkpoint out/03c/model.safetensors --label 7   # sevens
 //! cargo run --release --example 04_sample -- --quick                    # untrained tiny model, for CI
 //! ```
 
@@ -18,6 +19,7 @@ use std::time::Instant;
 use autograd::ParamStore;
 use diffusion::checkpoint::Trained;
 use diffusion::cli::{exit_on_error, Args};
+use diffusion::guidance::Guided;
 use diffusion::objective::Prediction;
 use diffusion::plot::image_grid;
 use diffusion::sampler::{sample, Method, SamplerConfig, Spacing};
@@ -49,6 +51,12 @@ fn run() -> Result<()> {
     let no_clip = args.flag("no-clip", "do not clamp the predicted x0 to [-1, 1]")?;
     let count: usize = args.value("count", 16, "images to draw")?;
     let seed: u64 = args.value("seed", 0, "random seed")?;
+    let label: String = args.value(
+        "label",
+        String::new(),
+        "class-conditional models: the class to draw (default: every class in turn)",
+    )?;
+    let guidance: f32 = args.value("guidance", 2.0, "class-conditional models: classifier-free guidance scale w")?;
     let out = PathBuf::from(args.value(
         "out",
         (if quick { "out/quick/04/samples.png" } else { "out/04/samples.png" }).to_string(),
@@ -96,7 +104,28 @@ fn run() -> Result<()> {
     let c = &model.config;
     let shape = [count, c.image_channels, c.image_size, c.image_size];
     let started = Instant::now();
-    let images = sample(&model, &params, &schedule, prediction, &config, &shape, &mut StdRng::seed_from_u64(seed));
+    let rng = &mut StdRng::seed_from_u64(seed);
+    let classes = model.config.num_classes;
+    let images = if classes > 0 {
+        let labels: Vec<usize> = match label.as_str() {
+            "" => (0..count).map(|i| i % classes).collect(),
+            text => {
+                let k: usize = text.parse().map_err(|_| Error::Usage(format!("--label {text:?}: not a number")))?;
+                if k >= classes {
+                    return Err(Error::Usage(format!("--label {k}: the model has classes 0 to {}", classes - 1)));
+                }
+                vec![k; count]
+            }
+        };
+        println!("classes {:?}…, guidance w = {guidance}", &labels[..labels.len().min(10)]);
+        let guided = Guided { model: &model, labels, scale: guidance };
+        sample(&guided, &params, &schedule, prediction, &config, &shape, rng)
+    } else {
+        if !label.is_empty() {
+            return Err(Error::Usage("--label: this model is unconditional (train one with --conditional)".into()));
+        }
+        sample(&model, &params, &schedule, prediction, &config, &shape, rng)
+    };
     let seconds = started.elapsed().as_secs_f64();
     let evaluations = if method == Method::Ddpm { schedule.steps() } else { steps };
     println!("{} with {evaluations} network evaluations: {count} images in {seconds:.2} s", method.name());
