@@ -19,18 +19,21 @@
 //! ```
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use autograd::ParamStore;
+use autograd::{ParamStore, Tensor};
 use diffusion::checkpoint::{check_format, list_checkpoints, read_metadata, save_weights, Checkpoint, Fields};
 use diffusion::checkpoint::{FORMAT_VERSION, WEIGHTS_FORMAT};
 use diffusion::cifar::read_cifar10_path;
+use diffusion::classifier::{self, Classifier};
 use diffusion::cli::{exit_on_error, Args};
+use diffusion::evaluate::Reference;
 use diffusion::idx::{read_labeled, shipped_mnist_dir};
 use diffusion::objective::{Prediction, Weighting};
 use diffusion::plot::image_grid;
-use diffusion::sampler::{sample_traced, Method, SamplerConfig, Spacing};
+use diffusion::sampler::{sample, sample_traced, Method, SamplerConfig, Spacing};
 use diffusion::schedule::NoiseSchedule;
 use diffusion::train::{train, TrainConfig};
 use diffusion::unet::{UNet, UNetConfig};
@@ -105,6 +108,17 @@ fn run() -> Result<()> {
     let keep: usize = args.value("keep", 3, "checkpoints to keep, newest first (0: all)")?;
     let stop_at: usize =
         args.value("stop-at", 0, "end this sitting after this step, with a checkpoint (0: run to the end)")?;
+    let eval_every: usize = args.value(
+        "eval-every",
+        0,
+        "steps between evaluations of the EMA weights with example 05's classifier (0: none)",
+    )?;
+    let eval_count: usize = args.value("eval-count", 128, "samples per evaluation (DPM-Solver++, 10 steps)")?;
+    let classifier_path = PathBuf::from(args.value(
+        "classifier",
+        "out/05/classifier.safetensors".to_string(),
+        "the classifier for --eval-every",
+    )?);
     let resume: String =
         args.value("resume", String::new(), "continue from this checkpoint (a file, or a directory: its newest)")?;
     let out = PathBuf::from(args.value(
@@ -226,7 +240,27 @@ fn run() -> Result<()> {
         config.batch
     );
     let started = Instant::now();
-    let (ema, report) = train(&model, &mut params, &schedule, &images, Some(&labels), &config, checkpoint)?;
+    // With --eval-every, training runs in sittings that end at each evaluation and resume from its checkpoint;
+    // resuming is exact, so the run is the same as without evaluations.
+    let evaluator = match eval_every {
+        0 => None,
+        _ => Some(Evaluator::new(&classifier_path, &images, eval_count, &out)?),
+    };
+    let end = config.stop_at.unwrap_or(config.steps).min(config.steps);
+    let mut checkpoint = checkpoint;
+    let (ema, report) = loop {
+        let done = checkpoint.as_ref().map_or(0, |c| c.step as usize);
+        let stop = done.checked_div(eval_every).map_or(end, |sittings| (sittings + 1) * eval_every);
+        let sitting = TrainConfig { stop_at: Some(stop.min(end)), ..config.clone() };
+        let (ema, report) = train(&model, &mut params, &schedule, &images, Some(&labels), &sitting, checkpoint.take())?;
+        if let Some(evaluator) = &evaluator {
+            evaluator.evaluate(&model, ema.params(), &schedule, config.prediction, report.step)?;
+        }
+        if report.step >= end {
+            break (ema, report);
+        }
+        checkpoint = Some(Checkpoint::load(&report.checkpoint, &params)?);
+    };
     if report.step < config.steps {
         println!(
             "stopped at step {} of {} ({:.0} ms per step); continue with --resume {}",
@@ -293,4 +327,54 @@ fn run() -> Result<()> {
     image_grid(&strip, cols, 2).write_png(&path)?;
     println!("wrote {} (rows: samples; columns: x_t from noise to digit)", path.display());
     Ok(())
+}
+
+/// Periodic evaluation: the Fréchet distance of `count` samples' classifier features to real digits (with its
+/// floor and ceiling) and the classifier's confidence, printed and appended to `eval.csv`.
+struct Evaluator {
+    classifier: Classifier,
+    params: ParamStore,
+    reference: Reference,
+    csv: PathBuf,
+}
+
+impl Evaluator {
+    fn new(classifier: &Path, images: &Tensor, count: usize, out: &Path) -> Result<Evaluator> {
+        if images.shape()[1..] != [1, 28, 28] {
+            return Err(Error::Usage("--eval-every judges 1×28×28 digits only".into()));
+        }
+        let count = count.min(images.shape()[0] / 2);
+        let (model, params) = classifier::load(classifier)
+            .map_err(|e| Error::Usage(format!("{e} (--eval-every needs example 05's classifier: run it first)")))?;
+        let reference = Reference::new(&model, &params, images, count, 0);
+        let csv = out.join("eval.csv");
+        std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+        let header = "step,frechet,floor,ceiling,confidence\n";
+        std::fs::write(&csv, header).map_err(|e| Error::io(&csv, e))?;
+        Ok(Evaluator { classifier: model, params, reference, csv })
+    }
+
+    fn evaluate(
+        &self,
+        model: &UNet,
+        weights: &ParamStore,
+        schedule: &NoiseSchedule,
+        prediction: Prediction,
+        step: usize,
+    ) -> Result<()> {
+        let config = SamplerConfig { steps: 10, ..TrainConfig::default_grid_sampler() };
+        let shape = [self.reference.count, 1, 28, 28];
+        let images = sample(model, weights, schedule, prediction, &config, &shape, &mut StdRng::seed_from_u64(7));
+        let (score, _) = self.reference.score(&self.classifier, &self.params, &images);
+        println!(
+            "eval at step {step}: Fréchet distance {:.1} (floor {:.1}, ceiling {:.1}), confidence {:.3}",
+            score.frechet, self.reference.floor, self.reference.ceiling, score.confidence
+        );
+        let line = format!(
+            "{step},{:.4},{:.4},{:.4},{:.4}\n",
+            score.frechet, self.reference.floor, self.reference.ceiling, score.confidence
+        );
+        let mut file = std::fs::OpenOptions::new().append(true).open(&self.csv).map_err(|e| Error::io(&self.csv, e))?;
+        file.write_all(line.as_bytes()).map_err(|e| Error::io(&self.csv, e))
+    }
 }

@@ -40,6 +40,10 @@ fn unknown_flags_and_bad_values_are_usage_errors() {
     assert_eq!((code, err.as_str()), (2, "error: --sampler \"euler\": unknown (ddpm, ddim, dpm)"));
     let (code, err) = fails(example("03_train_mnist").args(["--preset", "huge"]));
     assert_eq!((code, err.as_str()), (2, "error: --preset \"huge\": unknown"));
+    let args = ["--quick", "--eval-every", "1", "--classifier", "/no/such/classifier.safetensors"];
+    let (code, err) = fails(example("03_train_mnist").args(args));
+    assert_eq!(code, 2);
+    assert!(err.contains("/no/such/classifier.safetensors") && err.contains("run it first"), "{err}");
 }
 
 #[test]
