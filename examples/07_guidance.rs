@@ -5,7 +5,7 @@
 //! often each sample is the digit that was asked for. Writes `out/07/guidance_w<w>.png`.
 //!
 //! ```text
-//! cargo run --release --example 03_train_mnist -- --conditional --out out/03c   # once: about 20 minutes
+//! cargo run --release --example 03_train_mnist -- --conditional --out out/03c   # once: about 21 minutes
 //! cargo run --release --example 07_guidance
 //! cargo run --release --example 07_guidance -- --quick
 //! ```
