@@ -31,13 +31,8 @@ fn main() {
 /// Deterministic DDIM from the given starting noise.
 fn ddim_from(model: &impl Denoiser, t: &Trained, config: &SamplerConfig, noise: &Tensor) -> Tensor {
     let ts = sampler_timesteps(t.schedule.steps(), config);
-    let mut stepper = Stepper::new(model, &t.params, &t.schedule, t.prediction, config);
     let mut rng = StdRng::seed_from_u64(0); // unused: η = 0 draws nothing
-    let mut x = noise.clone();
-    for (i, &step) in ts.iter().enumerate() {
-        x = stepper.step(step, ts.get(i + 1).copied(), &x, &mut rng);
-    }
-    x
+    Stepper::new(model, &t.params, &t.schedule, t.prediction, config).run(&ts, noise.clone(), &mut rng, |_, _| {})
 }
 
 fn run() -> Result<()> {

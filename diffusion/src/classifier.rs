@@ -26,6 +26,7 @@ use rand::{RngExt, SeedableRng};
 use crate::checkpoint::{load_weights, read_metadata, save_weights, Fields};
 use crate::error::Result;
 use crate::idx::read_labeled;
+use crate::train::shuffle;
 
 /// Width of the feature vector (the penultimate layer).
 pub const FEATURES: usize = 128;
@@ -192,9 +193,7 @@ pub fn train_classifier(
     let total_steps = config.epochs * n.div_ceil(config.batch);
     let mut step = 0;
     for epoch in 0..config.epochs {
-        for i in (1..n).rev() {
-            order.swap(i, rng.random_range(0..=i));
-        }
+        shuffle(&mut order, &mut rng);
         let (mut total, mut batches) = (0.0f32, 0);
         for chunk in order.chunks(config.batch) {
             let mut x = Vec::with_capacity(chunk.len() * 784);

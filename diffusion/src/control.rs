@@ -46,12 +46,8 @@ pub fn img2img(
     }
     let ts = &ts[ts.len() - keep..];
     let noise = Tensor::randn(image.shape(), rng);
-    let mut x = schedule.q_sample(image, &vec![ts[0]; image.shape()[0]], &noise);
-    let mut stepper = Stepper::new(model, params, schedule, prediction, config);
-    for (i, &t) in ts.iter().enumerate() {
-        x = stepper.step(t, ts.get(i + 1).copied(), &x, rng);
-    }
-    x
+    let x = schedule.q_sample(image, &vec![ts[0]; image.shape()[0]], &noise);
+    Stepper::new(model, params, schedule, prediction, config).run(ts, x, rng, |_, _| {})
 }
 
 /// What to keep when inpainting: the known image and a mask of the same shape, 1 where a pixel is known.

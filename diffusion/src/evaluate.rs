@@ -10,10 +10,11 @@
 
 use autograd::{ParamStore, Tensor};
 use rand::rngs::StdRng;
-use rand::{RngExt, SeedableRng};
+use rand::SeedableRng;
 
 use crate::classifier::{select, Classifier, Judgement};
 use crate::fid::frechet_distance_of;
+use crate::train::shuffle;
 
 /// The real features samples are compared with, and the floor and ceiling of the distance.
 pub struct Reference {
@@ -40,9 +41,7 @@ impl Reference {
         assert!(2 * count <= n, "Reference: {count} samples need {} real images, {n} given", 2 * count);
         let mut rng = StdRng::seed_from_u64(seed);
         let mut order: Vec<usize> = (0..n).collect();
-        for i in (1..n).rev() {
-            order.swap(i, rng.random_range(0..=i));
-        }
+        shuffle(&mut order, &mut rng);
         let a = classifier.judge(params, &select(real, &order[..count])).features;
         let b = classifier.judge(params, &select(real, &order[count..2 * count])).features;
         let mut noise_shape = real.shape().to_vec();

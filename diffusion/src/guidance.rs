@@ -28,17 +28,15 @@ pub struct Conditional<'a> {
 
 impl Denoiser for Conditional<'_> {
     fn predict(&self, tape: &mut Tape, params: &ParamStore, x_t: &Var, t: &[usize]) -> Var {
-        let ts: Vec<f32> = t.iter().map(|&v| v as f32).collect();
-        self.model.forward(tape, params, x_t, &ts, self.labels, None)
+        self.model.forward_at(tape, params, x_t, t, self.labels, None)
     }
 
     fn predict_train(&self, tape: &mut Tape, params: &ParamStore, x_t: &Var, t: &[usize], rng: &mut StdRng) -> Var {
-        let ts: Vec<f32> = t.iter().map(|&v| v as f32).collect();
         let null = self.model.config.num_classes;
         let dropped: Option<Vec<usize>> = self.labels.map(|labels| {
             labels.iter().map(|&c| if rng.random::<f32>() < self.label_dropout { null } else { c }).collect()
         });
-        self.model.forward(tape, params, x_t, &ts, dropped.as_deref(), Some(rng))
+        self.model.forward_at(tape, params, x_t, t, dropped.as_deref(), Some(rng))
     }
 }
 
@@ -55,15 +53,14 @@ impl Denoiser for Guided<'_> {
     fn predict(&self, tape: &mut Tape, params: &ParamStore, x_t: &Var, t: &[usize]) -> Var {
         let b = x_t.shape()[0];
         assert_eq!(self.labels.len(), b, "Guided: {} labels for a batch of {b}", self.labels.len());
-        let ts: Vec<f32> = t.iter().map(|&v| v as f32).collect();
         if self.scale == 1.0 {
-            return self.model.forward(tape, params, x_t, &ts, Some(&self.labels), None);
+            return self.model.forward_at(tape, params, x_t, t, Some(&self.labels), None);
         }
         let null = self.model.config.num_classes;
         let both_x = tape.concat(&[x_t, x_t], 0);
-        let both_t: Vec<f32> = ts.iter().chain(&ts).copied().collect();
+        let both_t: Vec<usize> = t.iter().chain(t).copied().collect();
         let both_labels: Vec<usize> = self.labels.iter().copied().chain(std::iter::repeat_n(null, b)).collect();
-        let out = self.model.forward(tape, params, &both_x, &both_t, Some(&both_labels), None);
+        let out = self.model.forward_at(tape, params, &both_x, &both_t, Some(&both_labels), None);
         let conditional = tape.narrow(&out, 0, 0, b);
         let unconditional = tape.narrow(&out, 0, b, b);
         let difference = tape.sub(&conditional, &unconditional);

@@ -121,16 +121,11 @@ pub fn sample_traced(
     config: &SamplerConfig,
     shape: &[usize],
     rng: &mut StdRng,
-    mut trace: impl FnMut(usize, &Tensor),
+    trace: impl FnMut(usize, &Tensor),
 ) -> Tensor {
     let ts = sampler_timesteps(schedule.steps(), config);
-    let mut stepper = Stepper::new(model, params, schedule, prediction, config);
-    let mut x = Tensor::randn(shape, rng);
-    for (i, &t) in ts.iter().enumerate() {
-        trace(t, &x);
-        x = stepper.step(t, ts.get(i + 1).copied(), &x, rng);
-    }
-    x
+    let noise = Tensor::randn(shape, rng);
+    Stepper::new(model, params, schedule, prediction, config).run(&ts, noise, rng, trace)
 }
 
 /// The descending timesteps `config` visits on a schedule of `total` steps.
@@ -171,6 +166,22 @@ impl<'a, D: Denoiser> Stepper<'a, D> {
         config: &'a SamplerConfig,
     ) -> Self {
         Stepper { model, params, schedule, prediction, config, tape: Tape::inference(), previous: None }
+    }
+
+    /// Steps `x`, at timestep `ts[0]`, down through every timestep of `ts` (descending) to the end of
+    /// sampling, calling `trace(t, x_t)` before each step.
+    pub fn run(
+        &mut self,
+        ts: &[usize],
+        mut x: Tensor,
+        rng: &mut StdRng,
+        mut trace: impl FnMut(usize, &Tensor),
+    ) -> Tensor {
+        for (i, &t) in ts.iter().enumerate() {
+            trace(t, &x);
+            x = self.step(t, ts.get(i + 1).copied(), &x, rng);
+        }
+        x
     }
 
     /// x at timestep `t` → x at `next` (`None`: the end of sampling).

@@ -236,12 +236,17 @@ pub enum Stream {
 
 /// The order in which epoch `epoch` visits `n` items (Fisher–Yates with that epoch's generator).
 pub fn epoch_order(n: usize, seed: u64, epoch: u64) -> Vec<usize> {
-    let mut rng = keyed_rng(seed, Stream::Shuffle, epoch);
     let mut order: Vec<usize> = (0..n).collect();
-    for i in (1..n).rev() {
-        order.swap(i, rng.random_range(0..=i));
-    }
+    shuffle(&mut order, &mut keyed_rng(seed, Stream::Shuffle, epoch));
     order
+}
+
+/// Shuffles `items` in place (Fisher–Yates: each position from the last down swaps with a uniformly chosen
+/// one at or before it).
+pub fn shuffle(items: &mut [usize], rng: &mut StdRng) {
+    for i in (1..items.len()).rev() {
+        items.swap(i, rng.random_range(0..=i));
+    }
 }
 
 /// Trains `model` on `images` [N, C, H, W] (values in [−1, 1]) as configured, from scratch or from
@@ -338,14 +343,19 @@ pub fn train(
             return Err(diverged(explain_non_finite_loss(&denoiser, params, schedule, config, &x_0, step, last_loss)));
         }
         let mut grads = tape.backward(&loss);
-        if let Some((id, _)) = grads.params().find(|(_, g)| !g.all_finite()) {
-            let name = params.name(id);
-            return Err(diverged(format!(
-                "the loss is {last_loss} but the gradient of parameter {name} is not finite"
-            )));
-        }
-        if config.grad_clip > 0.0 {
-            clip_grad_norm(&mut grads, config.grad_clip);
+        // Clipping computes the global norm anyway, and it is finite exactly when every gradient is; without
+        // clipping, look at each.
+        let finite = if config.grad_clip > 0.0 {
+            clip_grad_norm(&mut grads, config.grad_clip).is_finite()
+        } else {
+            grads.params().all(|(_, g)| g.all_finite())
+        };
+        if !finite {
+            let what = match grads.params().find(|(_, g)| !g.all_finite()) {
+                Some((id, _)) => format!("the gradient of parameter {} is not finite", params.name(id)),
+                None => "the global gradient norm overflows f32".to_string(),
+            };
+            return Err(diverged(format!("the loss is {last_loss} but {what}")));
         }
         opt.step(params, &grads);
         ema.update(params);

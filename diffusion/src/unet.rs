@@ -451,15 +451,29 @@ impl UNet {
     }
 }
 
+impl UNet {
+    /// [`UNet::forward`] at integer timesteps, as samplers and losses have them.
+    pub fn forward_at(
+        &self,
+        t: &mut Tape,
+        ps: &ParamStore,
+        x: &Var,
+        timesteps: &[usize],
+        labels: Option<&[usize]>,
+        rng: Option<&mut StdRng>,
+    ) -> Var {
+        let ts: Vec<f32> = timesteps.iter().map(|&v| v as f32).collect();
+        self.forward(t, ps, x, &ts, labels, rng)
+    }
+}
+
 impl Denoiser for UNet {
     fn predict(&self, tape: &mut Tape, params: &ParamStore, x_t: &Var, t: &[usize]) -> Var {
-        let ts: Vec<f32> = t.iter().map(|&v| v as f32).collect();
-        self.forward(tape, params, x_t, &ts, None, None)
+        self.forward_at(tape, params, x_t, t, None, None)
     }
 
     fn predict_train(&self, tape: &mut Tape, params: &ParamStore, x_t: &Var, t: &[usize], rng: &mut StdRng) -> Var {
-        let ts: Vec<f32> = t.iter().map(|&v| v as f32).collect();
-        self.forward(tape, params, x_t, &ts, None, Some(rng))
+        self.forward_at(tape, params, x_t, t, None, Some(rng))
     }
 }
 
