@@ -5,9 +5,14 @@
 //! cargo bench --bench conv2d
 //! ```
 //! Variants: `naive` (the reference loops, first-layer shape only: the others take seconds per call),
-//! `fast-1t` (im2col + gemm on one thread), `fast` (all threads).
+//! `fast-1t` (what `conv2d` runs, on one thread: the direct kernels for these "same" convolutions), `fast`
+//! (all threads), `im2col` (im2col + matrix product on all threads, the path every other convolution takes,
+//! for comparison).
 
-use autograd::ops::conv2d::{conv2d_backward, conv2d_backward_naive, conv2d_forward, conv2d_forward_naive, ConvShape};
+use autograd::ops::conv2d::{
+    conv2d_backward, conv2d_backward_im2col, conv2d_backward_naive, conv2d_forward, conv2d_forward_im2col,
+    conv2d_forward_naive, ConvShape,
+};
 use autograd::Tensor;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 
@@ -31,9 +36,12 @@ fn bench_conv2d(c: &mut Criterion) {
         check_once(&s, &x, &w, &b, &dy);
         group.throughput(Throughput::Elements(s.flops() as u64));
 
-        let forward = || conv2d_forward(x.data(), w.data(), Some(b.data()), &s);
-        let backward_input = || conv2d_backward(x.data(), w.data(), dy.data(), &s, true, false);
-        let backward_weight = || conv2d_backward(x.data(), w.data(), dy.data(), &s, false, true);
+        // Every result goes back to the buffer pool, as in a training step, where steady state makes no
+        // fresh allocations (otherwise each call would also pay the page faults of a new buffer).
+        let forward = || recycle(conv2d_forward(x.data(), w.data(), Some(b.data()), &s));
+        let backward_input = || recycle_all(conv2d_backward(x.data(), w.data(), dy.data(), &s, true, false));
+        let backward_weight = || recycle_all(conv2d_backward(x.data(), w.data(), dy.data(), &s, false, true));
+        let backward_all = || recycle_all(conv2d_backward(x.data(), w.data(), dy.data(), &s, true, true));
         if xs[1] <= 3 {
             group.bench_function(BenchmarkId::new("forward/naive", name), |bch| {
                 bch.iter(|| conv2d_forward_naive(x.data(), w.data(), Some(b.data()), &s))
@@ -49,8 +57,33 @@ fn bench_conv2d(c: &mut Criterion) {
             bch.iter(|| one_thread.install(backward_weight))
         });
         group.bench_function(BenchmarkId::new("backward-weight/fast", name), |bch| bch.iter(backward_weight));
+        // input + weight + bias in one call: what PyTorch's backward figure measures.
+        group.throughput(Throughput::Elements(2 * s.flops() as u64));
+        group.bench_function(BenchmarkId::new("backward-all/fast", name), |bch| bch.iter(backward_all));
+        group.throughput(Throughput::Elements(s.flops() as u64));
+        group.bench_function(BenchmarkId::new("forward/im2col", name), |bch| {
+            bch.iter(|| recycle(conv2d_forward_im2col(x.data(), w.data(), Some(b.data()), &s)))
+        });
+        group.bench_function(BenchmarkId::new("backward-input/im2col", name), |bch| {
+            bch.iter(|| recycle_pair(conv2d_backward_im2col(x.data(), w.data(), dy.data(), &s, true, false)))
+        });
+        group.bench_function(BenchmarkId::new("backward-weight/im2col", name), |bch| {
+            bch.iter(|| recycle_pair(conv2d_backward_im2col(x.data(), w.data(), dy.data(), &s, false, true)))
+        });
     }
     group.finish();
+}
+
+fn recycle(v: Vec<f32>) {
+    autograd::pool::give(v);
+}
+
+fn recycle_pair((dx, dweight): (Option<Vec<f32>>, Option<Vec<f32>>)) {
+    dx.into_iter().chain(dweight).for_each(recycle);
+}
+
+fn recycle_all((dx, dweight, _): (Option<Vec<f32>>, Option<Vec<f32>>, Vec<f32>)) {
+    recycle_pair((dx, dweight));
 }
 
 /// fast == naive once before timing, on the first image only (the naive kernel is slow).

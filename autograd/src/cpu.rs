@@ -153,8 +153,14 @@ const LANES: usize = 64;
 /// Adds the accumulators pairwise (64 → 32 → … → 1): vector adds, and a chain of 6 rather than 64
 /// dependent additions.
 #[inline(always)]
-fn horizontal_sum(mut acc: [f32; LANES]) -> f32 {
-    let mut width = LANES / 2;
+fn horizontal_sum(acc: [f32; LANES]) -> f32 {
+    pairwise_sum(acc)
+}
+
+/// Σ of N values (N a power of two), pairwise: N → N/2 → … → 1.
+#[inline(always)]
+pub fn pairwise_sum<const N: usize>(mut acc: [f32; N]) -> f32 {
+    let mut width = N / 2;
     while width > 0 {
         for i in 0..width {
             acc[i] += acc[i + width];

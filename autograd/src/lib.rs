@@ -36,6 +36,7 @@ pub mod pool;
 pub mod shape;
 pub mod tape;
 pub mod tensor;
+pub mod vector;
 
 pub use gradcheck::{gradcheck, gradcheck_with, GradcheckConfig};
 pub use params::{ParamId, ParamStore};

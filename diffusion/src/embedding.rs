@@ -13,7 +13,7 @@ use autograd::Tensor;
 /// Embeds each timestep as a `dim`-vector: [len(t), dim]. `dim` must be even.
 #[track_caller]
 pub fn timestep_embedding(t: &[f32], dim: usize, max_period: f32) -> Tensor {
-    assert!(dim % 2 == 0 && dim > 0, "timestep_embedding: dim {dim} must be even and positive");
+    assert!(dim.is_multiple_of(2) && dim > 0, "timestep_embedding: dim {dim} must be even and positive");
     let half = dim / 2;
     let freqs: Vec<f32> = (0..half).map(|i| (-(max_period.ln()) * i as f32 / half as f32).exp()).collect();
     let mut out = Vec::with_capacity(t.len() * dim);

@@ -187,15 +187,15 @@ impl UNetConfig {
         if self.attention.len() != levels {
             return Err(format!("attention has {} entries for {levels} levels", self.attention.len()));
         }
-        if self.time_embedding_dim == 0 || self.time_embedding_dim % 2 != 0 {
+        if self.time_embedding_dim == 0 || !self.time_embedding_dim.is_multiple_of(2) {
             return Err(format!("time_embedding_dim {} is not a positive even number", self.time_embedding_dim));
         }
-        if self.image_size % (1 << (levels - 1)) != 0 {
+        if !self.image_size.is_multiple_of(1 << (levels - 1)) {
             return Err(format!("image_size {} cannot be halved {} times", self.image_size, levels - 1));
         }
         for l in 0..levels {
             let c = self.channels(l);
-            if c == 0 || c % self.groups != 0 || c % self.heads != 0 {
+            if c == 0 || !c.is_multiple_of(self.groups) || !c.is_multiple_of(self.heads) {
                 return Err(format!("level {l} has {c} channels, not a multiple of groups and heads"));
             }
         }

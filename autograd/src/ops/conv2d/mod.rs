@@ -1,13 +1,15 @@
 //! `conv2d`: 2-D convolution (cross-correlation, as every framework computes it), NCHW, any kernel size,
 //! stride and zero padding. The U-Net spends most of its time here.
 
+mod direct;
 mod kernels;
 #[cfg(test)]
 mod tests;
 
 pub use kernels::{
-    block_rows, col2im, col2im_rows, conv2d_backward, conv2d_backward_naive, conv2d_forward, conv2d_forward_naive,
-    im2col, im2col_rows, ConvShape,
+    block_rows, col2im, col2im_rows, conv2d_backward, conv2d_backward_bias, conv2d_backward_direct,
+    conv2d_backward_im2col, conv2d_backward_naive, conv2d_forward, conv2d_forward_direct, conv2d_forward_im2col,
+    conv2d_forward_naive, im2col, im2col_rows, ConvShape,
 };
 
 use crate::tape::{Op, Tape, Var};

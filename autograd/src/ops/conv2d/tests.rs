@@ -34,7 +34,38 @@ fn odd_shapes() -> Vec<([usize; 4], [usize; 4], usize, usize)> {
         // Wide rows: several blocks of output rows in the blocked im2col path.
         ([2, 5, 13, 65], [4, 5, 3, 3], 1, 1),
         ([3, 1, 13, 65], [2, 1, 3, 3], 1, 1),
+        // The direct weight gradient (≥ 100 pixels, ≥ 8 output channels): a partial channel block (13, 65)
+        // and a partial block of weight rows (c_in·9 = 63), a 5×5 "same" convolution.
+        ([3, 5, 13, 11], [13, 5, 3, 3], 1, 1),
+        ([2, 7, 10, 13], [65, 7, 3, 3], 1, 1),
+        ([2, 3, 11, 13], [9, 3, 5, 5], 1, 2),
     ]
+}
+
+/// The direct path at every SIMD level this CPU has (the intrinsics and their portable twin), on every odd
+/// "same" shape, whatever its size.
+#[test]
+fn direct_equals_naive_at_every_simd_level() {
+    for (i, (xs, ws, stride, padding)) in odd_shapes().into_iter().enumerate() {
+        let s = ConvShape::new(&xs, &ws, stride, padding).unwrap();
+        if !(stride == 1 && ws[2] == ws[3] && ws[2] > 1 && 2 * padding + 1 == ws[2]) {
+            continue;
+        }
+        let x = randn(&xs, i as u64);
+        let w = randn(&ws, 100 + i as u64);
+        let b = randn(&[ws[0]], 200 + i as u64);
+        let dy = randn(&[s.n, s.c_out, s.oh, s.ow], 300 + i as u64);
+        let naive_y = conv2d_forward_naive(x.data(), w.data(), Some(b.data()), &s);
+        let (ndx, ndw, _) = conv2d_backward_naive(x.data(), w.data(), dy.data(), &s);
+        for level in crate::cpu::available() {
+            let what = format!("{xs:?} * {ws:?} p{padding} at {level:?}");
+            let y = conv2d_forward_direct(level, x.data(), w.data(), Some(b.data()), &s);
+            assert_close(&y, &naive_y, &format!("y {what}"));
+            let (dx, dw) = conv2d_backward_direct(level, x.data(), w.data(), dy.data(), &s, true, true);
+            assert_close(&dx.unwrap(), &ndx, &format!("dx {what}"));
+            assert_close(&dw.unwrap(), &ndw, &format!("dweight {what}"));
+        }
+    }
 }
 
 fn assert_close(fast: &[f32], naive: &[f32], what: &str) {
@@ -70,9 +101,15 @@ fn fast_equals_naive_on_odd_shapes() {
 
 #[test]
 fn results_are_bit_identical_at_one_and_two_threads() {
-    // Five images (the per-image paths) and one (fewer images than threads: the product is split instead),
-    // 3×3 and 1×1.
-    for (xs, ws) in [([5, 8, 9, 9], [16, 8, 3, 3]), ([1, 8, 19, 21], [16, 8, 3, 3]), ([1, 40, 9, 9], [70, 40, 1, 1])] {
+    // Five images (the per-image paths) and one (fewer images than threads: the product, or on the direct
+    // path the output channels, split instead), 3×3 and 1×1; 12×12 takes the direct weight gradient.
+    let shapes = [
+        ([5, 8, 9, 9], [16, 8, 3, 3]),
+        ([1, 8, 19, 21], [16, 8, 3, 3]),
+        ([1, 40, 9, 9], [70, 40, 1, 1]),
+        ([5, 6, 12, 12], [20, 6, 3, 3]),
+    ];
+    for (xs, ws) in shapes {
         check_threads(&xs, &ws, ws[2] / 2);
     }
 }

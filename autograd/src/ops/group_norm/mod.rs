@@ -26,7 +26,7 @@ impl Tape {
     #[track_caller]
     pub fn group_norm(&mut self, x: &Var, num_groups: usize, weight: &Var, bias: &Var, eps: f32) -> Var {
         let xs = x.shape();
-        if xs.len() < 2 || num_groups == 0 || xs[1] % num_groups != 0 {
+        if xs.len() < 2 || num_groups == 0 || !xs[1].is_multiple_of(num_groups) {
             panic!("group_norm: x {xs:?} must be [N, C, …] with C divisible by num_groups = {num_groups}");
         }
         let c = xs[1];

@@ -1,0 +1,247 @@
+//! Hand-written SIMD: the one place in the crate with intrinsics.
+//!
+//! Most kernels are plain loops that the compiler vectorizes (see [`crate::cpu`]). Register-tiled
+//! micro-kernels are the exception: a tile of 24 accumulator registers only stays in registers if the
+//! compiler sees it as 24 registers, and the auto-vectorizer does not reliably do that (the same loop ran at
+//! 280 GFLOP/s in one build and 11 in the next, after an unrelated change elsewhere in the file). So those
+//! kernels are written once, generic over [`F32Vector`], a register of f32 lanes with the six operations
+//! they need, and this file implements it for each instruction set:
+//!
+//! | type | instruction set | lanes | registers |
+//! |---|---|---|---|
+//! | [`Avx512`] | x86-64 AVX-512F | 16 | 32 |
+//! | [`Avx2`] | x86-64 AVX2 + FMA | 8 | 16 |
+//! | [`Neon`] | aarch64 NEON (baseline there) | 4 | 32 |
+//! | [`Portable`] | plain Rust arrays, any target: x86-64's baseline and the twin every test compares against | 4 | |
+//!
+//! # Safety
+//! Every method is `unsafe`: it may only run on a CPU with the type's instruction set (callers dispatch on
+//! [`crate::cpu::simd`]), and `load`/`store` read and write `LANES` floats at a raw pointer that the caller
+//! has checked.
+
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::*;
+
+/// A SIMD register of `LANES` f32 values.
+///
+/// # Safety
+/// Implementations must only be used on CPUs with their instruction set, and `load`/`store` need `LANES`
+/// readable/writable floats at the pointer (see the module doc); this covers every method below.
+#[allow(clippy::missing_safety_doc)]
+pub unsafe trait F32Vector: Copy {
+    const LANES: usize;
+    /// All lanes 0.
+    unsafe fn zero() -> Self;
+    /// All lanes `v`.
+    unsafe fn splat(v: f32) -> Self;
+    /// `LANES` floats from `p` (no alignment needed).
+    unsafe fn load(p: *const f32) -> Self;
+    /// Writes the lanes to `p` (no alignment needed).
+    unsafe fn store(self, p: *mut f32);
+    /// self · b + c per lane, fused (one rounding) where the instruction set has FMA.
+    unsafe fn mul_add(self, b: Self, c: Self) -> Self;
+    /// Σ of the lanes.
+    unsafe fn sum(self) -> f32;
+}
+
+/// 16 lanes of AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+pub struct Avx512(__m512);
+
+#[cfg(target_arch = "x86_64")]
+unsafe impl F32Vector for Avx512 {
+    const LANES: usize = 16;
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn zero() -> Self {
+        Avx512(_mm512_setzero_ps())
+    }
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn splat(v: f32) -> Self {
+        Avx512(_mm512_set1_ps(v))
+    }
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn load(p: *const f32) -> Self {
+        Avx512(_mm512_loadu_ps(p))
+    }
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn store(self, p: *mut f32) {
+        _mm512_storeu_ps(p, self.0)
+    }
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn mul_add(self, b: Self, c: Self) -> Self {
+        Avx512(_mm512_fmadd_ps(self.0, b.0, c.0))
+    }
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn sum(self) -> f32 {
+        _mm512_reduce_add_ps(self.0)
+    }
+}
+
+/// 8 lanes of AVX2 with FMA.
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+pub struct Avx2(__m256);
+
+#[cfg(target_arch = "x86_64")]
+unsafe impl F32Vector for Avx2 {
+    const LANES: usize = 8;
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn zero() -> Self {
+        Avx2(_mm256_setzero_ps())
+    }
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn splat(v: f32) -> Self {
+        Avx2(_mm256_set1_ps(v))
+    }
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn load(p: *const f32) -> Self {
+        Avx2(_mm256_loadu_ps(p))
+    }
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn store(self, p: *mut f32) {
+        _mm256_storeu_ps(p, self.0)
+    }
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn mul_add(self, b: Self, c: Self) -> Self {
+        Avx2(_mm256_fmadd_ps(self.0, b.0, c.0))
+    }
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn sum(self) -> f32 {
+        let mut lanes = [0.0f32; 8];
+        _mm256_storeu_ps(lanes.as_mut_ptr(), self.0);
+        crate::cpu::pairwise_sum(lanes)
+    }
+}
+
+/// 4 lanes of aarch64 NEON.
+#[cfg(target_arch = "aarch64")]
+#[derive(Clone, Copy)]
+pub struct Neon(std::arch::aarch64::float32x4_t);
+
+#[cfg(target_arch = "aarch64")]
+unsafe impl F32Vector for Neon {
+    const LANES: usize = 4;
+    #[inline(always)]
+    unsafe fn zero() -> Self {
+        Neon(std::arch::aarch64::vdupq_n_f32(0.0))
+    }
+    #[inline(always)]
+    unsafe fn splat(v: f32) -> Self {
+        Neon(std::arch::aarch64::vdupq_n_f32(v))
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> Self {
+        Neon(std::arch::aarch64::vld1q_f32(p))
+    }
+    #[inline(always)]
+    unsafe fn store(self, p: *mut f32) {
+        std::arch::aarch64::vst1q_f32(p, self.0)
+    }
+    #[inline(always)]
+    unsafe fn mul_add(self, b: Self, c: Self) -> Self {
+        // vfmaq_f32(c, a, b) = c + a·b
+        Neon(std::arch::aarch64::vfmaq_f32(c.0, self.0, b.0))
+    }
+    #[inline(always)]
+    unsafe fn sum(self) -> f32 {
+        std::arch::aarch64::vaddvq_f32(self.0)
+    }
+}
+
+/// 4 lanes as a plain array: runs anywhere (x86-64's baseline), and is what the tests compare the
+/// intrinsics against. Multiply then add, not fused: `f32::mul_add` is a slow library call without FMA.
+#[derive(Clone, Copy)]
+pub struct Portable([f32; 4]);
+
+unsafe impl F32Vector for Portable {
+    const LANES: usize = 4;
+    #[inline(always)]
+    unsafe fn zero() -> Self {
+        Portable([0.0; 4])
+    }
+    #[inline(always)]
+    unsafe fn splat(v: f32) -> Self {
+        Portable([v; 4])
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> Self {
+        Portable(std::ptr::read_unaligned(p as *const [f32; 4]))
+    }
+    #[inline(always)]
+    unsafe fn store(self, p: *mut f32) {
+        std::ptr::write_unaligned(p as *mut [f32; 4], self.0)
+    }
+    #[inline(always)]
+    unsafe fn mul_add(self, b: Self, c: Self) -> Self {
+        Portable(std::array::from_fn(|i| self.0[i] * b.0[i] + c.0[i]))
+    }
+    #[inline(always)]
+    unsafe fn sum(self) -> f32 {
+        crate::cpu::pairwise_sum(self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[cfg(target_arch = "x86_64")]
+    use crate::cpu::{available, Simd};
+
+    /// Every operation of one vector type against plain arithmetic.
+    unsafe fn check<V: F32Vector>() {
+        let n = V::LANES;
+        let a: Vec<f32> = (0..n).map(|i| i as f32 * 0.5 - 1.0).collect();
+        let b: Vec<f32> = (0..n).map(|i| 2.0 - i as f32).collect();
+        let mut out = vec![0.0f32; n + 1];
+        let fused = V::load(a.as_ptr()).mul_add(V::load(b.as_ptr()), V::splat(3.0));
+        fused.store(out.as_mut_ptr());
+        for i in 0..n {
+            assert_eq!(out[i], a[i] * b[i] + 3.0, "mul_add lane {i}"); // exact: small integers and halves
+        }
+        assert_eq!(out[n], 0.0, "store wrote past its lanes");
+        assert_eq!(V::load(a.as_ptr()).sum(), a.iter().sum::<f32>());
+        assert_eq!(V::zero().sum(), 0.0);
+    }
+
+    #[test]
+    fn every_vector_type_this_cpu_runs_agrees_with_plain_arithmetic() {
+        unsafe { check::<Portable>() };
+        #[cfg(target_arch = "aarch64")]
+        unsafe {
+            check::<Neon>()
+        };
+        #[cfg(target_arch = "x86_64")]
+        for level in available() {
+            match level {
+                Simd::Avx512 => unsafe { check_avx512() },
+                Simd::Avx2 => unsafe { check_avx2() },
+                Simd::Baseline => {}
+            }
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn check_avx512() {
+        check::<Avx512>()
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn check_avx2() {
+        check::<Avx2>()
+    }
+}
