@@ -63,7 +63,7 @@ impl Var {
 
 /// The backward half of an op. The forward half is a method on [`Tape`] in the op's own module; it computes
 /// the output and builds this struct with whatever the backward needs ("saved for backward").
-pub trait Op {
+pub trait Op: Send + Sync {
     /// Short name for the graph printout and for error messages, e.g. `"matmul"`.
     fn name(&self) -> &'static str;
 

@@ -25,7 +25,7 @@ use crate::schedule::NoiseSchedule;
 
 /// A network that looks at x_t at timesteps t (one per batch row) and predicts ε, x_0 or v, whichever it
 /// was trained for ([`crate::objective::Prediction`]); the functions in this module use ε.
-pub trait Denoiser {
+pub trait Denoiser: Sync {
     fn predict(&self, tape: &mut Tape, params: &ParamStore, x_t: &Var, t: &[usize]) -> Var;
 
     /// The prediction in training mode: `rng` drives whatever is random in training only (dropout).

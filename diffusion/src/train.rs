@@ -306,87 +306,105 @@ pub fn train(
     let mut last_loss = f32::NAN;
     let mut last_checkpoint: Option<PathBuf> = None;
     let started = Instant::now();
-    for step in start..end {
-        // The next batch: items in this epoch's order, moving to the next epoch's order at the end.
-        let mut batch = Vec::with_capacity(config.batch * row);
-        let mut batch_labels = Vec::with_capacity(config.batch);
-        for _ in 0..config.batch {
-            if position == n {
-                epoch += 1;
-                order = epoch_order(n, config.seed, epoch);
-                position = 0;
+    // The other threads keep polling for work between the step's parallel loops (see
+    // `autograd::cpu::with_spinning_workers`): the same result, less time lost waking them.
+    autograd::cpu::with_spinning_workers(|| -> Result<()> {
+        for step in start..end {
+            // The next batch: items in this epoch's order, moving to the next epoch's order at the end.
+            let mut batch = Vec::with_capacity(config.batch * row);
+            let mut batch_labels = Vec::with_capacity(config.batch);
+            for _ in 0..config.batch {
+                if position == n {
+                    epoch += 1;
+                    order = epoch_order(n, config.seed, epoch);
+                    position = 0;
+                }
+                let k = order[position];
+                position += 1;
+                batch.extend_from_slice(&images.data()[k * row..(k + 1) * row]);
+                batch_labels.extend(labels.map(|l| l[k]));
             }
-            let k = order[position];
-            position += 1;
-            batch.extend_from_slice(&images.data()[k * row..(k + 1) * row]);
-            batch_labels.extend(labels.map(|l| l[k]));
-        }
-        let x_0 = Tensor::from_vec(&item_shape, batch);
+            let x_0 = Tensor::from_vec(&item_shape, batch);
 
-        let lr = config.lr_at(step);
-        opt.set_lr(lr);
-        let mut rng = keyed_rng(config.seed, Stream::Step, step as u64);
-        let denoiser =
-            Conditional { model, labels: labels.map(|_| batch_labels.as_slice()), label_dropout: config.label_dropout };
-        let loss =
-            training_loss(&mut tape, &denoiser, params, schedule, config.prediction, config.weighting, &x_0, &mut rng);
-        last_loss = loss.value().item();
-        let diverged = |problem: String| {
-            let kept = match &last_checkpoint {
-                Some(p) => format!("the last good checkpoint is {}", p.display()),
-                None => "no checkpoint was written in this run".to_string(),
+            let lr = config.lr_at(step);
+            opt.set_lr(lr);
+            let mut rng = keyed_rng(config.seed, Stream::Step, step as u64);
+            let denoiser = Conditional {
+                model,
+                labels: labels.map(|_| batch_labels.as_slice()),
+                label_dropout: config.label_dropout,
             };
-            Error::Diverged(format!("step {}: {problem}; {kept}", step + 1))
-        };
-        if !last_loss.is_finite() {
-            tape.clear();
-            return Err(diverged(explain_non_finite_loss(&denoiser, params, schedule, config, &x_0, step, last_loss)));
-        }
-        let mut grads = tape.backward(&loss);
-        // Clipping computes the global norm anyway, and it is finite exactly when every gradient is; without
-        // clipping, look at each.
-        let finite = if config.grad_clip > 0.0 {
-            clip_grad_norm(&mut grads, config.grad_clip).is_finite()
-        } else {
-            grads.params().all(|(_, g)| g.all_finite())
-        };
-        if !finite {
-            let what = match grads.params().find(|(_, g)| !g.all_finite()) {
-                Some((id, _)) => format!("the gradient of parameter {} is not finite", params.name(id)),
-                None => "the global gradient norm overflows f32".to_string(),
+            let loss = training_loss(
+                &mut tape,
+                &denoiser,
+                params,
+                schedule,
+                config.prediction,
+                config.weighting,
+                &x_0,
+                &mut rng,
+            );
+            last_loss = loss.value().item();
+            let diverged = |problem: String| {
+                let kept = match &last_checkpoint {
+                    Some(p) => format!("the last good checkpoint is {}", p.display()),
+                    None => "no checkpoint was written in this run".to_string(),
+                };
+                Error::Diverged(format!("step {}: {problem}; {kept}", step + 1))
             };
-            return Err(diverged(format!("the loss is {last_loss} but {what}")));
-        }
-        opt.step(params, &grads);
-        ema.update(params);
-        writeln!(csv, "{},{last_loss},{lr}", step + 1).map_err(|e| Error::io(&csv_path, e))?;
-        progress.update(step + 1, config.steps, last_loss, config.batch, step + 1 == end);
-        if config.sample_every > 0 && (step + 1) % config.sample_every == 0 && step + 1 < config.steps {
-            let path = config.out_dir.join(format!("samples_step{}.png", step + 1));
-            write_grid(model, ema.params(), schedule, config, &path)?;
-        }
-        let periodic = config.checkpoint_every > 0 && (step + 1) % config.checkpoint_every == 0;
-        if periodic || step + 1 == end {
-            // The csv must hold every step the checkpoint holds before the checkpoint exists.
-            csv.flush().map_err(|e| Error::io(&csv_path, e))?;
-            let checkpoint = Checkpoint {
-                step: step as u64 + 1,
-                epoch,
-                position: position as u64,
-                params: params.clone(),
-                ema: ema.params().clone(),
-                ema_updates: ema.updates(),
-                adam: opt.state().to_vec(),
-                config: config
-                    .to_metadata()
-                    .into_iter()
-                    .chain(model.config.to_metadata())
-                    .chain(config.run_metadata.clone())
-                    .collect(),
+            if !last_loss.is_finite() {
+                tape.clear();
+                return Err(diverged(explain_non_finite_loss(
+                    &denoiser, params, schedule, config, &x_0, step, last_loss,
+                )));
+            }
+            let mut grads = tape.backward(&loss);
+            // Clipping computes the global norm anyway, and it is finite exactly when every gradient is; without
+            // clipping, look at each.
+            let finite = if config.grad_clip > 0.0 {
+                clip_grad_norm(&mut grads, config.grad_clip).is_finite()
+            } else {
+                grads.params().all(|(_, g)| g.all_finite())
             };
-            last_checkpoint = Some(save_rotating(&checkpoint_dir, &checkpoint, config.keep_checkpoints)?);
+            if !finite {
+                let what = match grads.params().find(|(_, g)| !g.all_finite()) {
+                    Some((id, _)) => format!("the gradient of parameter {} is not finite", params.name(id)),
+                    None => "the global gradient norm overflows f32".to_string(),
+                };
+                return Err(diverged(format!("the loss is {last_loss} but {what}")));
+            }
+            opt.step(params, &grads);
+            ema.update(params);
+            writeln!(csv, "{},{last_loss},{lr}", step + 1).map_err(|e| Error::io(&csv_path, e))?;
+            progress.update(step + 1, config.steps, last_loss, config.batch, step + 1 == end);
+            if config.sample_every > 0 && (step + 1) % config.sample_every == 0 && step + 1 < config.steps {
+                let path = config.out_dir.join(format!("samples_step{}.png", step + 1));
+                write_grid(model, ema.params(), schedule, config, &path)?;
+            }
+            let periodic = config.checkpoint_every > 0 && (step + 1) % config.checkpoint_every == 0;
+            if periodic || step + 1 == end {
+                // The csv must hold every step the checkpoint holds before the checkpoint exists.
+                csv.flush().map_err(|e| Error::io(&csv_path, e))?;
+                let checkpoint = Checkpoint {
+                    step: step as u64 + 1,
+                    epoch,
+                    position: position as u64,
+                    params: params.clone(),
+                    ema: ema.params().clone(),
+                    ema_updates: ema.updates(),
+                    adam: opt.state().to_vec(),
+                    config: config
+                        .to_metadata()
+                        .into_iter()
+                        .chain(model.config.to_metadata())
+                        .chain(config.run_metadata.clone())
+                        .collect(),
+                };
+                last_checkpoint = Some(save_rotating(&checkpoint_dir, &checkpoint, config.keep_checkpoints)?);
+            }
         }
-    }
+        Ok(())
+    })?;
     let mean_step_ms = started.elapsed().as_secs_f64() * 1e3 / (end - start).max(1) as f64;
     csv.flush().map_err(|e| Error::io(&csv_path, e))?;
     let grid =

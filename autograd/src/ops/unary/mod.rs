@@ -22,7 +22,7 @@ struct UnaryOp<D> {
     derivative: D,
 }
 
-impl<D: Fn(f32, f32) -> f32> Op for UnaryOp<D> {
+impl<D: Fn(f32, f32) -> f32 + Send + Sync> Op for UnaryOp<D> {
     fn name(&self) -> &'static str {
         self.name
     }
@@ -68,7 +68,7 @@ impl Tape {
         name: &'static str,
         x: &Var,
         f: impl Fn(f32) -> f32,
-        derivative: impl Fn(f32, f32) -> f32 + 'static,
+        derivative: impl Fn(f32, f32) -> f32 + Send + Sync + 'static,
     ) -> Var {
         let y = Tensor::from_vec(x.shape(), unary_forward(x.value().data(), f));
         let op = UnaryOp { name, x: x.value().clone(), y: y.clone(), derivative };
