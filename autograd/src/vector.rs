@@ -38,6 +38,9 @@ pub unsafe trait F32Vector: Copy {
     unsafe fn load(p: *const f32) -> Self;
     /// Writes the lanes to `p` (no alignment needed).
     unsafe fn store(self, p: *mut f32);
+    /// Writes lanes lo..hi to p[lo..hi] and nothing else (0 ≤ lo ≤ hi ≤ LANES): only those addresses need
+    /// to be valid, so `p` itself may point before the buffer (make it with `wrapping_sub`).
+    unsafe fn store_lanes(self, p: *mut f32, lo: usize, hi: usize);
     /// self · b + c per lane, fused (one rounding) where the instruction set has FMA.
     unsafe fn mul_add(self, b: Self, c: Self) -> Self;
     /// Σ of the lanes.
@@ -71,6 +74,13 @@ unsafe impl F32Vector for Avx512 {
     #[target_feature(enable = "avx512f")]
     unsafe fn store(self, p: *mut f32) {
         _mm512_storeu_ps(p, self.0)
+    }
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn store_lanes(self, p: *mut f32, lo: usize, hi: usize) {
+        // A masked store: lanes outside the mask are neither written nor accessed.
+        let mask = ((1u32 << hi) - 1) & !((1u32 << lo) - 1);
+        _mm512_mask_storeu_ps(p, mask as u16, self.0)
     }
     #[inline]
     #[target_feature(enable = "avx512f")]
@@ -114,6 +124,15 @@ unsafe impl F32Vector for Avx2 {
     }
     #[inline]
     #[target_feature(enable = "avx2,fma")]
+    unsafe fn store_lanes(self, p: *mut f32, lo: usize, hi: usize) {
+        // vmaskmovps: lanes whose mask is clear are neither written nor accessed.
+        let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        let at_least_lo = _mm256_cmpgt_epi32(lane, _mm256_set1_epi32(lo as i32 - 1));
+        let below_hi = _mm256_cmpgt_epi32(_mm256_set1_epi32(hi as i32), lane);
+        _mm256_maskstore_ps(p, _mm256_and_si256(at_least_lo, below_hi), self.0)
+    }
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
     unsafe fn mul_add(self, b: Self, c: Self) -> Self {
         Avx2(_mm256_fmadd_ps(self.0, b.0, c.0))
     }
@@ -151,6 +170,14 @@ unsafe impl F32Vector for Neon {
         std::arch::aarch64::vst1q_f32(p, self.0)
     }
     #[inline(always)]
+    unsafe fn store_lanes(self, p: *mut f32, lo: usize, hi: usize) {
+        let mut lanes = [0.0f32; 4];
+        std::arch::aarch64::vst1q_f32(lanes.as_mut_ptr(), self.0);
+        for (i, &v) in lanes.iter().enumerate().take(hi).skip(lo) {
+            *p.wrapping_add(i) = v;
+        }
+    }
+    #[inline(always)]
     unsafe fn mul_add(self, b: Self, c: Self) -> Self {
         // vfmaq_f32(c, a, b) = c + a·b
         Neon(std::arch::aarch64::vfmaq_f32(c.0, self.0, b.0))
@@ -185,6 +212,12 @@ unsafe impl F32Vector for Portable {
         std::ptr::write_unaligned(p as *mut [f32; 4], self.0)
     }
     #[inline(always)]
+    unsafe fn store_lanes(self, p: *mut f32, lo: usize, hi: usize) {
+        for (i, &v) in self.0.iter().enumerate().take(hi).skip(lo) {
+            *p.wrapping_add(i) = v;
+        }
+    }
+    #[inline(always)]
     unsafe fn mul_add(self, b: Self, c: Self) -> Self {
         Portable(std::array::from_fn(|i| self.0[i] * b.0[i] + c.0[i]))
     }
@@ -212,6 +245,16 @@ mod tests {
             assert_eq!(out[i], a[i] * b[i] + 3.0, "mul_add lane {i}"); // exact: small integers and halves
         }
         assert_eq!(out[n], 0.0, "store wrote past its lanes");
+        // store_lanes writes exactly lanes lo..hi, through a pointer that may start before the buffer.
+        for (lo, hi) in [(0, n), (0, 1), (1, n - 1), (n - 1, n), (2, 2)] {
+            let mut part = vec![-1.0f32; n - lo];
+            let base = part.as_mut_ptr().wrapping_sub(lo);
+            V::load(a.as_ptr()).store_lanes(base, lo, hi);
+            for (j, &v) in part.iter().enumerate() {
+                let want = if lo + j < hi { a[lo + j] } else { -1.0 };
+                assert_eq!(v, want, "store_lanes({lo}, {hi}) lane {}", lo + j);
+            }
+        }
         assert_eq!(V::load(a.as_ptr()).sum(), a.iter().sum::<f32>());
         assert_eq!(V::zero().sum(), 0.0);
     }

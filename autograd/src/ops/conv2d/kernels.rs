@@ -325,13 +325,10 @@ fn direct_conv(
             let (co0, count) = (part * per_task, out_part.len() / hw);
             let mut xpad = crate::pool::take_dirty(c_in * flat.plane); // [c_in, plane]
             flat.pad(&input[n * c_in * hw..][..c_in * hw], c_in, &mut xpad);
-            let mut yflat = crate::pool::take_dirty(count * flat.qr); // [count, qr]
             let packed_part = &packed[co0 / c * block_len..];
             let bias_part = bias.map(|b| &b[co0..co0 + count]);
-            direct::direct_image(level, &xpad, &flat, c_in, packed_part, count, bias_part, &mut yflat);
-            flat.unpad(&yflat, count, out_part, false);
+            direct::direct_image(level, &xpad, &flat, c_in, packed_part, count, bias_part, out_part);
             crate::pool::give(xpad);
-            crate::pool::give(yflat);
         });
     });
     out
