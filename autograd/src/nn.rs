@@ -95,6 +95,13 @@ impl GroupNorm {
         let (w, b) = (tape.param(params, self.weight), tape.param(params, self.bias));
         tape.group_norm(x, self.num_groups, &w, &b, self.eps)
     }
+
+    /// SiLU(group_norm(x)) as one fused op ([`Tape::group_norm_silu`]), equal to the two in sequence.
+    #[track_caller]
+    pub fn forward_silu(&self, tape: &mut Tape, params: &ParamStore, x: &Var) -> Var {
+        let (w, b) = (tape.param(params, self.weight), tape.param(params, self.bias));
+        tape.group_norm_silu(x, self.num_groups, &w, &b, self.eps)
+    }
 }
 
 /// A lookup table of learned vectors, one per index (class labels, tokens), initialized N(0, 1) as

@@ -235,15 +235,13 @@ impl ResBlock {
 
     /// `temb_act` = SiLU(temb) [B, time_dim], shared by every block.
     fn forward(&self, t: &mut Tape, ps: &ParamStore, x: &Var, temb_act: &Var, rng: Option<&mut StdRng>) -> Var {
-        let h = self.norm1.forward(t, ps, x);
-        let h = t.silu(&h);
+        let h = self.norm1.forward_silu(t, ps, x);
         let h = self.conv1.forward(t, ps, &h);
         let e = self.time.forward(t, ps, temb_act); // [B, C]
         let (b, c) = (e.shape()[0], e.shape()[1]);
         let e = t.reshape(&e, &[b, c, 1, 1]);
         let h = t.add(&h, &e);
-        let h = self.norm2.forward(t, ps, &h);
-        let mut h = t.silu(&h);
+        let mut h = self.norm2.forward_silu(t, ps, &h);
         if let (Some(rng), true) = (rng, self.dropout > 0.0) {
             h = t.dropout(&h, self.dropout, rng);
         }
@@ -445,8 +443,7 @@ impl UNet {
                 h = conv.forward(t, ps, &u);
             }
         }
-        let h = self.out_norm.forward(t, ps, &h);
-        let h = t.silu(&h);
+        let h = self.out_norm.forward_silu(t, ps, &h);
         self.out_conv.forward(t, ps, &h)
     }
 }

@@ -6,7 +6,7 @@
 
 use rayon::prelude::*;
 
-use crate::cpu::{self, dot, sum, sum_sq_dev, Simd};
+use crate::cpu::{self, dot, exp_fast, sum, sum_sq_dev, Simd};
 
 /// Sizes of one group norm.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -89,20 +89,94 @@ pub fn group_norm_backward_naive(
     (dx, dgamma, dbeta)
 }
 
+/// Plain reference of group norm followed by SiLU: y = z·σ(z) with z = group_norm(x). Returns (y, mean, rstd).
+pub fn group_norm_silu_forward_naive(
+    x: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    s: &GroupNormShape,
+    eps: f32,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let (z, mean, rstd) = group_norm_forward_naive(x, gamma, beta, s, eps);
+    (z.iter().map(|&z| z / (1.0 + (-z).exp())).collect(), mean, rstd)
+}
+
+/// Plain reference of the fused backward, by the chain rule through the two ops:
+/// ```text
+/// z = γ_c·x̂ + β_c,  dz = dy · σ(z)·(1 + z·(1 − σ(z))),  then group norm's backward with dz
+/// ```
+#[allow(clippy::too_many_arguments)]
+pub fn group_norm_silu_backward_naive(
+    x: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    mean: &[f32],
+    rstd: &[f32],
+    dy: &[f32],
+    s: &GroupNormShape,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let m = s.m();
+    let dz: Vec<f32> = (0..x.len())
+        .map(|i| {
+            let (ng, ch) = (i / m, (i / m % s.groups) * s.cg() + i % m / s.hw);
+            let z = (x[i] - mean[ng]) * rstd[ng] * gamma[ch] + beta[ch];
+            let sig = 1.0 / (1.0 + (-z).exp());
+            dy[i] * sig * (1.0 + z * (1.0 - sig))
+        })
+        .collect();
+    group_norm_backward_naive(x, gamma, mean, rstd, &dz, s)
+}
+
 /// One (n, g) slice: statistics, then y = a_c·x + b_c per channel. Returns (mean, rstd).
+/// With `silu`, the output is z·σ(z) of that z = a_c·x + b_c, while the slice is still in cache (SiLU's own
+/// kernel, `silu_forward_at`, computes the same expression, so the fused op equals the two ops in sequence
+/// bit for bit).
 #[inline(always)]
-fn forward_group(xs: &[f32], y: &mut [f32], gamma: &[f32], beta: &[f32], hw: usize, eps: f32) -> (f32, f32) {
+#[allow(clippy::too_many_arguments)]
+fn forward_group(
+    xs: &[f32],
+    y: &mut [f32],
+    gamma: &[f32],
+    beta: &[f32],
+    hw: usize,
+    eps: f32,
+    silu: bool,
+) -> (f32, f32) {
     let m = xs.len() as f32;
     let mean = sum(xs) / m;
     let rstd = 1.0 / (sum_sq_dev(xs, mean) / m + eps).sqrt();
     for (j, (yc, xc)) in y.chunks_mut(hw).zip(xs.chunks(hw)).enumerate() {
         let a = gamma[j] * rstd;
         let b = beta[j] - mean * a;
-        yc.iter_mut().zip(xc).for_each(|(y, &x)| *y = a * x + b);
+        if silu {
+            yc.iter_mut().zip(xc).for_each(|(y, &x)| {
+                let z = a * x + b;
+                *y = z / (1.0 + exp_fast(-z));
+            });
+        } else {
+            yc.iter_mut().zip(xc).for_each(|(y, &x)| *y = a * x + b);
+        }
     }
     (mean, rstd)
 }
-crate::multiversion!(fn forward_group_at(level: Simd, xs: &[f32], y: &mut [f32], gamma: &[f32], beta: &[f32], hw: usize, eps: f32) -> (f32, f32) => forward_group);
+crate::multiversion!(fn forward_group_at(level: Simd, xs: &[f32], y: &mut [f32], gamma: &[f32], beta: &[f32], hw: usize, eps: f32, silu: bool) -> (f32, f32) => forward_group);
+
+/// One (n, g) slice of the fused backward's first step: dz = dy · σ(z)·(1 + z·(1 − σ(z))) with z = a_c·x + b_c
+/// recomputed exactly as the forward computed it (so dz equals what SiLU's backward would have passed on).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn silu_grad_group(xs: &[f32], dys: &[f32], gamma: &[f32], beta: &[f32], mu: f32, r: f32, hw: usize, dz: &mut [f32]) {
+    for (j, (dzc, (xc, dc))) in dz.chunks_mut(hw).zip(xs.chunks(hw).zip(dys.chunks(hw))).enumerate() {
+        let a = gamma[j] * r;
+        let b = beta[j] - mu * a;
+        dzc.iter_mut().zip(xc.iter().zip(dc)).for_each(|(d, (&x, &g))| {
+            let z = a * x + b;
+            let s = 1.0 / (1.0 + exp_fast(-z));
+            *d = g * s * (1.0 + z * (1.0 - s));
+        });
+    }
+}
+crate::multiversion!(fn silu_grad_group_at(level: Simd, xs: &[f32], dys: &[f32], gamma: &[f32], beta: &[f32], mu: f32, r: f32, hw: usize, dz: &mut [f32]) => silu_grad_group);
 
 /// One (n, g) slice of the backward: dx, and the per-channel partial sums (Σ dy, Σ dy·x̂) into `part`.
 #[inline(always)]
@@ -163,13 +237,40 @@ pub fn group_norm_forward_at(
     s: &GroupNormShape,
     eps: f32,
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    forward_impl(level, x, gamma, beta, s, eps, false)
+}
+
+/// Group norm followed by SiLU in one pass. Must equal [`group_norm_silu_forward_naive`] up to rounding, and
+/// [`group_norm_forward_at`] followed by `silu_forward_at` exactly. Why: the U-Net applies SiLU after almost
+/// every group norm; fused, the activations are read and written once instead of twice, with one parallel
+/// loop instead of two.
+pub fn group_norm_silu_forward_at(
+    level: Simd,
+    x: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    s: &GroupNormShape,
+    eps: f32,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    forward_impl(level, x, gamma, beta, s, eps, true)
+}
+
+fn forward_impl(
+    level: Simd,
+    x: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    s: &GroupNormShape,
+    eps: f32,
+    silu: bool,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let (m, cg, hw) = (s.m(), s.cg(), s.hw);
     let mut y = crate::pool::take_dirty(x.len());
     let mut stats = vec![(0.0f32, 0.0f32); s.n * s.groups];
     y.par_chunks_mut(m).zip(stats.par_iter_mut()).enumerate().with_min_len(8).for_each(|(ng, (y, stat))| {
         let channels = (ng % s.groups) * cg..(ng % s.groups + 1) * cg;
         let xs = &x[ng * m..(ng + 1) * m];
-        *stat = forward_group_at(level, xs, y, &gamma[channels.clone()], &beta[channels], hw, eps);
+        *stat = forward_group_at(level, xs, y, &gamma[channels.clone()], &beta[channels], hw, eps, silu);
     });
     let (mean, rstd) = stats.into_iter().unzip();
     (y, mean, rstd)
@@ -199,13 +300,53 @@ pub fn group_norm_backward_at(
     dy: &[f32],
     s: &GroupNormShape,
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    backward_impl(level, x, gamma, None, mean, rstd, dy, s)
+}
+
+/// The backward of [`group_norm_silu_forward_at`]. Must equal [`group_norm_silu_backward_naive`] up to
+/// rounding, and SiLU's backward followed by [`group_norm_backward_at`] exactly. Per (n, g) slice, dz (the
+/// gradient at the group norm's output) is computed into a scratch slice that stays in cache, then the
+/// group norm's own slice backward runs on it.
+#[allow(clippy::too_many_arguments)]
+pub fn group_norm_silu_backward_at(
+    level: Simd,
+    x: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    mean: &[f32],
+    rstd: &[f32],
+    dy: &[f32],
+    s: &GroupNormShape,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    backward_impl(level, x, gamma, Some(beta), mean, rstd, dy, s)
+}
+
+/// `silu_beta`: Some(β) for the fused op's backward.
+#[allow(clippy::too_many_arguments)]
+fn backward_impl(
+    level: Simd,
+    x: &[f32],
+    gamma: &[f32],
+    silu_beta: Option<&[f32]>,
+    mean: &[f32],
+    rstd: &[f32],
+    dy: &[f32],
+    s: &GroupNormShape,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let (m, cg, hw) = (s.m(), s.cg(), s.hw);
     let mut dx = crate::pool::take_dirty(x.len());
     // Per (n, channel): (Σ dy, Σ dy·x̂).
     let mut partial = vec![(0.0f32, 0.0f32); s.n * s.c];
-    dx.par_chunks_mut(m).zip(partial.par_chunks_mut(cg)).enumerate().with_min_len(8).for_each(|(ng, (dx, part))| {
+    let slices = dx.par_chunks_mut(m).zip(partial.par_chunks_mut(cg)).enumerate().with_min_len(8);
+    slices.for_each_init(Vec::new, |dz, (ng, (dx, part))| {
         let channels = (ng % s.groups) * cg..(ng % s.groups + 1) * cg;
-        let (xs, dys) = (&x[ng * m..(ng + 1) * m], &dy[ng * m..(ng + 1) * m]);
+        let (xs, mut dys) = (&x[ng * m..(ng + 1) * m], &dy[ng * m..(ng + 1) * m]);
+        if let Some(beta) = silu_beta {
+            dz.resize(m, 0.0); // [m], reused across the slices of this task
+            let (g, b) = (&gamma[channels.clone()], &beta[channels.clone()]);
+            silu_grad_group_at(level, xs, dys, g, b, mean[ng], rstd[ng], hw, dz);
+            dys = dz;
+        }
         backward_group_at(level, xs, dys, dx, &gamma[channels], mean[ng], rstd[ng], hw, part);
     });
     let mut dgamma = vec![0.0; s.c];

@@ -15,6 +15,52 @@ fn group_norm_gradcheck() {
 }
 
 #[test]
+fn group_norm_silu_gradcheck() {
+    let xs = [
+        Tensor::randn_seeded(&[2, 6, 3, 5], 4),
+        Tensor::rand_uniform_seeded(&[6], 0.5, 1.5, 5),
+        Tensor::randn_seeded(&[6], 6),
+    ];
+    for groups in [1, 3] {
+        gradcheck(&xs, |t, v| t.group_norm_silu(&v[0], groups, &v[1], &v[2], 1e-5)).unwrap();
+    }
+}
+
+/// The fused op against its naive chain rule, and against the two ops it replaces, which it must equal bit
+/// for bit (it computes the same expressions on the same values), at every SIMD level.
+#[test]
+fn fused_silu_equals_naive_and_the_two_ops_in_sequence() {
+    for (i, (n, c, hw, groups)) in [(1, 1, 1, 1), (3, 6, 13, 3), (2, 65, 7, 13), (3, 8, 65, 4)].into_iter().enumerate()
+    {
+        let s = GroupNormShape { n, c, hw, groups };
+        let x = Tensor::randn_seeded(&[n * c * hw], 40 + i as u64);
+        let g = Tensor::randn_seeded(&[c], 50 + i as u64);
+        let b = Tensor::randn_seeded(&[c], 60 + i as u64);
+        let dy = Tensor::randn_seeded(&[n * c * hw], 70 + i as u64);
+        let (ny, nmean, nrstd) = group_norm_silu_forward_naive(x.data(), g.data(), b.data(), &s, 1e-5);
+        let (ndx, ndg, ndb) =
+            group_norm_silu_backward_naive(x.data(), g.data(), b.data(), &nmean, &nrstd, dy.data(), &s);
+        for level in cpu::available() {
+            let (y, mean, rstd) = group_norm_silu_forward_at(level, x.data(), g.data(), b.data(), &s, 1e-5);
+            let (dx, dg, db) =
+                group_norm_silu_backward_at(level, x.data(), g.data(), b.data(), &mean, &rstd, dy.data(), &s);
+            for (what, fast, naive) in [("y", &y, &ny), ("dx", &dx, &ndx), ("dgamma", &dg, &ndg), ("dbeta", &db, &ndb)]
+            {
+                for (a, e) in fast.iter().zip(naive.iter()) {
+                    assert!((a - e).abs() <= 2e-4 * (1.0 + e.abs()), "{what} {s:?} {level:?}: {a} vs {e}");
+                }
+            }
+            // The two ops in sequence: group norm, then SiLU's own kernels.
+            let (z, _, _) = group_norm_forward_at(level, x.data(), g.data(), b.data(), &s, 1e-5);
+            assert!(y == crate::ops::unary::silu_forward_at(level, &z), "y {s:?} {level:?}");
+            let dz = crate::ops::unary::silu_backward_at(level, dy.data(), &z);
+            let (dx2, dg2, db2) = group_norm_backward_at(level, x.data(), g.data(), &mean, &rstd, &dz, &s);
+            assert!(dx == dx2 && dg == dg2 && db == db2, "backward {s:?} {level:?}");
+        }
+    }
+}
+
+#[test]
 fn fast_equals_naive_on_odd_shapes_at_every_simd_level() {
     for (i, (n, c, hw, groups)) in
         [(1, 1, 1, 1), (3, 6, 13, 3), (2, 65, 7, 13), (3, 8, 65, 4), (1, 4, 1, 2)].into_iter().enumerate()
