@@ -11,6 +11,8 @@
 //! 4. [`gradcheck`] (`gradcheck.rs`): how every backward is proven against finite differences.
 //! 5. [`optim`]: SGD, Adam and AdamW turn gradients into parameter updates; [`init`] starts parameters where
 //!    PyTorch would; [`nn`] packages parameters and ops into layers.
+//! 6. Speed: [`cpu`] (SIMD level chosen at run time, threads), [`vector`] (the hand-written SIMD behind the
+//!    register-tiled convolution in `ops/conv2d/direct.rs`), [`pool`] (recycled buffers).
 //!
 //! ```
 //! use autograd::{ParamStore, Tape, Tensor};
