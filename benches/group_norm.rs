@@ -2,6 +2,11 @@
 //! 8 per element forward (two statistics passes and the affine output) and 12 backward; the kernel is bound
 //! by memory traffic, so the time is the number to read.
 //!
+//! Variants: `naive`, `fast-1t`, `fast` (2 threads), and `fast-spin`: 2 threads inside
+//! `cpu::with_spinning_workers`, as the training loop and the samplers run every kernel. A call here takes
+//! under 0.2 ms, so in `fast` the time rayon's sleeping worker takes to wake (70–400 µs on this project's
+//! KVM guest) is a large part of the figure; PyTorch's OpenMP threads spin between calls the same way.
+//!
 //! ```text
 //! cargo bench --bench group_norm
 //! ```
@@ -35,12 +40,18 @@ fn bench_group_norm(c: &mut Criterion) {
     });
     group.bench_function(BenchmarkId::new("forward/fast-1t", name), |b| b.iter(|| one_thread.install(forward)));
     group.bench_function(BenchmarkId::new("forward/fast", name), |b| b.iter(forward));
+    group.bench_function(BenchmarkId::new("forward/fast-spin", name), |b| {
+        autograd::cpu::with_spinning_workers(|| b.iter(forward))
+    });
     group.throughput(Throughput::Elements(12 * len as u64));
     group.bench_function(BenchmarkId::new("backward/naive", name), |b| {
         b.iter(|| group_norm_backward_naive(x.data(), gamma.data(), &mean, &rstd, dy.data(), &s))
     });
     group.bench_function(BenchmarkId::new("backward/fast-1t", name), |b| b.iter(|| one_thread.install(backward)));
     group.bench_function(BenchmarkId::new("backward/fast", name), |b| b.iter(backward));
+    group.bench_function(BenchmarkId::new("backward/fast-spin", name), |b| {
+        autograd::cpu::with_spinning_workers(|| b.iter(backward))
+    });
     group.finish();
 }
 

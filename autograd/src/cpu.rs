@@ -275,6 +275,23 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     horizontal_sum(acc) + tail
 }
 
+/// (Σ aᵢ, Σ aᵢ·bᵢ) in one pass over both, vectorized like [`sum`] (each sum added in the same order as
+/// [`sum`] and [`dot`] would add it).
+#[inline(always)]
+pub fn sum_and_dot(a: &[f32], b: &[f32]) -> (f32, f32) {
+    let (mut acc, mut acc_dot) = ([0.0f32; LANES], [0.0f32; LANES]);
+    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let tail_sum: f32 = ca.remainder().iter().sum();
+    let tail_dot: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in ca.zip(cb) {
+        for i in 0..LANES {
+            acc[i] += x[i];
+            acc_dot[i] += x[i] * y[i];
+        }
+    }
+    (horizontal_sum(acc) + tail_sum, horizontal_sum(acc_dot) + tail_dot)
+}
+
 /// Σ (xᵢ − c)², vectorized like [`sum`].
 #[inline(always)]
 pub fn sum_sq_dev(x: &[f32], c: f32) -> f32 {
@@ -313,6 +330,15 @@ mod tests {
         sum(x)
     }
     multiversion!(fn total_at(level: Simd, x: &[f32]) -> f32 => total);
+
+    #[test]
+    fn sum_and_dot_equals_sum_and_dot_exactly() {
+        for n in [0, 1, 63, 64, 65, 1000] {
+            let a: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin()).collect();
+            let b: Vec<f32> = (0..n).map(|i| (i as f32 * 0.11).cos()).collect();
+            assert_eq!(sum_and_dot(&a, &b), (sum(&a), dot(&a, &b)), "n = {n}");
+        }
+    }
 
     #[test]
     fn spinning_workers_run_parallel_loops_and_return() {

@@ -6,7 +6,7 @@
 
 use rayon::prelude::*;
 
-use crate::cpu::{self, dot, exp_fast, sum, sum_sq_dev, Simd};
+use crate::cpu::{self, exp_fast, sum, sum_and_dot, sum_sq_dev, Simd};
 
 /// Sizes of one group norm.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -197,8 +197,8 @@ fn backward_group(
     let (mut s_dxh, mut s_dxh_xh) = (0.0f32, 0.0f32);
     for (j, p) in part.iter_mut().enumerate() {
         let (xc, dc) = (&xs[j * hw..(j + 1) * hw], &dys[j * hw..(j + 1) * hw]);
-        let sum_dy = sum(dc);
-        let sum_dy_xh = r * (dot(dc, xc) - mu * sum_dy);
+        let (sum_dy, sum_dy_x) = sum_and_dot(dc, xc); // one pass over dy and x
+        let sum_dy_xh = r * (sum_dy_x - mu * sum_dy);
         s_dxh += gamma[j] * sum_dy;
         s_dxh_xh += gamma[j] * sum_dy_xh;
         *p = (sum_dy, sum_dy_xh);
