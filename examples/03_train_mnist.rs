@@ -114,18 +114,11 @@ fn run() -> Result<()> {
         "steps between evaluations of the EMA weights with example 05's classifier (0: none)",
     )?;
     let eval_count: usize = args.value("eval-count", 128, "samples per evaluation (DPM-Solver++, 10 steps)")?;
-    let classifier_path = PathBuf::from(args.value(
-        "classifier",
-        "out/05/classifier.safetensors".to_string(),
-        "the classifier for --eval-every",
-    )?);
+    let classifier_path =
+        args.path("classifier", "out/05/classifier.safetensors", "the classifier for --eval-every")?;
     let resume: String =
         args.value("resume", String::new(), "continue from this checkpoint (a file, or a directory: its newest)")?;
-    let out = PathBuf::from(args.value(
-        "out",
-        (if quick { "out/quick/03" } else { "out/03" }).to_string(),
-        "output directory",
-    )?);
+    let out = args.out(quick, "03", "output directory")?;
     let fixed: Vec<&str> = RUN_FLAGS.iter().copied().filter(|f| args.given(f)).collect();
     args.finish()?;
 

@@ -13,7 +13,6 @@
 //! cargo run --release --example 04_sample -- --quick                    # untrained tiny model, for CI
 //! ```
 
-use std::path::PathBuf;
 use std::time::Instant;
 
 use autograd::ParamStore;
@@ -38,11 +37,7 @@ fn run() -> Result<()> {
     let quick = args.flag("quick", "sample from an untrained tiny model (exercises the code, for CI)")?;
     let random: String =
         args.value("random-weights", String::new(), "sample from an untrained model of this preset (for timing)")?;
-    let checkpoint = PathBuf::from(args.value(
-        "checkpoint",
-        "out/03/model.safetensors".to_string(),
-        "weights or a checkpoint from example 03",
-    )?);
+    let checkpoint = args.path("checkpoint", "out/03/model.safetensors", "weights or a checkpoint from example 03")?;
     let sampler: String = args.value("sampler", "dpm".to_string(), "ddpm, ddim or dpm (DPM-Solver++ 2M)")?;
     let steps: usize = args.value("steps", if quick { 4 } else { 20 }, "network evaluations (ddpm: all T)")?;
     let eta: f32 = args.value("eta", 0.0, "DDIM noise scale")?;
@@ -57,11 +52,7 @@ fn run() -> Result<()> {
         "class-conditional models: the class to draw (default: every class in turn)",
     )?;
     let guidance: f32 = args.value("guidance", 2.0, "class-conditional models: classifier-free guidance scale w")?;
-    let out = PathBuf::from(args.value(
-        "out",
-        (if quick { "out/quick/04/samples.png" } else { "out/04/samples.png" }).to_string(),
-        "output PNG",
-    )?);
+    let out = args.out(quick, "04/samples.png", "output PNG")?;
     args.finish()?;
 
     let method = match sampler.as_str() {

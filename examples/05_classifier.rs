@@ -10,7 +10,6 @@
 //! cargo run --release --example 05_classifier -- --quick
 //! ```
 
-use std::path::PathBuf;
 use std::time::Instant;
 
 use diffusion::classifier::{save, select, split_idx, train_classifier, ClassifierTraining, Split};
@@ -27,26 +26,16 @@ fn run() -> Result<()> {
     let mut args = Args::from_env()?;
     let quick = args.flag("quick", "one short epoch on a few images, for CI")?;
     let data = shipped_mnist_dir();
-    let images = PathBuf::from(args.value(
-        "images",
-        data.join("images-idx3-ubyte.gz").display().to_string(),
-        "training IDX images",
-    )?);
-    let labels = PathBuf::from(args.value(
-        "labels",
-        data.join("labels-idx1-ubyte.gz").display().to_string(),
-        "training IDX labels",
-    )?);
+    let images =
+        args.path("images", &data.join("images-idx3-ubyte.gz").display().to_string(), "training IDX images")?;
+    let labels =
+        args.path("labels", &data.join("labels-idx1-ubyte.gz").display().to_string(), "training IDX labels")?;
     let test_images: String =
         args.value("test-images", String::new(), "a separate test set (default: hold out 50 per digit)")?;
     let test_labels: String = args.value("test-labels", String::new(), "its labels")?;
     let epochs: usize = args.value("epochs", if quick { 1 } else { 25 }, "passes over the training images")?;
     let seed: u64 = args.value("seed", 0, "random seed")?;
-    let out = PathBuf::from(args.value(
-        "out",
-        (if quick { "out/quick/05/classifier.safetensors" } else { "out/05/classifier.safetensors" }).to_string(),
-        "where to write the weights",
-    )?);
+    let out = args.out(quick, "05/classifier.safetensors", "where to write the weights")?;
     args.finish()?;
 
     let mut split = if test_images.is_empty() {

@@ -14,7 +14,6 @@
 //! ```
 
 use std::fmt::Write as _;
-use std::path::PathBuf;
 use std::time::Instant;
 
 use autograd::Tensor;
@@ -36,25 +35,13 @@ fn main() {
 fn run() -> Result<()> {
     let mut args = Args::from_env()?;
     let quick = args.flag("quick", "an untrained model, a one-epoch classifier, few images and steps: for CI")?;
-    let checkpoint = PathBuf::from(args.value(
-        "checkpoint",
-        "out/03/model.safetensors".to_string(),
-        "weights or checkpoint from example 03",
-    )?);
-    let classifier_path = PathBuf::from(args.value(
-        "classifier",
-        "out/05/classifier.safetensors".to_string(),
-        "classifier from example 05",
-    )?);
+    let checkpoint = args.path("checkpoint", "out/03/model.safetensors", "weights or checkpoint from example 03")?;
+    let classifier_path = args.path("classifier", "out/05/classifier.safetensors", "classifier from example 05")?;
     let count: usize =
         args.value("count", if quick { 16 } else { 256 }, "samples per sampler (and real images per reference set)")?;
     let batch: usize = args.value("batch", 64, "samples drawn at once")?;
     let seed: u64 = args.value("seed", 0, "random seed")?;
-    let out = PathBuf::from(args.value(
-        "out",
-        (if quick { "out/quick/06" } else { "out/06" }).to_string(),
-        "output directory",
-    )?);
+    let out = args.out(quick, "06", "output directory")?;
     args.finish()?;
 
     let split = split_idx(

@@ -10,7 +10,6 @@
 //! cargo run --release --example 07_guidance -- --quick
 //! ```
 
-use std::path::PathBuf;
 use std::time::Instant;
 
 use autograd::Tensor;
@@ -32,25 +31,18 @@ fn main() {
 fn run() -> Result<()> {
     let mut args = Args::from_env()?;
     let quick = args.flag("quick", "an untrained conditional model, few steps: for CI")?;
-    let checkpoint = PathBuf::from(args.value(
+    let checkpoint = args.path(
         "checkpoint",
-        "out/03c/model.safetensors".to_string(),
+        "out/03c/model.safetensors",
         "a class-conditional model from example 03 --conditional",
-    )?);
-    let classifier_path = PathBuf::from(args.value(
-        "classifier",
-        "out/05/classifier.safetensors".to_string(),
-        "classifier from example 05 (judges the digits)",
-    )?);
+    )?;
+    let classifier_path =
+        args.path("classifier", "out/05/classifier.safetensors", "classifier from example 05 (judges the digits)")?;
     let scales: String = args.value("scales", "0,1,2,3".to_string(), "guidance scales w, comma-separated")?;
     let per_class: usize = args.value("per-class", if quick { 1 } else { 20 }, "samples of each digit per scale")?;
     let sampler_steps: usize = args.value("steps", if quick { 2 } else { 20 }, "DPM-Solver++ steps")?;
     let seed: u64 = args.value("seed", 0, "random seed")?;
-    let out = PathBuf::from(args.value(
-        "out",
-        (if quick { "out/quick/07" } else { "out/07" }).to_string(),
-        "output directory",
-    )?);
+    let out = args.out(quick, "07", "output directory")?;
     args.finish()?;
     let scales: Vec<f32> = scales
         .split(',')

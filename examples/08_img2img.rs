@@ -10,8 +10,6 @@
 //! cargo run --release --example 08_img2img -- --quick
 //! ```
 
-use std::path::PathBuf;
-
 use autograd::Tensor;
 use diffusion::checkpoint::Trained;
 use diffusion::classifier::held_out_digits;
@@ -30,19 +28,11 @@ fn main() {
 fn run() -> Result<()> {
     let mut args = Args::from_env()?;
     let quick = args.flag("quick", "an untrained model, few steps: for CI")?;
-    let checkpoint = PathBuf::from(args.value(
-        "checkpoint",
-        "out/03/model.safetensors".to_string(),
-        "weights or checkpoint from example 03",
-    )?);
+    let checkpoint = args.path("checkpoint", "out/03/model.safetensors", "weights or checkpoint from example 03")?;
     let steps: usize = args.value("steps", if quick { 4 } else { 50 }, "DDIM steps for strength 1")?;
     let count: usize = args.value("count", 6, "digits to start from")?;
     let seed: u64 = args.value("seed", 0, "random seed")?;
-    let out = PathBuf::from(args.value(
-        "out",
-        (if quick { "out/quick/08/img2img.png" } else { "out/08/img2img.png" }).to_string(),
-        "output PNG",
-    )?);
+    let out = args.out(quick, "08/img2img.png", "output PNG")?;
     args.finish()?;
 
     let t = Trained::load_or_untrained(&checkpoint, quick, seed)?;

@@ -12,8 +12,6 @@
 //! cargo run --release --example 09_inpaint -- --quick
 //! ```
 
-use std::path::PathBuf;
-
 use autograd::Tensor;
 use diffusion::checkpoint::Trained;
 use diffusion::classifier::held_out_digits;
@@ -32,22 +30,14 @@ fn main() {
 fn run() -> Result<()> {
     let mut args = Args::from_env()?;
     let quick = args.flag("quick", "an untrained model, few steps: for CI")?;
-    let checkpoint = PathBuf::from(args.value(
-        "checkpoint",
-        "out/03/model.safetensors".to_string(),
-        "weights or checkpoint from example 03",
-    )?);
+    let checkpoint = args.path("checkpoint", "out/03/model.safetensors", "weights or checkpoint from example 03")?;
     let mask_name: String = args.value("mask", "right".to_string(), "what to hide: right, bottom, square")?;
     let resample: usize =
         args.value("resample", if quick { 2 } else { 5 }, "RePaint resampling (1: plain replacement)")?;
     let steps: usize = args.value("steps", if quick { 3 } else { 50 }, "DDIM steps")?;
     let count: usize = args.value("count", 6, "digits")?;
     let seed: u64 = args.value("seed", 0, "random seed")?;
-    let out = PathBuf::from(args.value(
-        "out",
-        (if quick { "out/quick/09/inpaint.png" } else { "out/09/inpaint.png" }).to_string(),
-        "output PNG",
-    )?);
+    let out = args.out(quick, "09/inpaint.png", "output PNG")?;
     args.finish()?;
 
     let hidden = |y: usize, x: usize| match mask_name.as_str() {

@@ -10,8 +10,6 @@
 //! cargo run --release --example 10_interpolate -- --quick
 //! ```
 
-use std::path::PathBuf;
-
 use autograd::Tensor;
 use diffusion::checkpoint::Trained;
 use diffusion::cli::{exit_on_error, Args};
@@ -38,21 +36,13 @@ fn ddim_from(model: &impl Denoiser, t: &Trained, config: &SamplerConfig, noise: 
 fn run() -> Result<()> {
     let mut args = Args::from_env()?;
     let quick = args.flag("quick", "an untrained model, few steps: for CI")?;
-    let checkpoint = PathBuf::from(args.value(
-        "checkpoint",
-        "out/03/model.safetensors".to_string(),
-        "weights or checkpoint from example 03",
-    )?);
+    let checkpoint = args.path("checkpoint", "out/03/model.safetensors", "weights or checkpoint from example 03")?;
     let frames: usize = args.value("frames", if quick { 3 } else { 9 }, "images per row, both ends included")?;
     let rows: usize = args.value("rows", if quick { 1 } else { 4 }, "pairs of noises")?;
     let steps: usize = args.value("steps", if quick { 3 } else { 50 }, "DDIM steps")?;
     let label: usize = args.value("label", 0, "for a class-conditional model: the class to draw (guidance 3)")?;
     let seed: u64 = args.value("seed", 0, "random seed")?;
-    let out = PathBuf::from(args.value(
-        "out",
-        (if quick { "out/quick/10/interpolation.png" } else { "out/10/interpolation.png" }).to_string(),
-        "output PNG",
-    )?);
+    let out = args.out(quick, "10/interpolation.png", "output PNG")?;
     args.finish()?;
 
     let t = Trained::load_or_untrained(&checkpoint, quick, seed)?;

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Display;
+use std::path::PathBuf;
 use std::str::FromStr;
 
 use crate::error::{Error, Result};
@@ -64,6 +65,17 @@ impl Args {
             Some(None) => Err(Error::Usage(format!("--{name} needs a value"))),
             Some(Some(v)) => v.parse().map_err(|e| Error::Usage(format!("--{name} {v:?}: {e}"))),
         }
+    }
+
+    /// A `--name path` flag, or `default` when absent.
+    pub fn path(&mut self, name: &str, default: &str, help: &str) -> Result<PathBuf> {
+        Ok(PathBuf::from(self.value(name, default.to_string(), help)?))
+    }
+
+    /// The `--out` flag of an example: by default `out/<under>`, or `out/quick/<under>` in quick mode, so that
+    /// a CI run never overwrites a real run's outputs.
+    pub fn out(&mut self, quick: bool, under: &str, help: &str) -> Result<PathBuf> {
+        self.path("out", &format!("out/{}{under}", if quick { "quick/" } else { "" }), help)
     }
 
     /// A bare `--name` switch.
