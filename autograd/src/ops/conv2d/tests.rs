@@ -11,6 +11,14 @@ fn conv2d_gradcheck_3x3_padded() {
     gradcheck(&xs, |t, v| t.conv2d(&v[0], &v[1], Some(&v[2]), 1, 1)).unwrap();
 }
 
+/// At least 8 channels in and out: the direct kernels compute both gradients (with fewer they go through
+/// im2col), so this checks them against finite differences too.
+#[test]
+fn conv2d_gradcheck_direct_gradients() {
+    let xs = [randn(&[2, 8, 4, 5], 11), randn(&[9, 8, 3, 3], 12), randn(&[9], 13)];
+    gradcheck(&xs, |t, v| t.conv2d(&v[0], &v[1], Some(&v[2]), 1, 1)).unwrap();
+}
+
 #[test]
 fn conv2d_gradcheck_stride_2_and_1x1_and_no_bias() {
     let xs = [randn(&[2, 2, 7, 6], 4), randn(&[3, 2, 3, 3], 5)];
