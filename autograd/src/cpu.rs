@@ -118,7 +118,7 @@ macro_rules! multiversion {
 /// Why: a training step runs a few hundred parallel loops with short serial stretches between them, and
 /// rayon puts idle workers to sleep within microseconds. Waking a sleeping thread costs little on bare
 /// metal, but on this project's build machine (a KVM guest) it took 70 µs after a short sleep and 400 µs
-/// after 5 ms, for every parallel loop; a loop of two 315 µs tasks took 385–735 µs instead of ~320. OpenMP
+/// after 5 ms, for every parallel loop; a loop of two 315 µs tasks took 385–767 µs instead of ~320. OpenMP
 /// runtimes (PyTorch's) spin-wait for the same reason. Measured with three interleaved runs each: the
 /// small U-Net's training step 322–340 → 299–310 ms, 50-step DDIM of 16 images 2.64–2.74 → 2.38–2.49 s.
 /// The cost: the other cores stay busy while `f` runs serial code. Results are unchanged (the work is split
