@@ -5,13 +5,15 @@
 //! cargo bench --bench conv2d
 //! ```
 //! Variants: `naive` (the reference loops, first-layer shape only: the others take seconds per call),
-//! `fast-1t` (what `conv2d` runs, on one thread: the direct kernels for these "same" convolutions), `fast`
-//! (all threads), `im2col` (im2col + matrix product on all threads, the path every other convolution takes,
-//! for comparison).
+//! `fast-1t` (what `conv2d` runs, on one thread: Winograd F(2×2, 3×3) forward and input gradient, the direct
+//! kernel for the weight gradient and for the 3-channel layer), `fast` (all threads), `direct` (the direct
+//! kernel on all threads, for comparison), `im2col` (im2col + matrix product on all threads, the path every
+//! other convolution takes).
 
+use autograd::cpu::simd;
 use autograd::ops::conv2d::{
-    conv2d_backward, conv2d_backward_im2col, conv2d_backward_naive, conv2d_forward, conv2d_forward_im2col,
-    conv2d_forward_naive, ConvShape,
+    conv2d_backward, conv2d_backward_im2col, conv2d_backward_naive, conv2d_forward, conv2d_forward_direct,
+    conv2d_forward_im2col, conv2d_forward_naive, ConvShape,
 };
 use autograd::Tensor;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
@@ -61,6 +63,9 @@ fn bench_conv2d(c: &mut Criterion) {
         group.throughput(Throughput::Elements(2 * s.flops() as u64));
         group.bench_function(BenchmarkId::new("backward-all/fast", name), |bch| bch.iter(backward_all));
         group.throughput(Throughput::Elements(s.flops() as u64));
+        group.bench_function(BenchmarkId::new("forward/direct", name), |bch| {
+            bch.iter(|| recycle(conv2d_forward_direct(simd(), x.data(), w.data(), Some(b.data()), &s)))
+        });
         group.bench_function(BenchmarkId::new("forward/im2col", name), |bch| {
             bch.iter(|| recycle(conv2d_forward_im2col(x.data(), w.data(), Some(b.data()), &s)))
         });

@@ -119,6 +119,7 @@ fn run() -> Result<()> {
     let resume: String =
         args.value("resume", String::new(), "continue from this checkpoint (a file, or a directory: its newest)")?;
     let out = args.out(quick, "03", "output directory")?;
+    let profile = args.flag("profile", "print the time spent in each op of the training steps")?;
     let fixed: Vec<&str> = RUN_FLAGS.iter().copied().filter(|f| args.given(f)).collect();
     args.finish()?;
 
@@ -138,6 +139,7 @@ fn run() -> Result<()> {
         stop_at: (stop_at > 0).then_some(stop_at),
         label_dropout,
         grid_guidance: guidance,
+        profile,
         ..TrainConfig::new(steps, batch, out.clone())
     };
     let usage = |what: &str, value: &str| Error::Usage(format!("--{what} {value:?}: unknown"));
@@ -246,6 +248,9 @@ fn run() -> Result<()> {
         let stop = done.checked_div(eval_every).map_or(end, |sittings| (sittings + 1) * eval_every);
         let sitting = TrainConfig { stop_at: Some(stop.min(end)), ..config.clone() };
         let (ema, report) = train(&model, &mut params, &schedule, &images, Some(&labels), &sitting, checkpoint.take())?;
+        if let Some(table) = &report.profile {
+            print!("time per op over steps {}..{}:\n{table}", done + 1, report.step);
+        }
         if let Some(evaluator) = &evaluator {
             evaluator.evaluate(&model, ema.params(), &schedule, config.prediction, report.step)?;
         }

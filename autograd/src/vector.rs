@@ -4,8 +4,9 @@
 //! micro-kernels are the exception: a tile of 24 accumulator registers only stays in registers if the
 //! compiler sees it as 24 registers, and the auto-vectorizer does not reliably do that (the same loop ran at
 //! 280 GFLOP/s in one build and 11 in the next, after an unrelated change elsewhere in the file). So those
-//! kernels are written once, generic over [`F32Vector`], a register of f32 lanes with the six operations
-//! they need, and this file implements it for each instruction set:
+//! kernels are written once, generic over [`F32Vector`], a register of f32 lanes with the few operations
+//! they need (fused multiply-adds for the tiles; adds and lane interleaving for the Winograd transforms),
+//! and this file implements it for each instruction set:
 //!
 //! | type | instruction set | lanes | registers |
 //! |---|---|---|---|
@@ -45,6 +46,12 @@ pub unsafe trait F32Vector: Copy {
     unsafe fn mul_add(self, b: Self, c: Self) -> Self;
     /// Σ of the lanes.
     unsafe fn sum(self) -> f32;
+    /// self + b per lane.
+    unsafe fn add(self, b: Self) -> Self;
+    /// self − b per lane.
+    unsafe fn sub(self, b: Self) -> Self;
+    /// The lanes of self and b interleaved, a₀ b₀ a₁ b₁ …: (the first LANES of them, the last LANES).
+    unsafe fn zip(self, b: Self) -> (Self, Self);
 }
 
 /// 16 lanes of AVX-512F.
@@ -91,6 +98,24 @@ unsafe impl F32Vector for Avx512 {
     #[target_feature(enable = "avx512f")]
     unsafe fn sum(self) -> f32 {
         _mm512_reduce_add_ps(self.0)
+    }
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn add(self, b: Self) -> Self {
+        Avx512(_mm512_add_ps(self.0, b.0))
+    }
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn sub(self, b: Self) -> Self {
+        Avx512(_mm512_sub_ps(self.0, b.0))
+    }
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn zip(self, b: Self) -> (Self, Self) {
+        // Index i < 16 takes self's lane i, 16 + i takes b's lane i.
+        let lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+        let hi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+        (Avx512(_mm512_permutex2var_ps(self.0, lo, b.0)), Avx512(_mm512_permutex2var_ps(self.0, hi, b.0)))
     }
 }
 
@@ -143,6 +168,23 @@ unsafe impl F32Vector for Avx2 {
         _mm256_storeu_ps(lanes.as_mut_ptr(), self.0);
         crate::cpu::pairwise_sum(lanes)
     }
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn add(self, b: Self) -> Self {
+        Avx2(_mm256_add_ps(self.0, b.0))
+    }
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn sub(self, b: Self) -> Self {
+        Avx2(_mm256_sub_ps(self.0, b.0))
+    }
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn zip(self, b: Self) -> (Self, Self) {
+        // unpack interleaves within each 128-bit half: l = a0 b0 a1 b1 | a4 b4 a5 b5, h = a2 b2 a3 b3 | a6 b6 a7 b7.
+        let (l, h) = (_mm256_unpacklo_ps(self.0, b.0), _mm256_unpackhi_ps(self.0, b.0));
+        (Avx2(_mm256_permute2f128_ps::<0x20>(l, h)), Avx2(_mm256_permute2f128_ps::<0x31>(l, h)))
+    }
 }
 
 /// 4 lanes of aarch64 NEON.
@@ -186,6 +228,18 @@ unsafe impl F32Vector for Neon {
     unsafe fn sum(self) -> f32 {
         std::arch::aarch64::vaddvq_f32(self.0)
     }
+    #[inline(always)]
+    unsafe fn add(self, b: Self) -> Self {
+        Neon(std::arch::aarch64::vaddq_f32(self.0, b.0))
+    }
+    #[inline(always)]
+    unsafe fn sub(self, b: Self) -> Self {
+        Neon(std::arch::aarch64::vsubq_f32(self.0, b.0))
+    }
+    #[inline(always)]
+    unsafe fn zip(self, b: Self) -> (Self, Self) {
+        (Neon(std::arch::aarch64::vzip1q_f32(self.0, b.0)), Neon(std::arch::aarch64::vzip2q_f32(self.0, b.0)))
+    }
 }
 
 /// 4 lanes as a plain array: runs anywhere (x86-64's baseline), and is what the tests compare the
@@ -225,6 +279,19 @@ unsafe impl F32Vector for Portable {
     unsafe fn sum(self) -> f32 {
         crate::cpu::pairwise_sum(self.0)
     }
+    #[inline(always)]
+    unsafe fn add(self, b: Self) -> Self {
+        Portable(std::array::from_fn(|i| self.0[i] + b.0[i]))
+    }
+    #[inline(always)]
+    unsafe fn sub(self, b: Self) -> Self {
+        Portable(std::array::from_fn(|i| self.0[i] - b.0[i]))
+    }
+    #[inline(always)]
+    unsafe fn zip(self, b: Self) -> (Self, Self) {
+        let both = |i: usize| if i.is_multiple_of(2) { self.0[i / 2] } else { b.0[i / 2] };
+        (Portable(std::array::from_fn(both)), Portable(std::array::from_fn(|i| both(i + 4))))
+    }
 }
 
 #[cfg(test)]
@@ -257,6 +324,18 @@ mod tests {
         }
         assert_eq!(V::load(a.as_ptr()).sum(), a.iter().sum::<f32>());
         assert_eq!(V::zero().sum(), 0.0);
+        let (va, vb) = (V::load(a.as_ptr()), V::load(b.as_ptr()));
+        va.add(vb).store(out.as_mut_ptr());
+        assert!((0..n).all(|i| out[i] == a[i] + b[i]), "add");
+        va.sub(vb).store(out.as_mut_ptr());
+        assert!((0..n).all(|i| out[i] == a[i] - b[i]), "sub");
+        let (lo, hi) = va.zip(vb);
+        let mut zipped = vec![0.0f32; 2 * n];
+        lo.store(zipped.as_mut_ptr());
+        hi.store(zipped[n..].as_mut_ptr());
+        for (i, &z) in zipped.iter().enumerate() {
+            assert_eq!(z, if i % 2 == 0 { a[i / 2] } else { b[i / 2] }, "zip lane {i}");
+        }
     }
 
     #[test]

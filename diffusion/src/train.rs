@@ -57,6 +57,8 @@ pub struct TrainConfig {
     /// Stored in every checkpoint beside the training settings and the model config: what else it takes to
     /// rebuild the run (the schedule, the data).
     pub run_metadata: BTreeMap<String, String>,
+    /// Time every op of every step ([`Tape::enable_profile`]) and return the table in the report.
+    pub profile: bool,
 }
 
 impl TrainConfig {
@@ -85,6 +87,7 @@ impl TrainConfig {
             label_dropout: 0.1,
             grid_guidance: 3.0,
             run_metadata: BTreeMap::new(),
+            profile: false,
         }
     }
 
@@ -167,6 +170,8 @@ pub struct TrainReport {
     pub grid: PathBuf,
     /// The checkpoint written where training stopped.
     pub checkpoint: PathBuf,
+    /// Time per op over the run's training steps, largest first (with [`TrainConfig::profile`]).
+    pub profile: Option<String>,
 }
 
 /// A progress line: step, loss, images/s, ETA. Rewritten in place on a terminal; plain lines otherwise.
@@ -302,6 +307,9 @@ pub fn train(
     item_shape[0] = config.batch;
     let mut order = epoch_order(n, config.seed, epoch);
     let mut tape = Tape::new();
+    if config.profile {
+        tape.enable_profile();
+    }
     let mut progress = Progress::new(start);
     let mut last_loss = f32::NAN;
     let mut last_checkpoint: Option<PathBuf> = None;
@@ -334,6 +342,7 @@ pub fn train(
                 labels: labels.map(|_| batch_labels.as_slice()),
                 label_dropout: config.label_dropout,
             };
+            tape.profile_mark("(outside the tape: batch, logs)");
             let loss = training_loss(
                 &mut tape,
                 &denoiser,
@@ -361,6 +370,7 @@ pub fn train(
             let mut grads = tape.backward(&loss);
             // Clipping computes the global norm anyway, and it is finite exactly when every gradient is; without
             // clipping, look at each.
+            tape.profile_mark("(outside the tape: gradients out of backward)");
             let finite = if config.grad_clip > 0.0 {
                 clip_grad_norm(&mut grads, config.grad_clip).is_finite()
             } else {
@@ -373,8 +383,11 @@ pub fn train(
                 };
                 return Err(diverged(format!("the loss is {last_loss} but {what}")));
             }
+            tape.profile_mark("(outside the tape: gradient clipping)");
             opt.step(params, &grads);
+            tape.profile_mark("(outside the tape: AdamW)");
             ema.update(params);
+            tape.profile_mark("(outside the tape: EMA)");
             writeln!(csv, "{},{last_loss},{lr}", step + 1).map_err(|e| Error::io(&csv_path, e))?;
             progress.update(step + 1, config.steps, last_loss, config.batch, step + 1 == end);
             if config.sample_every > 0 && (step + 1) % config.sample_every == 0 && step + 1 < config.steps {
@@ -406,12 +419,13 @@ pub fn train(
         Ok(())
     })?;
     let mean_step_ms = started.elapsed().as_secs_f64() * 1e3 / (end - start).max(1) as f64;
+    let profile = config.profile.then(|| tape.profile_report());
     csv.flush().map_err(|e| Error::io(&csv_path, e))?;
     let grid =
         config.out_dir.join(if end == config.steps { "samples.png".into() } else { format!("samples_step{end}.png") });
     write_grid(model, ema.params(), schedule, config, &grid)?;
     let checkpoint = last_checkpoint.unwrap_or_else(|| checkpoint_dir.join(format!("step-{end:08}.safetensors")));
-    Ok((ema, TrainReport { step: end, final_loss: last_loss, mean_step_ms, grid, checkpoint }))
+    Ok((ema, TrainReport { step: end, final_loss: last_loss, mean_step_ms, grid, checkpoint, profile }))
 }
 
 /// Opens the loss log for appending after step `start`: a new file with its header when starting from

@@ -255,27 +255,33 @@ unsafe fn direct_tiles<V: F32Vector, const C: usize, const NV: usize>(
 
 /// The runs of one vector of flat positions q..q + lanes that are real output pixels: lanes lo..hi go to
 /// y[at..at + hi − lo] (at = oy·w + ox). A vector crosses at most `lanes` rows, so at most that many runs.
-struct Runs {
-    runs: [(usize, usize, usize); 16],
-    len: usize,
+pub(super) struct Runs {
+    pub runs: [(usize, usize, usize); 16],
+    pub len: usize,
 }
 
 impl Runs {
     fn of(flat: &Flat, q: usize, lanes: usize) -> Runs {
+        Runs::in_rows(q, lanes, flat.wp, flat.w, flat.h, flat.w)
+    }
+
+    /// The general form: flat position q is (row q / wp, column q % wp); columns from w on and rows from
+    /// `rows` on are junk; a real one goes to at = row·out_row + column.
+    pub(super) fn in_rows(q: usize, lanes: usize, wp: usize, w: usize, rows: usize, out_row: usize) -> Runs {
         let mut out = Runs { runs: [(0, 0, 0); 16], len: 0 };
         let mut lane = 0;
         while lane < lanes {
-            let (oy, ox) = ((q + lane) / flat.wp, (q + lane) % flat.wp);
-            if oy >= flat.h {
+            let (row, col) = ((q + lane) / wp, (q + lane) % wp);
+            if row >= rows {
                 break;
             }
-            if ox < flat.w {
-                let len = (flat.w - ox).min(lanes - lane);
-                out.runs[out.len] = (lane, lane + len, oy * flat.w + ox);
+            if col < w {
+                let len = (w - col).min(lanes - lane);
+                out.runs[out.len] = (lane, lane + len, row * out_row + col);
                 out.len += 1;
                 lane += len;
             } else {
-                lane += flat.wp - ox; // the junk columns up to the next row
+                lane += wp - col; // the junk columns up to the next row
             }
         }
         out

@@ -14,6 +14,7 @@
 use rayon::prelude::*;
 
 use super::direct::{self, Flat};
+use super::winograd;
 use crate::cpu;
 use crate::ops::matmul::{gemm, gemm_serial, gemm_serial_strided, GemmFn};
 
@@ -270,6 +271,9 @@ fn gemm_for(images: usize) -> GemmFn {
 /// matrix product ([`conv2d_forward_im2col`]). The choice depends on the shape only, never on the number
 /// of threads.
 pub fn conv2d_forward(x: &[f32], weight: &[f32], bias: Option<&[f32]>, s: &ConvShape) -> Vec<f32> {
+    if winograd::is_winograd_conv(s) {
+        return conv2d_forward_winograd(cpu::simd(), x, weight, bias, s);
+    }
     if direct::is_same_conv(s) {
         return conv2d_forward_direct(cpu::simd(), x, weight, bias, s);
     }
@@ -311,27 +315,79 @@ fn direct_conv(
     bias: Option<&[f32]>,
     s: &ConvShape,
 ) -> Vec<f32> {
+    debug_assert!(direct::is_same_conv(s));
     let flat = direct::forward_flat(level, s);
     let (hw, c) = (s.h * s.w, direct::forward_tile(level).0);
-    debug_assert!(direct::is_same_conv(s));
+    let block_len = c_in * s.kh * s.kw * c; // one block of c channels in `packed`
+    per_image(s.n, c_out, hw, c, |n, co0, out_part| {
+        let count = out_part.len() / hw;
+        let mut xpad = crate::pool::take_dirty(c_in * flat.plane); // [c_in, plane]
+        flat.pad(&input[n * c_in * hw..][..c_in * hw], c_in, &mut xpad);
+        let bias_part = bias.map(|b| &b[co0..co0 + count]);
+        direct::direct_image(level, &xpad, &flat, c_in, &packed[co0 / c * block_len..], count, bias_part, out_part);
+        crate::pool::give(xpad);
+    })
+}
+
+/// out [n, c_out, hw] from `image(n, co0, out_part)`, which computes channels co0.. of image n into out_part
+/// [count, hw] (co0 a multiple of `c`). In parallel over images and, when there are fewer images than
+/// threads, over blocks of output channels too; each output is computed by the same operations either way.
+fn per_image(n: usize, c_out: usize, hw: usize, c: usize, image: impl Fn(usize, usize, &mut [f32]) + Sync) -> Vec<f32> {
     let threads = rayon::current_num_threads();
     // Output channels per task: all of them, unless that leaves threads idle.
     let blocks = c_out.div_ceil(c);
-    let per_task = if s.n >= threads { blocks } else { blocks.div_ceil(threads.div_ceil(s.n)) } * c;
-    let block_len = c_in * s.kh * s.kw * c; // one block of c channels in `packed`
-    let mut out = crate::pool::take_dirty(s.n * c_out * hw);
+    let per_task = if n >= threads { blocks } else { blocks.div_ceil(threads.div_ceil(n)) } * c;
+    let mut out = crate::pool::take_dirty(n * c_out * hw);
     out.par_chunks_mut(c_out * hw).enumerate().for_each(|(n, out_n)| {
-        out_n.par_chunks_mut(per_task * hw).enumerate().for_each(|(part, out_part)| {
-            let (co0, count) = (part * per_task, out_part.len() / hw);
-            let mut xpad = crate::pool::take_dirty(c_in * flat.plane); // [c_in, plane]
-            flat.pad(&input[n * c_in * hw..][..c_in * hw], c_in, &mut xpad);
-            let packed_part = &packed[co0 / c * block_len..];
-            let bias_part = bias.map(|b| &b[co0..co0 + count]);
-            direct::direct_image(level, &xpad, &flat, c_in, packed_part, count, bias_part, out_part);
-            crate::pool::give(xpad);
-        });
+        out_n
+            .par_chunks_mut(per_task * hw)
+            .enumerate()
+            .for_each(|(part, out_part)| image(n, part * per_task, out_part));
     });
     out
+}
+
+/// The Winograd F(2×2, 3×3) convolution (see `winograd.rs`): y_n = bias + the 3×3 "same" convolution of
+/// x_n, in parallel as [`conv2d_forward_direct`]. Must equal [`conv2d_forward_naive`] up to rounding.
+/// `level`: the SIMD level (the op passes [`cpu::simd`]; tests run every level).
+pub fn conv2d_forward_winograd(
+    level: cpu::Simd,
+    x: &[f32],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    s: &ConvShape,
+) -> Vec<f32> {
+    assert!(direct::is_same_conv(s) && s.kh == 3, "conv2d_forward_winograd: not a 3×3 same convolution: {s:?}");
+    let packed = winograd::pack_weight(weight, s.c_out, s.c_in, direct::forward_tile(level).0, false);
+    let y = winograd_conv(level, x, s.c_in, &packed, s.c_out, bias, s);
+    crate::pool::give(packed);
+    y
+}
+
+/// out [n, c_out, h, w] = the Winograd 3×3 "same" convolution of input [n, c_in, h, w] with `packed` (from
+/// [`winograd::pack_weight`], for the forward or the input gradient), plus bias.
+fn winograd_conv(
+    level: cpu::Simd,
+    input: &[f32],
+    c_in: usize,
+    packed: &[f32],
+    c_out: usize,
+    bias: Option<&[f32]>,
+    s: &ConvShape,
+) -> Vec<f32> {
+    let tiles = winograd::Tiles::for_level(level, s.h, s.w);
+    let (hw, c) = (s.h * s.w, direct::forward_tile(level).0);
+    per_image(s.n, c_out, hw, c, |n, co0, out_part| {
+        let count = out_part.len() / hw;
+        let mut phases = crate::pool::take_dirty(c_in * 4 * tiles.plane);
+        tiles.split(&input[n * c_in * hw..][..c_in * hw], c_in, &mut phases);
+        let mut scratch = crate::pool::take_dirty(winograd::scratch_len(&tiles, c_in, count, c));
+        let bias_part = bias.map(|b| &b[co0..co0 + count]);
+        let packed_part = &packed[co0 / c * 16 * c_in * c..]; // packed [blocks, 16, c_in, c]
+        winograd::winograd_image(level, &phases, &tiles, c_in, packed_part, count, bias_part, out_part, &mut scratch);
+        crate::pool::give(scratch);
+        crate::pool::give(phases);
+    })
 }
 
 /// im2col + matrix product, for every convolution. Must equal [`conv2d_forward_naive`] up to rounding.
@@ -488,8 +544,15 @@ pub fn conv2d_backward_direct(
     assert!(direct::is_same_conv(s), "conv2d_backward_direct: not a same convolution: {s:?}");
     let (image, out_image, wsize, kk) = (s.c_in * s.h * s.w, s.c_out * s.ohw(), s.c_out * s.ckk(), s.kh * s.kw);
     let dx = want_dx.then(|| {
-        let rotated = direct::pack_weight(weight, s.c_out, s.c_in, kk, direct::forward_tile(level).0, true);
-        let dx = direct_conv(level, dy, s.c_out, &rotated, s.c_in, None, s);
+        let c = direct::forward_tile(level).0;
+        let (rotated, dx);
+        if winograd::is_winograd_conv(s) {
+            rotated = winograd::pack_weight(weight, s.c_out, s.c_in, c, true);
+            dx = winograd_conv(level, dy, s.c_out, &rotated, s.c_in, None, s);
+        } else {
+            rotated = direct::pack_weight(weight, s.c_out, s.c_in, kk, c, true);
+            dx = direct_conv(level, dy, s.c_out, &rotated, s.c_in, None, s);
+        }
         crate::pool::give(rotated);
         dx
     });

@@ -47,6 +47,9 @@ fn odd_shapes() -> Vec<([usize; 4], [usize; 4], usize, usize)> {
         ([3, 5, 13, 11], [13, 5, 3, 3], 1, 1),
         ([2, 7, 10, 13], [65, 7, 3, 3], 1, 1),
         ([2, 3, 11, 13], [9, 3, 5, 5], 1, 2),
+        // Winograd (3×3, both sides ≥ 12, ≥ 8 channels in and out): odd sizes, partial channel blocks.
+        ([2, 9, 13, 12], [10, 9, 3, 3], 1, 1),
+        ([1, 8, 12, 17], [17, 8, 3, 3], 1, 1),
     ]
 }
 
@@ -72,6 +75,31 @@ fn direct_equals_naive_at_every_simd_level() {
             let (dx, dw) = conv2d_backward_direct(level, x.data(), w.data(), dy.data(), &s, true, true);
             assert_close(&dx.unwrap(), &ndx, &format!("dx {what}"));
             assert_close(&dw.unwrap(), &ndw, &format!("dweight {what}"));
+        }
+    }
+}
+
+/// The Winograd kernel at every SIMD level on every 3×3 "same" shape, whatever its size and channels
+/// (the op only sends it the larger ones), and on images of 1 to 5 pixels a side.
+#[test]
+fn winograd_equals_naive_at_every_simd_level() {
+    let mut shapes: Vec<([usize; 4], [usize; 4])> = odd_shapes()
+        .into_iter()
+        .filter(|&(_, ws, stride, padding)| stride == 1 && ws[2] == 3 && ws[3] == 3 && padding == 1)
+        .map(|(xs, ws, _, _)| (xs, ws))
+        .collect();
+    for (h, w) in [(1, 1), (1, 4), (2, 2), (3, 5), (5, 1)] {
+        shapes.push(([2, 3, h, w], [9, 3, 3, 3]));
+    }
+    for (i, (xs, ws)) in shapes.into_iter().enumerate() {
+        let s = ConvShape::new(&xs, &ws, 1, 1).unwrap();
+        let x = randn(&xs, i as u64);
+        let w = randn(&ws, 100 + i as u64);
+        let b = randn(&[ws[0]], 200 + i as u64);
+        let naive_y = conv2d_forward_naive(x.data(), w.data(), Some(b.data()), &s);
+        for level in crate::cpu::available() {
+            let y = conv2d_forward_winograd(level, x.data(), w.data(), Some(b.data()), &s);
+            assert_close(&y, &naive_y, &format!("y {xs:?} * {ws:?} at {level:?}"));
         }
     }
 }
