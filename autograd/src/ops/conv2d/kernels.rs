@@ -557,6 +557,9 @@ pub fn conv2d_backward_direct(
         dx
     });
     let dweight = want_dweight.then(|| {
+        if winograd::is_winograd_conv(s) {
+            return winograd_dweight(level, x, dy, s);
+        }
         let flat = Flat::new(s, 1); // the weight gradient's loop takes one position at a time
         let group = direct_dweight_group(s);
         let groups = s.n.div_ceil(group);
@@ -582,6 +585,43 @@ pub fn conv2d_backward_direct(
         sum_partials(partial, groups, wsize)
     });
     (dx, dweight)
+}
+
+/// Groups of images for the Winograd weight gradient: each group sums its images' transformed gradients in
+/// image order into its own partial sum, and the partials are then added in group order. Depends on the
+/// batch size only, never on the number of threads.
+const WINOGRAD_DWEIGHT_GROUPS: usize = 8;
+
+/// The Winograd weight gradient of a 3×3 "same" convolution (see "The weight gradient" in `winograd.rs`):
+/// per group of images, in parallel, du_g[ξ, co, ci] = Σ_{n in g} Σ_tiles W_ξ[tile, co] · V_ξ[tile, ci];
+/// du = Σ_g du_g in group order; dweight = Gᵀ du G.
+fn winograd_dweight(level: cpu::Simd, x: &[f32], dy: &[f32], s: &ConvShape) -> Vec<f32> {
+    let (cpo, cpi) = winograd::dweight_padding(level, s.c_out, s.c_in);
+    let ((xr, xc), (yr, yc)) = winograd::dweight_layouts(s.h, s.w);
+    let (image, out_image, du_len) = (s.c_in * s.h * s.w, s.c_out * s.h * s.w, 16 * cpo * cpi);
+    let group = s.n.div_ceil(WINOGRAD_DWEIGHT_GROUPS.min(s.n));
+    let groups = s.n.div_ceil(group);
+    let mut partial = crate::pool::take_dirty(groups * du_len); // [groups, 16, cpo, cpi]
+    partial.par_chunks_mut(du_len).enumerate().for_each(|(g, du)| {
+        du.fill(0.0);
+        let mut xt = crate::pool::take_dirty(xr * xc * cpi);
+        let mut dyt = crate::pool::take_dirty(yr * yc * cpo);
+        let mut scratch = crate::pool::take_dirty(winograd::dweight_scratch_len(s.h, s.w, cpo, cpi));
+        for n in g * group..((g + 1) * group).min(s.n) {
+            winograd::transpose_into(level, &x[n * image..][..image], s.c_in, s.h, s.w, 1, xc, cpi, &mut xt);
+            let dy_n = &dy[n * out_image..][..out_image];
+            winograd::transpose_into(level, dy_n, s.c_out, s.h, s.w, 0, yc, cpo, &mut dyt);
+            winograd::dweight_image(level, &xt, &dyt, s.h, s.w, cpo, cpi, &mut scratch, du);
+        }
+        crate::pool::give(scratch);
+        crate::pool::give(dyt);
+        crate::pool::give(xt);
+    });
+    let du = sum_partials(partial, groups, du_len);
+    let mut dweight = crate::pool::take_dirty(s.c_out * s.ckk());
+    winograd::dweight_from_transformed(&du, s.c_out, s.c_in, cpo, cpi, &mut dweight);
+    crate::pool::give(du);
+    dweight
 }
 
 /// The im2col backward, for every convolution: (dx if `want_dx`, dweight if `want_dweight`). Must equal

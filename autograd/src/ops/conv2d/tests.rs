@@ -19,6 +19,13 @@ fn conv2d_gradcheck_direct_gradients() {
     gradcheck(&xs, |t, v| t.conv2d(&v[0], &v[1], Some(&v[2]), 1, 1)).unwrap();
 }
 
+/// Maps of at least 12×12 with at least 8 channels: Winograd computes the forward and both gradients.
+#[test]
+fn conv2d_gradcheck_winograd() {
+    let xs = [randn(&[1, 8, 12, 13], 14), randn(&[9, 8, 3, 3], 15), randn(&[9], 16)];
+    gradcheck(&xs, |t, v| t.conv2d(&v[0], &v[1], Some(&v[2]), 1, 1)).unwrap();
+}
+
 #[test]
 fn conv2d_gradcheck_stride_2_and_1x1_and_no_bias() {
     let xs = [randn(&[2, 2, 7, 6], 4), randn(&[3, 2, 3, 3], 5)];

@@ -40,6 +40,16 @@
 //! stored. At the end, interleaving (zip) Y[a][0] with Y[a][1] puts output row 2i + a's columns 2j and
 //! 2j + 1 side by side, and masked stores of the valid runs write them into y, as in the direct kernel.
 //!
+//! # The weight gradient
+//! Y = Aᵀ M A is linear in M, and M_ξ = Σ_ci U_ξ V_ξ, so going backward: ∂L/∂M = A dY Aᵀ (the output
+//! transform's transpose, a 2×2 block of dy spread onto 4×4 with adds), ∂L/∂U_ξ[co, ci] = Σ_tiles
+//! (A dY Aᵀ)_ξ[co, tile] · V_ξ[ci, tile], and U = G g Gᵀ gives ∂L/∂g = Gᵀ (∂L/∂U) G. The sum over tiles is
+//! again 16 matrix products, now with the tiles as the summed axis; so the layouts are channel-minor: x and
+//! dy are first transposed to [pixel, channel] (in registers, [`transpose_square`]), the transforms run on
+//! vectors of channels, and the register tile is R output channels (W broadcast) × 2 vectors of input
+//! channels (V loaded), summed over every tile of a chunk of tiles, nothing summed across lanes. No junk
+//! tiles either: the chunks list only real ones, and the tiles that hang over an odd edge read zeros of dy.
+//!
 //! # What it costs, and where it pays
 //! Per output and input channel, 16/4 = 4 multiply-adds against the direct kernel's 9; the junk column and
 //! the rounding of the tile count to whole register tiles take part of it back: 28×28 computes 224 tiles
@@ -369,6 +379,339 @@ unsafe fn winograd_tiles<V: F32Vector, const C: usize, const NV: usize>(
     }
 }
 
+// ---------------------------------------------------------------------------------------------------------
+// The weight gradient.
+// ---------------------------------------------------------------------------------------------------------
+
+/// Weight-gradient tile at each SIMD level: R output channels (broadcast) × 2 vectors of input channels.
+/// The channel axes are padded with zeros to multiples of these ([`dweight_padding`]).
+fn dweight_tile(level: Simd) -> (usize, usize) {
+    match level {
+        Simd::Avx512 => (8, 16),
+        Simd::Avx2 => (4, 8),
+        Simd::Baseline if cfg!(target_arch = "aarch64") => (8, 4),
+        Simd::Baseline => (4, 4),
+    }
+}
+
+/// (cpo, cpi): c_out rounded up to the weight gradient's register tile and to whole vectors (dy's transform
+/// runs on vectors of output channels), c_in to the tile's two vectors.
+pub fn dweight_padding(level: Simd, c_out: usize, c_in: usize) -> (usize, usize) {
+    let (r, lanes) = dweight_tile(level);
+    (c_out.next_multiple_of(r.max(lanes)), c_in.next_multiple_of(2 * lanes))
+}
+
+/// dst [rows, cols, cp] ← src [c, h, w], channel-minor: dst[(y + off)·cols + x + off, ch] = src[ch, y, x],
+/// zeros everywhere else (the border, past the image, channels c..cp). Blocks of LANES channels × LANES
+/// pixels are transposed in registers ([`transpose_square`]); the channels and pixels left over one by one.
+#[allow(clippy::too_many_arguments)]
+pub fn transpose_into(
+    level: Simd,
+    src: &[f32],
+    c: usize,
+    h: usize,
+    w: usize,
+    off: usize,
+    cols: usize,
+    cp: usize,
+    dst: &mut [f32],
+) {
+    crate::cpu::check_supported(level);
+    let line = cols * cp; // one row of pixels
+    assert!(src.len() >= c * h * w && c <= cp && w + off <= cols && dst.len() >= (h + off) * line);
+    // The zeros: rows above and below, pixels left and right, channels past c.
+    dst[..off * line].fill(0.0);
+    dst[(h + off) * line..].fill(0.0);
+    for row in dst[off * line..(h + off) * line].chunks_exact_mut(line) {
+        row[..off * cp].fill(0.0);
+        row[(off + w) * cp..].fill(0.0);
+        if c < cp {
+            row[off * cp..(off + w) * cp].chunks_exact_mut(cp).for_each(|px| px[c..].fill(0.0));
+        }
+    }
+    let args = (src, c, h, w, off, cols, cp, dst);
+    // SAFETY: the level is supported (checked above), and the assert covers every access.
+    unsafe {
+        match level {
+            #[cfg(target_arch = "x86_64")]
+            Simd::Avx512 => transpose_avx512(args),
+            #[cfg(target_arch = "x86_64")]
+            Simd::Avx2 => transpose_avx2(args),
+            #[cfg(target_arch = "aarch64")]
+            _ => transpose_blocks::<vector::Neon>(args),
+            #[cfg(not(target_arch = "aarch64"))]
+            _ => transpose_blocks::<vector::Portable>(args),
+        }
+    }
+}
+
+type TransposeArgs<'a> = (&'a [f32], usize, usize, usize, usize, usize, usize, &'a mut [f32]);
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn transpose_avx512(args: TransposeArgs) {
+    transpose_blocks::<vector::Avx512>(args)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn transpose_avx2(args: TransposeArgs) {
+    transpose_blocks::<vector::Avx2>(args)
+}
+
+/// rows[..LANES] (row k = lanes of one vector) becomes its transpose: after log₂ LANES rounds of
+/// interleaving row i with row i + LANES/2, row k holds lane k of every original row. (With 2×2:
+/// zip([a₀ a₁], [b₀ b₁]) = [a₀ b₀], [a₁ b₁].)
+#[inline(always)]
+unsafe fn transpose_square<V: F32Vector>(rows: &mut [V; 16]) {
+    let n = V::LANES;
+    let mut half = n / 2;
+    while half > 0 {
+        let mut next = *rows;
+        for i in 0..n / 2 {
+            let (lo, hi) = rows[i].zip(rows[i + n / 2]);
+            next[2 * i] = lo;
+            next[2 * i + 1] = hi;
+        }
+        *rows = next;
+        half /= 2;
+    }
+}
+
+/// # Safety
+/// V's instruction set is available, and [`transpose_into`]'s assert holds.
+#[inline(always)]
+unsafe fn transpose_blocks<V: F32Vector>((src, c, h, w, off, cols, cp, dst): TransposeArgs) {
+    let n = V::LANES;
+    // Pixel blocks: every whole one, then one that ends at the row's end, overlapping the one before (it
+    // rewrites a few pixels with the same values); rows shorter than a vector go one pixel at a time.
+    let (full_c, full_w) = (c - c % n, if w >= n { w } else { 0 });
+    let starts = (0..full_w.saturating_sub(n - 1)).step_by(n).chain((full_w % n != 0).then(|| full_w - n));
+    let out = dst.as_mut_ptr();
+    let row_out = |y: usize, x: usize| (y + off) * cols + x + off; // pixel index in dst
+                                                                   // Channel blocks outermost: the block's n input planes are then read front to back, n sequential streams
+                                                                   // that the hardware prefetcher follows (row by row across all channels instead, the whole weight
+                                                                   // gradient of [32, 96, 28, 28] → 32 on one thread took 11.3–12.0 ms instead of 10.2–11.0).
+    for c0 in (0..full_c).step_by(n) {
+        for y in 0..h {
+            for x0 in starts.clone() {
+                let mut rows = [V::zero(); 16];
+                for (k, r) in rows.iter_mut().enumerate().take(n) {
+                    *r = V::load(src.as_ptr().add(((c0 + k) * h + y) * w + x0));
+                }
+                transpose_square(&mut rows);
+                for (i, r) in rows.iter().enumerate().take(n) {
+                    r.store(out.add(row_out(y, x0 + i) * cp + c0));
+                }
+            }
+            for x in full_w..w {
+                for ch in c0..c0 + n {
+                    dst[row_out(y, x) * cp + ch] = src[(ch * h + y) * w + x];
+                }
+            }
+        }
+    }
+    for ch in full_c..c {
+        for y in 0..h {
+            for x in 0..w {
+                dst[row_out(y, x) * cp + ch] = src[(ch * h + y) * w + x];
+            }
+        }
+    }
+}
+
+/// The layouts [`dweight_image`] reads for an h×w image: (xᵀ [2·th + 2, 2·tw + 2, cpi] from
+/// [`transpose_into`] with off = 1, its row length; dyᵀ [2·th, 2·tw, cpo] with off = 0, its row length).
+pub fn dweight_layouts(h: usize, w: usize) -> ((usize, usize), (usize, usize)) {
+    let (th, tw) = (h.div_ceil(2), w.div_ceil(2));
+    ((2 * th + 2, 2 * tw + 2), (2 * th, 2 * tw))
+}
+
+/// Scratch floats [`dweight_image`] needs: V [16, T, cpi] and W [16, T, cpo] for a chunk of T tiles.
+pub fn dweight_scratch_len(h: usize, w: usize, cpo: usize, cpi: usize) -> usize {
+    16 * dweight_chunk_tiles(cpo, cpi, h.div_ceil(2) * w.div_ceil(2)) * (cpi + cpo)
+}
+
+/// du [16, cpo, cpi] += the transformed weight gradient of one image:
+/// du_ξ[co, ci] += Σ_tiles W_ξ[tile, co] · V_ξ[tile, ci], with V = Bᵀ d B of the input tiles (from xᵀ)
+/// and W = A dY Aᵀ of the 2×2 blocks of dy (from dyᵀ). See "The weight gradient" in the module doc.
+#[allow(clippy::too_many_arguments)]
+pub fn dweight_image(
+    level: Simd,
+    xt: &[f32],
+    dyt: &[f32],
+    h: usize,
+    w: usize,
+    cpo: usize,
+    cpi: usize,
+    scratch: &mut [f32],
+    du: &mut [f32],
+) {
+    crate::cpu::check_supported(level);
+    let (r, lanes) = dweight_tile(level);
+    let ((xr, xc), (yr, yc)) = dweight_layouts(h, w);
+    assert!(cpo.is_multiple_of(r) && cpo.is_multiple_of(lanes) && cpi.is_multiple_of(2 * lanes));
+    assert!(xt.len() >= xr * xc * cpi && dyt.len() >= yr * yc * cpo && du.len() >= 16 * cpo * cpi);
+    assert!(scratch.len() >= dweight_scratch_len(h, w, cpo, cpi));
+    let args = (xt, dyt, h, w, cpo, cpi, scratch, du);
+    // SAFETY: the level is supported (checked above), and the asserts cover every access.
+    unsafe {
+        match level {
+            #[cfg(target_arch = "x86_64")]
+            Simd::Avx512 => dweight_avx512(args),
+            #[cfg(target_arch = "x86_64")]
+            Simd::Avx2 => dweight_avx2(args),
+            #[cfg(target_arch = "aarch64")]
+            _ => dweight_tiles::<vector::Neon, 8>(args),
+            #[cfg(not(target_arch = "aarch64"))]
+            _ => dweight_tiles::<vector::Portable, 4>(args),
+        }
+    }
+}
+
+type DweightArgs<'a> = (&'a [f32], &'a [f32], usize, usize, usize, usize, &'a mut [f32], &'a mut [f32]);
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn dweight_avx512(args: DweightArgs) {
+    dweight_tiles::<vector::Avx512, 8>(args)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dweight_avx2(args: DweightArgs) {
+    dweight_tiles::<vector::Avx2, 4>(args)
+}
+
+/// A y for one column (or row) of a 2×2 block: [y₀, y₀ + y₁, y₀ − y₁, −y₁].
+#[inline(always)]
+unsafe fn output_adjoint_1d<V: F32Vector>(y: [V; 2]) -> [V; 4] {
+    [y[0], y[0].add(y[1]), y[0].sub(y[1]), V::zero().sub(y[1])]
+}
+
+/// W = A dY Aᵀ, dY [2][2] → W row-major [4 × 4]: the transpose of the output transform.
+#[inline(always)]
+unsafe fn output_adjoint<V: F32Vector>(dy: [[V; 2]; 2]) -> [V; 16] {
+    let columns: [[V; 4]; 2] = std::array::from_fn(|b| unsafe { output_adjoint_1d([dy[0][b], dy[1][b]]) });
+    std::array::from_fn(|xi| unsafe { output_adjoint_1d([columns[0][xi / 4], columns[1][xi / 4]])[xi % 4] })
+}
+
+/// 1. V_ξ[t, ci] and W_ξ[t, co] for every tile t = i·tw + j, vectors over channels, into scratch;
+/// 2. for each ξ, block of NV = 2 vectors of input channels, block of R output channels: acc [R][2] starts
+///    from du, gathers W_ξ[t, co] (broadcast) · V_ξ[t, ci..] over every tile, and goes back to du.
+///
+/// # Safety
+/// V's instruction set is available, and [`dweight_image`]'s asserts hold.
+#[inline(always)]
+unsafe fn dweight_tiles<V: F32Vector, const R: usize>((xt, dyt, h, w, cpo, cpi, scratch, du): DweightArgs) {
+    let lanes = V::LANES;
+    let ((_, xc), (_, yc)) = dweight_layouts(h, w);
+    let tw = w.div_ceil(2);
+    let tiles = h.div_ceil(2) * tw;
+    let chunk = dweight_chunk_tiles(cpo, cpi, tiles);
+    let (vbuf, wbuf) = scratch.split_at_mut(16 * chunk * cpi);
+    let (vbuf, wbuf) = (vbuf.as_mut_ptr(), wbuf.as_mut_ptr());
+    for t0 in (0..tiles).step_by(chunk) {
+        let count = chunk.min(tiles - t0);
+        // The transforms of this chunk's tiles, V [16, count, cpi] and W [16, count, cpo]. Input (rr, cc) of
+        // tile t = i·tw + j is xᵀ pixel (2i + rr, 2j + cc); dy (a, b) is dyᵀ pixel (2i + a, 2j + b).
+        for t in 0..count {
+            let (i, j) = ((t0 + t) / tw, (t0 + t) % tw);
+            let x0 = xt.as_ptr().add((2 * i * xc + 2 * j) * cpi);
+            for k in (0..cpi).step_by(lanes) {
+                let d: [V; 16] = std::array::from_fn(|e| unsafe { V::load(x0.add(((e / 4) * xc + e % 4) * cpi + k)) });
+                for (xi, value) in input_transform(d).into_iter().enumerate() {
+                    value.store(vbuf.add((xi * count + t) * cpi + k));
+                }
+            }
+            let y0 = dyt.as_ptr().add((2 * i * yc + 2 * j) * cpo);
+            for k in (0..cpo).step_by(lanes) {
+                let dy: [[V; 2]; 2] = std::array::from_fn(|a| {
+                    std::array::from_fn(|b| unsafe { V::load(y0.add((a * yc + b) * cpo + k)) })
+                });
+                for (xi, value) in output_adjoint(dy).into_iter().enumerate() {
+                    value.store(wbuf.add((xi * count + t) * cpo + k));
+                }
+            }
+        }
+        for xi in 0..16 {
+            let v_xi = vbuf.add(xi * count * cpi) as *const f32;
+            let w_xi = wbuf.add(xi * count * cpo) as *const f32;
+            dweight_chunk::<V, R>(v_xi, w_xi, count, cpo, cpi, du.as_mut_ptr().add(xi * cpo * cpi));
+        }
+    }
+}
+
+/// Tiles per chunk of the weight gradient, for an image of `tiles` tiles: few enough that the slices the
+/// products read again and again stay in L1 (one ξ's W, count·cpo floats, and one block of 2 vectors of
+/// input channels of its V, count·2·lanes, at most 32 KB), and all 16 ξ of V and W (at most 1 MB) in L2
+/// between the transforms writing them and the products reading them; and chunks of equal size.
+fn dweight_chunk_tiles(cpo: usize, cpi: usize, tiles: usize) -> usize {
+    let most = (8192 / (cpo + 32)).min(16384 / (cpi + cpo)).max(8);
+    tiles.div_ceil(tiles.div_ceil(most))
+}
+
+/// du [cpo, cpi] += Σ over `count` tiles of w [tile, cpo] ⊗ v [tile, cpi], register tile by register tile.
+///
+/// # Safety
+/// As [`dweight_tiles`]; `v`, `w` hold `count` rows.
+#[inline(always)]
+unsafe fn dweight_chunk<V: F32Vector, const R: usize>(
+    v_xi: *const f32,
+    w_xi: *const f32,
+    count: usize,
+    cpo: usize,
+    cpi: usize,
+    du: *mut f32,
+) {
+    const NV: usize = 2;
+    let lanes = V::LANES;
+    {
+        for ci0 in (0..cpi).step_by(NV * lanes) {
+            for co0 in (0..cpo).step_by(R) {
+                let out = du.add(co0 * cpi + ci0);
+                let mut acc: [[V; NV]; R] =
+                    std::array::from_fn(|c| std::array::from_fn(|v| unsafe { V::load(out.add(c * cpi + v * lanes)) }));
+                let (mut vp, mut wp) = (v_xi.add(ci0), w_xi.add(co0));
+                for _ in 0..count {
+                    let x: [V; NV] = std::array::from_fn(|v| unsafe { V::load(vp.add(v * lanes)) });
+                    for (c, acc_c) in acc.iter_mut().enumerate() {
+                        let w_c = V::splat(*wp.add(c));
+                        for v in 0..NV {
+                            acc_c[v] = w_c.mul_add(x[v], acc_c[v]);
+                        }
+                    }
+                    vp = vp.add(cpi);
+                    wp = wp.add(cpo);
+                }
+                let finished = acc;
+                for (c, vectors) in finished.iter().enumerate() {
+                    for (v, vector) in vectors.iter().enumerate() {
+                        vector.store(out.add(c * cpi + v * lanes));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// dweight [c_out, c_in, 3, 3] = Gᵀ du G per (co, ci), from du [16, cpo, cpi] (the transposed kernel
+/// transform: U = G g Gᵀ, so ∂L/∂g = Gᵀ (∂L/∂U) G).
+pub fn dweight_from_transformed(du: &[f32], c_out: usize, c_in: usize, cpo: usize, cpi: usize, dweight: &mut [f32]) {
+    // Gᵀ u for one column (or row) of four: [u₀ + (u₁ + u₂)/2, (u₁ − u₂)/2, (u₁ + u₂)/2 + u₃].
+    let gt = |u: [f32; 4]| [u[0] + 0.5 * (u[1] + u[2]), 0.5 * (u[1] - u[2]), 0.5 * (u[1] + u[2]) + u[3]];
+    for (co, dw_co) in dweight.chunks_exact_mut(c_in * 9).enumerate().take(c_out) {
+        for (ci, g) in dw_co.chunks_exact_mut(9).enumerate() {
+            let u = |xi: usize| du[(xi * cpo + co) * cpi + ci];
+            let columns: [[f32; 3]; 4] = std::array::from_fn(|v| gt([u(v), u(4 + v), u(8 + v), u(12 + v)]));
+            for ky in 0..3 {
+                let row = gt([columns[0][ky], columns[1][ky], columns[2][ky], columns[3][ky]]);
+                g[ky * 3..ky * 3 + 3].copy_from_slice(&row);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -394,6 +737,26 @@ mod tests {
                 let mut got = [0.0f32; 4];
                 unsafe { y[a][b].store(got.as_mut_ptr()) };
                 assert!((got[0] - want).abs() < 1e-5, "Y[{a}][{b}] = {} want {want}", got[0]);
+            }
+        }
+    }
+
+    /// transpose_into at every SIMD level: whole register blocks and the channels and pixels left over.
+    #[test]
+    fn transpose_into_moves_every_value_and_zeros_the_rest() {
+        for (c, h, w, off, cp) in [(17, 3, 19, 1, 32), (16, 2, 16, 0, 16), (5, 4, 3, 1, 8), (33, 1, 40, 0, 48)] {
+            let src: Vec<f32> = (0..c * h * w).map(|i| i as f32 + 1.0).collect();
+            let cols = w + 2 * off;
+            for level in crate::cpu::available() {
+                let mut dst = vec![f32::NAN; (h + 2 * off) * cols * cp];
+                transpose_into(level, &src, c, h, w, off, cols, cp, &mut dst);
+                for (i, &v) in dst.iter().enumerate() {
+                    let (pixel, ch) = (i / cp, i % cp);
+                    let (py, px) = (pixel / cols, pixel % cols);
+                    let inside = ch < c && (off..off + h).contains(&py) && (off..off + w).contains(&px);
+                    let want = if inside { src[(ch * h + py - off) * w + px - off] } else { 0.0 };
+                    assert_eq!(v, want, "c {c} h {h} w {w} at {level:?}: pixel ({py}, {px}) channel {ch}");
+                }
             }
         }
     }
