@@ -65,6 +65,11 @@ impl ParamStore {
         (0..self.values.len()).map(ParamId)
     }
 
+    /// (id, value) for every parameter in order, mutably.
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = (ParamId, &mut Tensor)> {
+        self.values.iter_mut().enumerate().map(|(i, v)| (ParamId(i), v))
+    }
+
     /// (id, name, value) for every parameter in order.
     pub fn iter(&self) -> impl Iterator<Item = (ParamId, &str, &Tensor)> {
         self.names.iter().zip(&self.values).enumerate().map(|(i, (n, v))| (ParamId(i), n.as_str(), v))

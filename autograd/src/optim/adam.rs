@@ -61,13 +61,14 @@ impl Optimizer for Adam {
     fn step(&mut self, params: &mut ParamStore, grads: &Gradients) {
         self.state.resize(params.len(), None);
         let (lr, b1, b2, eps, wd) = (self.lr, self.beta1, self.beta2, self.eps, self.weight_decay);
-        for (id, grad) in grads.params() {
-            let p = params.get_mut(id).data_mut();
-            let s = self.state[id.0].get_or_insert_with(|| AdamState {
-                step: 0,
-                m: vec![0.0; p.len()],
-                v: vec![0.0; p.len()],
-            });
+        let level = cpu::simd();
+        // Every parameter's update, cut into chunks, as one parallel loop: one loop per parameter tensor
+        // spent more time starting and joining its threads than updating the U-Net's small tensors.
+        let mut jobs = Vec::new();
+        for ((id, p), state) in params.iter_mut().zip(self.state.iter_mut()) {
+            let Some(grad) = grads.param(id) else { continue };
+            let p = p.data_mut();
+            let s = state.get_or_insert_with(|| AdamState { step: 0, m: vec![0.0; p.len()], v: vec![0.0; p.len()] });
             s.step += 1;
             let t = s.step as i32;
             let h = AdamStep {
@@ -80,8 +81,10 @@ impl Optimizer for Adam {
                 step_size: lr / (1.0 - b1.powi(t)),
                 bias_correction2_sqrt: (1.0 - b2.powi(t)).sqrt(),
             };
-            adam_update_at(cpu::simd(), p, grad.data(), &mut s.m, &mut s.v, h);
+            let chunks = p.chunks_mut(CHUNK).zip(grad.data().chunks(CHUNK));
+            jobs.extend(chunks.zip(s.m.chunks_mut(CHUNK).zip(s.v.chunks_mut(CHUNK))).map(|(pg, mv)| (pg, mv, h)));
         }
+        jobs.into_par_iter().for_each(|((p, g), (m, v), h)| adam_chunk(level, p, g, m, v, h));
     }
     fn set_lr(&mut self, lr: f32) {
         self.lr = lr;

@@ -1,3 +1,5 @@
+use rayon::prelude::*;
+
 use crate::params::ParamStore;
 
 /// Exponential moving average of parameters: after the n-th optimizer step (n = 0, 1, …),
@@ -40,12 +42,13 @@ impl Ema {
     pub fn update(&mut self, params: &ParamStore) {
         let d = self.current_decay();
         self.updates += 1;
-        for id in params.ids() {
-            let p = params.get(id).data();
-            for (s, &v) in self.shadow.get_mut(id).data_mut().iter_mut().zip(p) {
-                *s = d * *s + (1.0 - d) * v;
-            }
+        let level = crate::cpu::simd();
+        // Every tensor cut into chunks, all in one parallel loop (as Adam's step).
+        let mut jobs = Vec::new();
+        for ((_, shadow), (_, _, p)) in self.shadow.iter_mut().zip(params.iter()) {
+            jobs.extend(shadow.data_mut().chunks_mut(1 << 15).zip(p.data().chunks(1 << 15)));
         }
+        jobs.into_par_iter().for_each(|(shadow, p)| ema_chunk(level, shadow, p, d));
     }
 
     /// The averaged parameters, to sample or evaluate with.
@@ -57,3 +60,12 @@ impl Ema {
         &mut self.shadow
     }
 }
+
+/// shadow ← d · shadow + (1 − d) · p, element by element.
+#[inline(always)]
+fn ema_body(shadow: &mut [f32], p: &[f32], d: f32) {
+    for (s, &v) in shadow.iter_mut().zip(p) {
+        *s = d * *s + (1.0 - d) * v;
+    }
+}
+crate::multiversion!(fn ema_chunk(level: Simd, shadow: &mut [f32], p: &[f32], d: f32) => ema_body);
