@@ -557,7 +557,7 @@ pub fn conv2d_backward_direct(
         dx
     });
     let dweight = want_dweight.then(|| {
-        if winograd::is_winograd_conv(s) {
+        if winograd::is_winograd_dweight(s) {
             return winograd_dweight(level, x, dy, s);
         }
         let flat = Flat::new(s, 1); // the weight gradient's loop takes one position at a time
@@ -588,9 +588,13 @@ pub fn conv2d_backward_direct(
 }
 
 /// Groups of images for the Winograd weight gradient: each group sums its images' transformed gradients in
-/// image order into its own partial sum, and the partials are then added in group order. Depends on the
-/// batch size only, never on the number of threads.
-const WINOGRAD_DWEIGHT_GROUPS: usize = 8;
+/// image order into its own partial sum (16·c_out·c_in floats, 1 MB at 128 → 128), and the partials are
+/// then added in group order. Up to 8 groups, fewer where that leaves less than 256 tiles per group: on a
+/// 7×7 map, 8 partials cost about as much to clear and add up as the products themselves. Depends on the
+/// shape only, never on the number of threads.
+fn winograd_dweight_groups(s: &ConvShape) -> usize {
+    (s.n * s.h.div_ceil(2) * s.w.div_ceil(2) / 256).clamp(1, 8).min(s.n)
+}
 
 /// The Winograd weight gradient of a 3×3 "same" convolution (see "The weight gradient" in `winograd.rs`):
 /// per group of images, in parallel, du_g[ξ, co, ci] = Σ_{n in g} Σ_tiles W_ξ[tile, co] · V_ξ[tile, ci];
@@ -599,19 +603,27 @@ fn winograd_dweight(level: cpu::Simd, x: &[f32], dy: &[f32], s: &ConvShape) -> V
     let (cpo, cpi) = winograd::dweight_padding(level, s.c_out, s.c_in);
     let ((xr, xc), (yr, yc)) = winograd::dweight_layouts(s.h, s.w);
     let (image, out_image, du_len) = (s.c_in * s.h * s.w, s.c_out * s.h * s.w, 16 * cpo * cpi);
-    let group = s.n.div_ceil(WINOGRAD_DWEIGHT_GROUPS.min(s.n));
+    let group = s.n.div_ceil(winograd_dweight_groups(s));
     let groups = s.n.div_ceil(group);
     let mut partial = crate::pool::take_dirty(groups * du_len); // [groups, 16, cpo, cpi]
+    let per_call = winograd::dweight_images_per_call(s.h, s.w).min(group);
     partial.par_chunks_mut(du_len).enumerate().for_each(|(g, du)| {
         du.fill(0.0);
-        let mut xt = crate::pool::take_dirty(xr * xc * cpi);
-        let mut dyt = crate::pool::take_dirty(yr * yc * cpo);
-        let mut scratch = crate::pool::take_dirty(winograd::dweight_scratch_len(s.h, s.w, cpo, cpi));
-        for n in g * group..((g + 1) * group).min(s.n) {
-            winograd::transpose_into(level, &x[n * image..][..image], s.c_in, s.h, s.w, 1, xc, cpi, &mut xt);
-            let dy_n = &dy[n * out_image..][..out_image];
-            winograd::transpose_into(level, dy_n, s.c_out, s.h, s.w, 0, yc, cpo, &mut dyt);
-            winograd::dweight_image(level, &xt, &dyt, s.h, s.w, cpo, cpi, &mut scratch, du);
+        let mut xt = crate::pool::take_dirty(per_call * xr * xc * cpi); // [per_call, xr, xc, cpi]
+        let mut dyt = crate::pool::take_dirty(per_call * yr * yc * cpo); // [per_call, yr, yc, cpo]
+        let scratch_len = winograd::dweight_scratch_len(per_call, s.h, s.w, cpo, cpi);
+        let mut scratch = crate::pool::take_dirty(scratch_len);
+        let end = ((g + 1) * group).min(s.n);
+        for n0 in (g * group..end).step_by(per_call) {
+            let images = per_call.min(end - n0);
+            for j in 0..images {
+                let (x_n, dy_n) = (&x[(n0 + j) * image..][..image], &dy[(n0 + j) * out_image..][..out_image]);
+                let xt_j = &mut xt[j * xr * xc * cpi..][..xr * xc * cpi];
+                winograd::transpose_into(level, x_n, s.c_in, s.h, s.w, 1, xc, cpi, xt_j);
+                let dyt_j = &mut dyt[j * yr * yc * cpo..][..yr * yc * cpo];
+                winograd::transpose_into(level, dy_n, s.c_out, s.h, s.w, 0, yc, cpo, dyt_j);
+            }
+            winograd::dweight_images(level, &xt, &dyt, images, s.h, s.w, cpo, cpi, &mut scratch, du);
         }
         crate::pool::give(scratch);
         crate::pool::give(dyt);

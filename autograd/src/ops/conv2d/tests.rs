@@ -57,6 +57,8 @@ fn odd_shapes() -> Vec<([usize; 4], [usize; 4], usize, usize)> {
         // Winograd (3×3, both sides ≥ 12, ≥ 8 channels in and out): odd sizes, partial channel blocks.
         ([2, 9, 13, 12], [10, 9, 3, 3], 1, 1),
         ([1, 8, 12, 17], [17, 8, 3, 3], 1, 1),
+        // Winograd weight gradient on a small map: several images per call, half tiles at both edges.
+        ([3, 9, 5, 7], [8, 9, 3, 3], 1, 1),
     ]
 }
 

@@ -71,6 +71,13 @@ pub fn is_winograd_conv(s: &ConvShape) -> bool {
     is_same_conv(s) && s.kh == 3 && s.h.min(s.w) >= WINOGRAD_MIN_SIZE && s.c_in.min(s.c_out) >= WINOGRAD_MIN_CHANNELS
 }
 
+/// True for the convolutions whose weight gradient this file computes: as [`is_winograd_conv`], on maps of
+/// any size. (The weight gradient sums over real tiles only, so a 7×7 map wastes nothing but the
+/// overhanging half tiles: 16 tiles × 16 products against the direct kernel's 63 positions × 9.)
+pub fn is_winograd_dweight(s: &ConvShape) -> bool {
+    is_same_conv(s) && s.kh == 3 && s.c_in.min(s.c_out) >= WINOGRAD_MIN_CHANNELS
+}
+
 /// Smaller maps keep the direct kernel: 7×7 rounds 20 tile positions up to 32 (see the module doc).
 pub const WINOGRAD_MIN_SIZE: usize = 12;
 
@@ -482,64 +489,69 @@ unsafe fn transpose_square<V: F32Vector>(rows: &mut [V; 16]) {
 /// V's instruction set is available, and [`transpose_into`]'s assert holds.
 #[inline(always)]
 unsafe fn transpose_blocks<V: F32Vector>((src, c, h, w, off, cols, cp, dst): TransposeArgs) {
-    let n = V::LANES;
-    // Pixel blocks: every whole one, then one that ends at the row's end, overlapping the one before (it
-    // rewrites a few pixels with the same values); rows shorter than a vector go one pixel at a time.
-    let (full_c, full_w) = (c - c % n, if w >= n { w } else { 0 });
-    let starts = (0..full_w.saturating_sub(n - 1)).step_by(n).chain((full_w % n != 0).then(|| full_w - n));
+    let (n, hw) = (V::LANES, h * w);
+    // Blocks of n consecutive pixels of the plane (rows run on into the next, so 7×7 and 14×14 maps are
+    // blocked too): every whole block, then one that ends at the plane's end, overlapping the one before
+    // (it rewrites a few pixels with the same values); planes smaller than a vector go one pixel at a time.
+    let (full_c, full_p) = (c - c % n, if hw >= n { hw } else { 0 });
+    let starts = (0..full_p.saturating_sub(n - 1)).step_by(n).chain((full_p % n != 0).then(|| full_p - n));
     let out = dst.as_mut_ptr();
-    let row_out = |y: usize, x: usize| (y + off) * cols + x + off; // pixel index in dst
+    let at = |p: usize| ((p / w + off) * cols + p % w + off) * cp; // pixel p of the plane in dst
                                                                    // Channel blocks outermost: the block's n input planes are then read front to back, n sequential streams
                                                                    // that the hardware prefetcher follows (row by row across all channels instead, the whole weight
                                                                    // gradient of [32, 96, 28, 28] → 32 on one thread took 11.3–12.0 ms instead of 10.2–11.0).
     for c0 in (0..full_c).step_by(n) {
-        for y in 0..h {
-            for x0 in starts.clone() {
-                let mut rows = [V::zero(); 16];
-                for (k, r) in rows.iter_mut().enumerate().take(n) {
-                    *r = V::load(src.as_ptr().add(((c0 + k) * h + y) * w + x0));
-                }
-                transpose_square(&mut rows);
-                for (i, r) in rows.iter().enumerate().take(n) {
-                    r.store(out.add(row_out(y, x0 + i) * cp + c0));
-                }
+        for p0 in starts.clone() {
+            let mut rows = [V::zero(); 16];
+            for (k, r) in rows.iter_mut().enumerate().take(n) {
+                *r = V::load(src.as_ptr().add((c0 + k) * hw + p0));
             }
-            for x in full_w..w {
-                for ch in c0..c0 + n {
-                    dst[row_out(y, x) * cp + ch] = src[(ch * h + y) * w + x];
-                }
+            transpose_square(&mut rows);
+            for (i, r) in rows.iter().enumerate().take(n) {
+                r.store(out.add(at(p0 + i) + c0));
+            }
+        }
+        for p in full_p..hw {
+            for ch in c0..c0 + n {
+                dst[at(p) + ch] = src[ch * hw + p];
             }
         }
     }
     for ch in full_c..c {
-        for y in 0..h {
-            for x in 0..w {
-                dst[row_out(y, x) * cp + ch] = src[(ch * h + y) * w + x];
-            }
+        for p in 0..hw {
+            dst[at(p) + ch] = src[ch * hw + p];
         }
     }
 }
 
-/// The layouts [`dweight_image`] reads for an h×w image: (xᵀ [2·th + 2, 2·tw + 2, cpi] from
+/// The layouts [`dweight_images`] reads for an h×w image: (xᵀ [2·th + 2, 2·tw + 2, cpi] from
 /// [`transpose_into`] with off = 1, its row length; dyᵀ [2·th, 2·tw, cpo] with off = 0, its row length).
 pub fn dweight_layouts(h: usize, w: usize) -> ((usize, usize), (usize, usize)) {
     let (th, tw) = (h.div_ceil(2), w.div_ceil(2));
     ((2 * th + 2, 2 * tw + 2), (2 * th, 2 * tw))
 }
 
-/// Scratch floats [`dweight_image`] needs: V [16, T, cpi] and W [16, T, cpo] for a chunk of T tiles.
-pub fn dweight_scratch_len(h: usize, w: usize, cpo: usize, cpi: usize) -> usize {
-    16 * dweight_chunk_tiles(cpo, cpi, h.div_ceil(2) * w.div_ceil(2)) * (cpi + cpo)
+/// Scratch floats [`dweight_images`] needs: V [16, T, cpi] and W [16, T, cpo] for a chunk of T tiles.
+pub fn dweight_scratch_len(images: usize, h: usize, w: usize, cpo: usize, cpi: usize) -> usize {
+    16 * dweight_chunk_tiles(cpo, cpi, images * h.div_ceil(2) * w.div_ceil(2)) * (cpi + cpo)
 }
 
-/// du [16, cpo, cpi] += the transformed weight gradient of one image:
-/// du_ξ[co, ci] += Σ_tiles W_ξ[tile, co] · V_ξ[tile, ci], with V = Bᵀ d B of the input tiles (from xᵀ)
-/// and W = A dY Aᵀ of the 2×2 blocks of dy (from dyᵀ). See "The weight gradient" in the module doc.
+/// Images per [`dweight_images`] call: enough for about 64 tiles, so that small maps (7×7 has 16 tiles)
+/// still sum over long runs of tiles between loading and storing their accumulators.
+pub fn dweight_images_per_call(h: usize, w: usize) -> usize {
+    64usize.div_ceil(h.div_ceil(2) * w.div_ceil(2))
+}
+
+/// du [16, cpo, cpi] += the transformed weight gradient of `images` images:
+/// du_ξ[co, ci] += Σ_tiles W_ξ[tile, co] · V_ξ[tile, ci], with V = Bᵀ d B of the input tiles (from xᵀ
+/// [images, …]) and W = A dY Aᵀ of the 2×2 blocks of dy (from dyᵀ [images, …]), in image order. See "The
+/// weight gradient" in the module doc.
 #[allow(clippy::too_many_arguments)]
-pub fn dweight_image(
+pub fn dweight_images(
     level: Simd,
     xt: &[f32],
     dyt: &[f32],
+    images: usize,
     h: usize,
     w: usize,
     cpo: usize,
@@ -551,9 +563,9 @@ pub fn dweight_image(
     let (r, lanes) = dweight_tile(level);
     let ((xr, xc), (yr, yc)) = dweight_layouts(h, w);
     assert!(cpo.is_multiple_of(r) && cpo.is_multiple_of(lanes) && cpi.is_multiple_of(2 * lanes));
-    assert!(xt.len() >= xr * xc * cpi && dyt.len() >= yr * yc * cpo && du.len() >= 16 * cpo * cpi);
-    assert!(scratch.len() >= dweight_scratch_len(h, w, cpo, cpi));
-    let args = (xt, dyt, h, w, cpo, cpi, scratch, du);
+    assert!(xt.len() >= images * xr * xc * cpi && dyt.len() >= images * yr * yc * cpo);
+    assert!(du.len() >= 16 * cpo * cpi && scratch.len() >= dweight_scratch_len(images, h, w, cpo, cpi));
+    let args = (xt, dyt, images, h, w, cpo, cpi, scratch, du);
     // SAFETY: the level is supported (checked above), and the asserts cover every access.
     unsafe {
         match level {
@@ -569,7 +581,7 @@ pub fn dweight_image(
     }
 }
 
-type DweightArgs<'a> = (&'a [f32], &'a [f32], usize, usize, usize, usize, &'a mut [f32], &'a mut [f32]);
+type DweightArgs<'a> = (&'a [f32], &'a [f32], usize, usize, usize, usize, usize, &'a mut [f32], &'a mut [f32]);
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
@@ -603,28 +615,30 @@ unsafe fn output_adjoint<V: F32Vector>(dy: [[V; 2]; 2]) -> [V; 16] {
 /// # Safety
 /// V's instruction set is available, and [`dweight_image`]'s asserts hold.
 #[inline(always)]
-unsafe fn dweight_tiles<V: F32Vector, const R: usize>((xt, dyt, h, w, cpo, cpi, scratch, du): DweightArgs) {
+unsafe fn dweight_tiles<V: F32Vector, const R: usize>((xt, dyt, images, h, w, cpo, cpi, scratch, du): DweightArgs) {
     let lanes = V::LANES;
-    let ((_, xc), (_, yc)) = dweight_layouts(h, w);
+    let ((xr, xc), (yr, yc)) = dweight_layouts(h, w);
     let tw = w.div_ceil(2);
-    let tiles = h.div_ceil(2) * tw;
+    let per_image = h.div_ceil(2) * tw;
+    let tiles = images * per_image;
     let chunk = dweight_chunk_tiles(cpo, cpi, tiles);
     let (vbuf, wbuf) = scratch.split_at_mut(16 * chunk * cpi);
     let (vbuf, wbuf) = (vbuf.as_mut_ptr(), wbuf.as_mut_ptr());
     for t0 in (0..tiles).step_by(chunk) {
         let count = chunk.min(tiles - t0);
         // The transforms of this chunk's tiles, V [16, count, cpi] and W [16, count, cpo]. Input (rr, cc) of
-        // tile t = i·tw + j is xᵀ pixel (2i + rr, 2j + cc); dy (a, b) is dyᵀ pixel (2i + a, 2j + b).
+        // tile (i, j) of image n is xᵀ_n pixel (2i + rr, 2j + cc); dy (a, b) is dyᵀ_n pixel (2i + a, 2j + b).
         for t in 0..count {
-            let (i, j) = ((t0 + t) / tw, (t0 + t) % tw);
-            let x0 = xt.as_ptr().add((2 * i * xc + 2 * j) * cpi);
+            let (n, tile) = ((t0 + t) / per_image, (t0 + t) % per_image);
+            let (i, j) = (tile / tw, tile % tw);
+            let x0 = xt.as_ptr().add(((n * xr + 2 * i) * xc + 2 * j) * cpi);
             for k in (0..cpi).step_by(lanes) {
                 let d: [V; 16] = std::array::from_fn(|e| unsafe { V::load(x0.add(((e / 4) * xc + e % 4) * cpi + k)) });
                 for (xi, value) in input_transform(d).into_iter().enumerate() {
                     value.store(vbuf.add((xi * count + t) * cpi + k));
                 }
             }
-            let y0 = dyt.as_ptr().add((2 * i * yc + 2 * j) * cpo);
+            let y0 = dyt.as_ptr().add(((n * yr + 2 * i) * yc + 2 * j) * cpo);
             for k in (0..cpo).step_by(lanes) {
                 let dy: [[V; 2]; 2] = std::array::from_fn(|a| {
                     std::array::from_fn(|b| unsafe { V::load(y0.add((a * yc + b) * cpo + k)) })
