@@ -14,7 +14,7 @@
 use rayon::prelude::*;
 
 use super::direct::{self, Flat};
-use super::winograd;
+use super::{winograd, winograd_cm};
 use crate::cpu;
 use crate::ops::matmul::{gemm, gemm_serial, gemm_serial_strided, GemmFn};
 
@@ -271,8 +271,11 @@ fn gemm_for(images: usize) -> GemmFn {
 /// matrix product ([`conv2d_forward_im2col`]). The choice depends on the shape only, never on the number
 /// of threads.
 pub fn conv2d_forward(x: &[f32], weight: &[f32], bias: Option<&[f32]>, s: &ConvShape) -> Vec<f32> {
-    if winograd::is_winograd_conv(s) {
+    if winograd::is_winograd_conv(s) && winograd::flat_layout(s) {
         return conv2d_forward_winograd(cpu::simd(), x, weight, bias, s);
+    }
+    if winograd::is_winograd_conv(s) {
+        return conv2d_forward_winograd_cm(cpu::simd(), x, weight, bias, s);
     }
     if direct::is_same_conv(s) {
         return conv2d_forward_direct(cpu::simd(), x, weight, bias, s);
@@ -364,6 +367,67 @@ pub fn conv2d_forward_winograd(
     y
 }
 
+/// The channel-minor Winograd convolution (see `winograd_cm.rs`), for 3×3 "same" convolutions on small maps:
+/// in parallel over groups of [`winograd_cm::images_per_call`] images. Must equal [`conv2d_forward_naive`]
+/// up to rounding. `level`: the SIMD level (the op passes [`cpu::simd`]; tests run every level).
+pub fn conv2d_forward_winograd_cm(
+    level: cpu::Simd,
+    x: &[f32],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    s: &ConvShape,
+) -> Vec<f32> {
+    assert!(direct::is_same_conv(s) && s.kh == 3, "conv2d_forward_winograd_cm: not a 3×3 same convolution: {s:?}");
+    let (cpo, cpi) = winograd_cm::padding(level, s.c_out, s.c_in);
+    let packed = winograd_cm::pack_weight(weight, s.c_out, s.c_in, cpo, cpi, false);
+    let y = winograd_cm_conv(level, x, s.c_in, &packed, s.c_out, (cpo, cpi), bias, s);
+    crate::pool::give(packed);
+    y
+}
+
+/// out [n, ch_out, h, w] = bias + the channel-minor Winograd convolution of input [n, ch_in, h, w] with
+/// `packed` (from [`winograd_cm::pack_weight`], for the forward or the input gradient; (cpo, cpi) its
+/// padded channel counts): per group of images, x transposed in, the tiles, y transposed out.
+#[allow(clippy::too_many_arguments)]
+fn winograd_cm_conv(
+    level: cpu::Simd,
+    input: &[f32],
+    ch_in: usize,
+    packed: &[f32],
+    ch_out: usize,
+    (cpo, cpi): (usize, usize),
+    bias: Option<&[f32]>,
+    s: &ConvShape,
+) -> Vec<f32> {
+    let hw = s.h * s.w;
+    let ((xr, xc), (yr, yc)) = winograd_cm::layouts(s.h, s.w);
+    let (x_image, y_image) = (xr * xc * cpi, yr * yc * cpo);
+    let per_call = winograd_cm::images_per_call(s.h, s.w).min(s.n.max(1));
+    let mut bias_padded = vec![0.0; cpo];
+    if let Some(b) = bias {
+        bias_padded[..ch_out].copy_from_slice(&b[..ch_out]);
+    }
+    let mut out = crate::pool::take_dirty(s.n * ch_out * hw);
+    out.par_chunks_mut(per_call * ch_out * hw).enumerate().for_each(|(g, out_g)| {
+        let images = out_g.len() / (ch_out * hw);
+        let mut xt = crate::pool::take_dirty(images * x_image);
+        for (j, xt_j) in xt.chunks_exact_mut(x_image).enumerate() {
+            let x_n = &input[(g * per_call + j) * ch_in * hw..][..ch_in * hw];
+            winograd::transpose_into(level, x_n, ch_in, s.h, s.w, 1, xc, cpi, xt_j);
+        }
+        let mut yt = crate::pool::take_dirty(images * y_image);
+        let mut scratch = crate::pool::take_dirty(winograd_cm::scratch_len(level, images, s.h, s.w, cpo, cpi));
+        winograd_cm::conv_images(level, &xt, images, s.h, s.w, cpi, packed, cpo, &bias_padded, &mut yt, &mut scratch);
+        for (yt_n, out_n) in yt.chunks_exact(y_image).zip(out_g.chunks_exact_mut(ch_out * hw)) {
+            winograd_cm::transpose_from(level, yt_n, ch_out, s.h, s.w, yc, cpo, out_n);
+        }
+        crate::pool::give(scratch);
+        crate::pool::give(yt);
+        crate::pool::give(xt);
+    });
+    out
+}
+
 /// out [n, c_out, h, w] = the Winograd 3×3 "same" convolution of input [n, c_in, h, w] with `packed` (from
 /// [`winograd::pack_weight`], for the forward or the input gradient), plus bias.
 fn winograd_conv(
@@ -383,7 +447,7 @@ fn winograd_conv(
         tiles.split(&input[n * c_in * hw..][..c_in * hw], c_in, &mut phases);
         let mut scratch = crate::pool::take_dirty(winograd::scratch_len(&tiles, c_in, count, c));
         let bias_part = bias.map(|b| &b[co0..co0 + count]);
-        let packed_part = &packed[co0 / c * 16 * c_in * c..]; // packed [blocks, 16, c_in, c]
+        let packed_part = &packed[co0 / c * 16 * winograd::spread(c_in * c)..]; // packed [blocks, 16, c_in, c]
         winograd::winograd_image(level, &phases, &tiles, c_in, packed_part, count, bias_part, out_part, &mut scratch);
         crate::pool::give(scratch);
         crate::pool::give(phases);
@@ -546,9 +610,14 @@ pub fn conv2d_backward_direct(
     let dx = want_dx.then(|| {
         let c = direct::forward_tile(level).0;
         let (rotated, dx);
-        if winograd::is_winograd_conv(s) {
+        if winograd::is_winograd_conv(s) && winograd::flat_layout(s) {
             rotated = winograd::pack_weight(weight, s.c_out, s.c_in, c, true);
             dx = winograd_conv(level, dy, s.c_out, &rotated, s.c_in, None, s);
+        } else if winograd::is_winograd_conv(s) {
+            // The input gradient's "output" channels are c_in, its input channels c_out.
+            let (cpo, cpi) = winograd_cm::padding(level, s.c_in, s.c_out);
+            rotated = winograd_cm::pack_weight(weight, s.c_out, s.c_in, cpo, cpi, true);
+            dx = winograd_cm_conv(level, dy, s.c_out, &rotated, s.c_in, (cpo, cpi), None, s);
         } else {
             rotated = direct::pack_weight(weight, s.c_out, s.c_in, kk, c, true);
             dx = direct_conv(level, dy, s.c_out, &rotated, s.c_in, None, s);
@@ -557,7 +626,7 @@ pub fn conv2d_backward_direct(
         dx
     });
     let dweight = want_dweight.then(|| {
-        if winograd::is_winograd_dweight(s) {
+        if winograd::is_winograd_conv(s) {
             return winograd_dweight(level, x, dy, s);
         }
         let flat = Flat::new(s, 1); // the weight gradient's loop takes one position at a time

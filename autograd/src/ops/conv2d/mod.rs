@@ -6,11 +6,12 @@ mod kernels;
 #[cfg(test)]
 mod tests;
 mod winograd;
+mod winograd_cm;
 
 pub use kernels::{
     block_rows, col2im, col2im_rows, conv2d_backward, conv2d_backward_bias, conv2d_backward_direct,
     conv2d_backward_im2col, conv2d_backward_naive, conv2d_forward, conv2d_forward_direct, conv2d_forward_im2col,
-    conv2d_forward_naive, conv2d_forward_winograd, im2col, im2col_rows, ConvShape,
+    conv2d_forward_naive, conv2d_forward_winograd, conv2d_forward_winograd_cm, im2col, im2col_rows, ConvShape,
 };
 
 use crate::tape::{Op, Tape, Var};

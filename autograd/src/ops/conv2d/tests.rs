@@ -19,11 +19,14 @@ fn conv2d_gradcheck_direct_gradients() {
     gradcheck(&xs, |t, v| t.conv2d(&v[0], &v[1], Some(&v[2]), 1, 1)).unwrap();
 }
 
-/// Maps of at least 12×12 with at least 8 channels: Winograd computes the forward and both gradients.
+/// At least 8 channels: Winograd computes the forward and both gradients, channel-minor on a small map and
+/// with one channel's tiles in the lanes on a large one.
 #[test]
 fn conv2d_gradcheck_winograd() {
     let xs = [randn(&[1, 8, 12, 13], 14), randn(&[9, 8, 3, 3], 15), randn(&[9], 16)];
     gradcheck(&xs, |t, v| t.conv2d(&v[0], &v[1], Some(&v[2]), 1, 1)).unwrap();
+    let xs = [randn(&[1, 8, 24, 25], 17), randn(&[8, 8, 3, 3], 18)];
+    gradcheck(&xs, |t, v| t.conv2d(&v[0], &v[1], None, 1, 1)).unwrap();
 }
 
 #[test]
@@ -57,8 +60,10 @@ fn odd_shapes() -> Vec<([usize; 4], [usize; 4], usize, usize)> {
         // Winograd (3×3, both sides ≥ 12, ≥ 8 channels in and out): odd sizes, partial channel blocks.
         ([2, 9, 13, 12], [10, 9, 3, 3], 1, 1),
         ([1, 8, 12, 17], [17, 8, 3, 3], 1, 1),
-        // Winograd weight gradient on a small map: several images per call, half tiles at both edges.
+        // Winograd on a small map (channel-minor): several images per call, half tiles at both edges.
         ([3, 9, 5, 7], [8, 9, 3, 3], 1, 1),
+        // Winograd on a large map (one channel's tiles in the lanes), an odd width.
+        ([1, 8, 24, 25], [9, 8, 3, 3], 1, 1),
     ]
 }
 
@@ -109,6 +114,8 @@ fn winograd_equals_naive_at_every_simd_level() {
         for level in crate::cpu::available() {
             let y = conv2d_forward_winograd(level, x.data(), w.data(), Some(b.data()), &s);
             assert_close(&y, &naive_y, &format!("y {xs:?} * {ws:?} at {level:?}"));
+            let y = conv2d_forward_winograd_cm(level, x.data(), w.data(), Some(b.data()), &s);
+            assert_close(&y, &naive_y, &format!("y (channel-minor) {xs:?} * {ws:?} at {level:?}"));
         }
     }
 }

@@ -1,5 +1,5 @@
-//! Winograd F(2×2, 3×3): the 3×3 "same" convolutions (stride 1, padding 1) of the U-Net's larger feature
-//! maps with 2.25× fewer multiplications than the definition (Lavin & Gray 2016, "Fast Algorithms for
+//! Winograd F(2×2, 3×3): the 3×3 "same" convolutions (stride 1, padding 1) of the U-Net with 2.25× fewer
+//! multiplications than the definition (Lavin & Gray 2016, "Fast Algorithms for
 //! Convolutional Neural Networks", after Winograd 1980's minimal filtering).
 //!
 //! Legend as in `direct.rs`, plus: a *tile* is a 2×2 block of outputs, tile (i, j) covering output rows
@@ -54,32 +54,37 @@
 //! Per output and input channel, 16/4 = 4 multiply-adds against the direct kernel's 9; the junk column and
 //! the rounding of the tile count to whole register tiles take part of it back: 28×28 computes 224 tiles
 //! for 196 (×4 outputs: 896 for 784 pixels; the direct kernel computes 840), 14×14 64 tiles for 256 outputs
-//! (direct: 224 for 196), 7×7 32 tiles for 49 pixels (direct: 64), so 7×7 stays on the direct kernel.
-//! The transforms cost about what 1–2 input channels of products do, so few channels do not pay either
-//! ([`is_winograd_conv`]). The result differs from the definition's by rounding only: a few ulps more
-//! than the direct kernel's (the transforms add up to 9 terms before and after the products), checked
-//! against `conv2d_forward_naive` with the same bound as every other path.
+//! (direct: 224 for 196), 7×7 32 tiles for 49 pixels (direct: 64). So maps under [`FLAT_MIN_SIZE`] take
+//! the channel-minor layout of `winograd_cm.rs` for their forward and input gradient, which lists real
+//! tiles only. The transforms cost about what 1–2 input channels of products do, so few channels do not pay
+//! ([`is_winograd_conv`]). The result differs from the definition's by rounding only: a few ulps more than
+//! the direct kernel's (the transforms add up to 9 terms before and after the products), checked against
+//! `conv2d_forward_naive` with the same bound as every other path.
 
 use super::direct::{forward_tile, is_same_conv, Runs};
 use super::kernels::ConvShape;
 use crate::cpu::Simd;
 use crate::vector::{self, F32Vector};
 
-/// True for the convolutions this file computes: 3×3 "same", feature maps of at least
-/// [`WINOGRAD_MIN_SIZE`] on both sides, at least [`WINOGRAD_MIN_CHANNELS`] channels in and out.
+/// True for the convolutions computed with Winograd's transforms: 3×3 "same", at least
+/// [`WINOGRAD_MIN_CHANNELS`] channels in and out. Their forward and input gradient take this file's layout
+/// on maps of at least [`FLAT_MIN_SIZE`] on both sides and `winograd_cm.rs`'s below; their weight gradient
+/// is this file's (channel-minor already) at every size.
 pub fn is_winograd_conv(s: &ConvShape) -> bool {
-    is_same_conv(s) && s.kh == 3 && s.h.min(s.w) >= WINOGRAD_MIN_SIZE && s.c_in.min(s.c_out) >= WINOGRAD_MIN_CHANNELS
-}
-
-/// True for the convolutions whose weight gradient this file computes: as [`is_winograd_conv`], on maps of
-/// any size. (The weight gradient sums over real tiles only, so a 7×7 map wastes nothing but the
-/// overhanging half tiles: 16 tiles × 16 products against the direct kernel's 63 positions × 9.)
-pub fn is_winograd_dweight(s: &ConvShape) -> bool {
     is_same_conv(s) && s.kh == 3 && s.c_in.min(s.c_out) >= WINOGRAD_MIN_CHANNELS
 }
 
-/// Smaller maps keep the direct kernel: 7×7 rounds 20 tile positions up to 32 (see the module doc).
-pub const WINOGRAD_MIN_SIZE: usize = 12;
+/// True where the forward and input gradient take this file's layout (tiles of one channel in the lanes).
+pub fn flat_layout(s: &ConvShape) -> bool {
+    s.h.min(s.w) >= FLAT_MIN_SIZE
+}
+
+/// Smaller maps take the channel-minor layout of `winograd_cm.rs`: the junk column and the rounding of the
+/// tile count cost too much there (7×7: 32 tiles computed for 16, 14×14: 64 for 49). Measured, batch 32,
+/// 2 threads, this layout against the channel-minor one: [32, 64, 28, 28] → 64 4.2 against 4.3 ms,
+/// [32, 96, 28, 28] → 32 3.9 against 6.4 ms; [32, 128, 14, 14] → 128 4.5 against 4.3 ms, [32, 32, 14, 14] → 64
+/// 0.72 against 0.63 ms, [32, 128, 7, 7] → 128 2.2 against 1.6 ms.
+pub const FLAT_MIN_SIZE: usize = 24;
 
 /// Fewer channels keep the direct kernel: the input transform costs about what 1–2 channels of products
 /// do, and a tile of C output channels would be mostly empty.
@@ -157,6 +162,7 @@ impl Tiles {
 }
 
 /// U = G g Gᵀ of one 3×3 kernel g.
+#[inline(always)]
 pub fn transform_kernel(g: [[f32; 3]; 3]) -> [[f32; 4]; 4] {
     let gv = |v: [f32; 3]| [v[0], 0.5 * (v[0] + v[1] + v[2]), 0.5 * (v[0] - v[1] + v[2]), v[2]];
     let columns: [[f32; 4]; 3] = std::array::from_fn(|k| gv([g[0][k], g[1][k], g[2][k]])); // (G g)ᵀ
@@ -164,13 +170,14 @@ pub fn transform_kernel(g: [[f32; 3]; 3]) -> [[f32; 4]; 4] {
 }
 
 /// weight [c_out, c_in, 3, 3] transformed and packed for [`winograd_image`] with tiles of `c` output
-/// channels: packed [c_out/c blocks (rounded up), 16 (ξ), c_in, c] = U_ξ, zeros for the channels past c_out.
+/// channels: packed [c_out/c blocks (rounded up), 16 (ξ), c_in, c] = U_ξ (the ξ planes [`spread`] apart),
+/// zeros for the channels past c_out.
 /// With `rotate`, the input gradient's kernel instead (see `direct::pack_weight`).
 pub fn pack_weight(weight: &[f32], c_out: usize, c_in: usize, c: usize, rotate: bool) -> Vec<f32> {
     use rayon::prelude::*;
     let (rows, cols) = if rotate { (c_in, c_out) } else { (c_out, c_in) };
-    let mut packed = crate::pool::take_dirty(16 * rows.div_ceil(c) * c * cols);
-    packed.par_chunks_mut(16 * cols * c).enumerate().for_each(|(block, out)| {
+    let mut packed = crate::pool::take_dirty(16 * rows.div_ceil(c) * spread(c * cols));
+    packed.par_chunks_mut(16 * spread(c * cols)).enumerate().for_each(|(block, out)| {
         for i in 0..c {
             let r = block * c + i;
             for col in 0..cols {
@@ -183,7 +190,7 @@ pub fn pack_weight(weight: &[f32], c_out: usize, c_in: usize, c: usize, rotate: 
                 });
                 let u = transform_kernel(g);
                 for xi in 0..16 {
-                    out[(xi * cols + col) * c + i] = u[xi / 4][xi % 4];
+                    out[xi * spread(c * cols) + col * c + i] = u[xi / 4][xi % 4];
                 }
             }
         }
@@ -214,7 +221,7 @@ unsafe fn output_1d<V: F32Vector>(x: [V; 4]) -> [V; 2] {
 
 /// Y = Aᵀ M A, M row-major [4 × 4], Y [2][2].
 #[inline(always)]
-unsafe fn output_transform<V: F32Vector>(m: [V; 16]) -> [[V; 2]; 2] {
+pub(super) unsafe fn output_transform<V: F32Vector>(m: [V; 16]) -> [[V; 2]; 2] {
     let columns: [[V; 2]; 4] = std::array::from_fn(|c| unsafe { output_1d([m[c], m[4 + c], m[8 + c], m[12 + c]]) });
     std::array::from_fn(|a| unsafe { output_1d([columns[0][a], columns[1][a], columns[2][a], columns[3][a]]) })
 }
@@ -225,11 +232,18 @@ pub fn scratch_len(tiles: &Tiles, c_in: usize, c_out: usize, c: usize) -> usize 
     16 * xi_stride(tiles.tile, c_in) + c_out.div_ceil(c) * 16 * c * tiles.tile
 }
 
-/// Floats from V_ξ to V_ξ₊₁ in the scratch: c_in·L, plus one cache line, so that the 16 stores of one
-/// input transform do not all map to the same L1 set (c_in·L·4 bytes is a multiple of 4 KB for most
-/// channel counts, and 16 lines in one 12-way set evict each other).
+/// Floats from V_ξ to V_ξ₊₁ in the scratch: c_in·L, spread ([`spread`]).
 fn xi_stride(l: usize, c_in: usize) -> usize {
-    c_in * l + 16
+    spread(c_in * l)
+}
+
+/// The distance between consecutive planes of the 16 ξ in a buffer whose planes hold `floats` floats: one
+/// cache line more. A transform reads or writes the same place in all 16 planes at once, and when the plane
+/// size is a multiple of 4 KB (c_in·L = 64 × 32 floats is 8 KB) those 16 lines all fall in one 12-way L1 set
+/// and evict each other: packing the channel-minor weights of 128 → 128 channels took 1.0 ms instead of
+/// 0.2–0.24 ms on one thread, and the forward of [32, 64, 28, 28] → 64 (one thread) 13.5 → 11.0 ms.
+pub(super) fn spread(floats: usize) -> usize {
+    floats + 16
 }
 
 /// y [c_out, h, w] = bias + the 3×3 "same" convolution of one image, from its phases [c_in, 4, plane]
@@ -254,7 +268,7 @@ pub fn winograd_image(
     // Everything the tiles read and write, checked once here.
     assert!((nv == 2 || nv == 3) && tiles.tile == nv * lanes && tiles.qr.is_multiple_of(tiles.tile));
     assert!(tiles.plane > tiles.qr + tiles.row && phases.len() >= c_in * 4 * tiles.plane);
-    assert!(packed.len() >= 16 * c_out.div_ceil(c) * c * c_in && y.len() >= c_out * tiles.h * tiles.w);
+    assert!(packed.len() >= 16 * c_out.div_ceil(c) * spread(c * c_in) && y.len() >= c_out * tiles.h * tiles.w);
     assert!(bias.is_none_or(|b| b.len() >= c_out) && scratch.len() >= scratch_len(tiles, c_in, c_out, c));
     let args = (phases, tiles, c_in, packed, c_out, bias, y, scratch);
     // SAFETY: the level is supported (checked above), and the asserts cover every access of the tiles.
@@ -342,7 +356,7 @@ unsafe fn winograd_tiles<V: F32Vector, const C: usize, const NV: usize>(
         for xi in 0..16 {
             for cb in 0..blocks {
                 let mut acc = [[V::zero(); NV]; C];
-                let mut u = packed.as_ptr().add((cb * 16 + xi) * c_in * C); // [c_in, C]
+                let mut u = packed.as_ptr().add((cb * 16 + xi) * spread(c_in * C)); // [c_in, C]
                 let mut vb = vbuf.add(xi * stride) as *const f32; // [c_in, L]
                 for _ in 0..c_in {
                     let x: [V; NV] = std::array::from_fn(|v| unsafe { V::load(vb.add(v * lanes)) });
@@ -470,7 +484,7 @@ unsafe fn transpose_avx2(args: TransposeArgs) {
 /// interleaving row i with row i + LANES/2, row k holds lane k of every original row. (With 2×2:
 /// zip([a₀ a₁], [b₀ b₁]) = [a₀ b₀], [a₁ b₁].)
 #[inline(always)]
-unsafe fn transpose_square<V: F32Vector>(rows: &mut [V; 16]) {
+pub(super) unsafe fn transpose_square<V: F32Vector>(rows: &mut [V; 16]) {
     let n = V::LANES;
     let mut half = n / 2;
     while half > 0 {
@@ -533,7 +547,8 @@ pub fn dweight_layouts(h: usize, w: usize) -> ((usize, usize), (usize, usize)) {
 
 /// Scratch floats [`dweight_images`] needs: V [16, T, cpi] and W [16, T, cpo] for a chunk of T tiles.
 pub fn dweight_scratch_len(images: usize, h: usize, w: usize, cpo: usize, cpi: usize) -> usize {
-    16 * dweight_chunk_tiles(cpo, cpi, images * h.div_ceil(2) * w.div_ceil(2)) * (cpi + cpo)
+    let chunk = dweight_chunk_tiles(cpo, cpi, images * h.div_ceil(2) * w.div_ceil(2));
+    16 * (spread(chunk * cpi) + spread(chunk * cpo))
 }
 
 /// Images per [`dweight_images`] call: enough for about 64 tiles, so that small maps (7×7 has 16 tiles)
@@ -622,36 +637,63 @@ unsafe fn dweight_tiles<V: F32Vector, const R: usize>((xt, dyt, images, h, w, cp
     let per_image = h.div_ceil(2) * tw;
     let tiles = images * per_image;
     let chunk = dweight_chunk_tiles(cpo, cpi, tiles);
-    let (vbuf, wbuf) = scratch.split_at_mut(16 * chunk * cpi);
+    let (v_plane, w_plane) = (spread(chunk * cpi), spread(chunk * cpo));
+    let (vbuf, wbuf) = scratch.split_at_mut(16 * v_plane);
     let (vbuf, wbuf) = (vbuf.as_mut_ptr(), wbuf.as_mut_ptr());
     for t0 in (0..tiles).step_by(chunk) {
         let count = chunk.min(tiles - t0);
         // The transforms of this chunk's tiles, V [16, count, cpi] and W [16, count, cpo]. Input (rr, cc) of
         // tile (i, j) of image n is xᵀ_n pixel (2i + rr, 2j + cc); dy (a, b) is dyᵀ_n pixel (2i + a, 2j + b).
+        transform_inputs_cm::<V>(xt, (xr, xc), cpi, (per_image, tw), t0, count, vbuf, v_plane);
         for t in 0..count {
             let (n, tile) = ((t0 + t) / per_image, (t0 + t) % per_image);
             let (i, j) = (tile / tw, tile % tw);
-            let x0 = xt.as_ptr().add(((n * xr + 2 * i) * xc + 2 * j) * cpi);
-            for k in (0..cpi).step_by(lanes) {
-                let d: [V; 16] = std::array::from_fn(|e| unsafe { V::load(x0.add(((e / 4) * xc + e % 4) * cpi + k)) });
-                for (xi, value) in input_transform(d).into_iter().enumerate() {
-                    value.store(vbuf.add((xi * count + t) * cpi + k));
-                }
-            }
             let y0 = dyt.as_ptr().add(((n * yr + 2 * i) * yc + 2 * j) * cpo);
             for k in (0..cpo).step_by(lanes) {
                 let dy: [[V; 2]; 2] = std::array::from_fn(|a| {
                     std::array::from_fn(|b| unsafe { V::load(y0.add((a * yc + b) * cpo + k)) })
                 });
                 for (xi, value) in output_adjoint(dy).into_iter().enumerate() {
-                    value.store(wbuf.add((xi * count + t) * cpo + k));
+                    value.store(wbuf.add(xi * w_plane + t * cpo + k));
                 }
             }
         }
         for xi in 0..16 {
-            let v_xi = vbuf.add(xi * count * cpi) as *const f32;
-            let w_xi = wbuf.add(xi * count * cpo) as *const f32;
+            let v_xi = vbuf.add(xi * v_plane) as *const f32;
+            let w_xi = wbuf.add(xi * w_plane) as *const f32;
             dweight_chunk::<V, R>(v_xi, w_xi, count, cpo, cpi, du.as_mut_ptr().add(xi * cpo * cpi));
+        }
+    }
+}
+
+/// V [16, ·, cpi] (planes `stride` floats apart, rows 0..count) = Bᵀ d B for tiles t0..t0 + count of images
+/// laid out channel-minor,
+/// xᵀ [images, xr, xc, cpi] (from [`transpose_into`] with off = 1): input (rr, cc) of tile (i, j) of image n
+/// (t = n·per_image + i·tw + j) is xᵀ_n pixel (2i + rr, 2j + cc). Vectors over input channels.
+///
+/// # Safety
+/// V's instruction set is available; xᵀ holds every image the tiles name; vbuf holds 16·stride floats.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+pub(super) unsafe fn transform_inputs_cm<V: F32Vector>(
+    xt: &[f32],
+    (xr, xc): (usize, usize),
+    cpi: usize,
+    (per_image, tw): (usize, usize),
+    t0: usize,
+    count: usize,
+    vbuf: *mut f32,
+    stride: usize,
+) {
+    for t in 0..count {
+        let (n, tile) = ((t0 + t) / per_image, (t0 + t) % per_image);
+        let (i, j) = (tile / tw, tile % tw);
+        let x0 = xt.as_ptr().add(((n * xr + 2 * i) * xc + 2 * j) * cpi);
+        for k in (0..cpi).step_by(V::LANES) {
+            let d: [V; 16] = std::array::from_fn(|e| unsafe { V::load(x0.add(((e / 4) * xc + e % 4) * cpi + k)) });
+            for (xi, value) in input_transform(d).into_iter().enumerate() {
+                value.store(vbuf.add(xi * stride + t * cpi + k));
+            }
         }
     }
 }
