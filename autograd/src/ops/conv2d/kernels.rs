@@ -3,8 +3,12 @@
 //! Legend: `n` batch, `c_in`/`c_out` channels, `h`×`w` input size, `kh`×`kw` kernel, `stride`, `padding`,
 //! `oh`×`ow` output size, `ckk` = c_in·kh·kw (one output pixel's receptive field), `ohw` = oh·ow.
 //!
-//! Two fast paths, chosen by shape only ([`conv2d_forward`], [`conv2d_backward`]):
-//! - "Same" convolutions (3×3 with padding 1, ...), most of a U-Net: the direct kernels of `direct.rs`.
+//! Three fast paths, chosen by shape only ([`conv2d_forward`], [`conv2d_backward`]):
+//! - 3×3 "same" convolutions (padding 1, stride 1) with 8 or more channels in and out, nearly all of a
+//!   U-Net: Winograd F(2×2, 3×3), `winograd.rs` (maps of 24×24 and more, and every weight gradient) and
+//!   `winograd_cm.rs` (the forward and input gradient of smaller maps).
+//! - Other "same" convolutions (odd square kernels, or few channels): the direct kernels of `direct.rs`
+//!   (the gradients of layers with fewer than 8 channels take im2col).
 //! - Every other one (1×1, strided, unpadded): im2col + matrix product (Chellapilla et al. 2006): copy every
 //!   receptive field of one image into a column of `col` [ckk, ohw]; then the convolution of that image is one
 //!   matrix product `y [c_out, ohw] = weight [c_out, ckk] · col`, which runs at matrix-product speed. Its two
@@ -266,10 +270,11 @@ fn gemm_for(images: usize) -> GemmFn {
     }
 }
 
-/// y = conv2d(x, weight) + bias. Must equal [`conv2d_forward_naive`] up to rounding. "Same" convolutions
-/// (3×3 with padding 1, ...) take the direct path ([`conv2d_forward_direct`]), every other one im2col +
-/// matrix product ([`conv2d_forward_im2col`]). The choice depends on the shape only, never on the number
-/// of threads.
+/// y = conv2d(x, weight) + bias. Must equal [`conv2d_forward_naive`] up to rounding. 3×3 "same"
+/// convolutions with 8 or more channels take Winograd ([`conv2d_forward_winograd`] on maps of 24×24 and
+/// more, [`conv2d_forward_winograd_cm`] below), other "same" convolutions the direct path
+/// ([`conv2d_forward_direct`]), every other one im2col + matrix product ([`conv2d_forward_im2col`]). The
+/// choice depends on the shape only, never on the number of threads.
 pub fn conv2d_forward(x: &[f32], weight: &[f32], bias: Option<&[f32]>, s: &ConvShape) -> Vec<f32> {
     if winograd::is_winograd_conv(s) && winograd::flat_layout(s) {
         return conv2d_forward_winograd(cpu::simd(), x, weight, bias, s);
@@ -368,7 +373,7 @@ pub fn conv2d_forward_winograd(
 }
 
 /// The channel-minor Winograd convolution (see `winograd_cm.rs`), for 3×3 "same" convolutions on small maps:
-/// in parallel over groups of [`winograd_cm::images_per_call`] images. Must equal [`conv2d_forward_naive`]
+/// in parallel over groups of `winograd_cm::images_per_call` images. Must equal [`conv2d_forward_naive`]
 /// up to rounding. `level`: the SIMD level (the op passes [`cpu::simd`]; tests run every level).
 pub fn conv2d_forward_winograd_cm(
     level: cpu::Simd,
@@ -530,9 +535,10 @@ pub fn conv2d_forward_im2col(x: &[f32], weight: &[f32], bias: Option<&[f32]>, s:
 }
 
 /// The gradients of y = conv2d(x, weight) + bias: (dx if `want_dx`, dweight if `want_dweight`, dbias). Must
-/// equal [`conv2d_backward_naive`] up to rounding. For "same" convolutions dx takes the direct path, and so
-/// does dweight, unless the channels are few ([`DIRECT_GRADIENT_MIN_CHANNELS`]); the rest takes im2col. The
-/// choice depends on the shape only, and no path's result depends on the number of threads.
+/// equal [`conv2d_backward_naive`] up to rounding. For "same" convolutions both gradients take
+/// [`conv2d_backward_direct`] (which runs Winograd for 3×3 ones with 8 or more channels), unless the
+/// channels are few ([`DIRECT_GRADIENT_MIN_CHANNELS`]); the rest takes im2col. The choice depends on the
+/// shape only, and no path's result depends on the number of threads.
 pub fn conv2d_backward(
     x: &[f32],
     weight: &[f32],
@@ -587,8 +593,10 @@ fn direct_dweight_group(s: &ConvShape) -> usize {
     512usize.div_ceil(Flat::new(s, 1).qr).clamp(1, s.n.max(1))
 }
 
-/// The direct backward of a "same" convolution (see `direct.rs`): (dx if `want_dx`, dweight if
-/// `want_dweight`).
+/// The backward of a "same" convolution: (dx if `want_dx`, dweight if `want_dweight`). 3×3 ones with 8 or
+/// more channels run Winograd: dx as the forward's Winograd loop on dy with the kernel turned 180° and its
+/// channel axes swapped, dweight in the Winograd domain (`winograd_dweight`). The rest, the direct
+/// kernels of `direct.rs`:
 /// - dx = direct(dy, weight turned 180° with its channel axes swapped): the forward's loop.
 /// - dweight: per group of [`direct_dweight_group`] images, in parallel, dweight_g[co, ci, tap] =
 ///   Σ_{n in g} Σ_q xpad_n[ci, q + tap] · dyᵀ_n[q, co], where dyᵀ_n is dy_n transposed into the flat layout

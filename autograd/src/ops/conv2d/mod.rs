@@ -27,7 +27,7 @@ impl Tape {
     ///             dweight[o,c,u,v] = Σ_{n,i,j} x[n, c, i·stride − padding + u, j·stride − padding + v] · dy[n,o,i,j]
     ///             dbias[o]       = Σ_{n,i,j} dy[n,o,i,j]
     /// # Saved     x, weight
-    /// # Reference torch.nn.functional.conv2d; im2col: Chellapilla, Puri & Simard 2006
+    /// # Reference torch.nn.functional.conv2d; im2col: Chellapilla, Puri & Simard 2006; Winograd: Lavin & Gray 2016
     /// ```
     #[track_caller]
     pub fn conv2d(&mut self, x: &Var, weight: &Var, bias: Option<&Var>, stride: usize, padding: usize) -> Var {
