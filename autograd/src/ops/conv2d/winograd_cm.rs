@@ -1,6 +1,10 @@
 //! Winograd F(2×2, 3×3) with the channels in the vector lanes, for the forward and input gradient of 3×3
 //! convolutions on small maps (the U-Net's 7×7 level), where `winograd.rs`'s layout wastes too much.
 //!
+//! Legend as in `winograd.rs`, plus: `cpi`, `cpo` the input and output channel counts padded to whole
+//! vectors (the padding holds zeros), `xᵀ`, `yᵀ` an image laid out channel-minor [pixel, channel], `T` the
+//! tiles of the images of one call, `R` × `NV` the register tile (tiles × vectors of output channels).
+//!
 //! The math is `winograd.rs`'s; only the layout differs. There, a vector holds consecutive tiles of one
 //! channel, which needs the junk column of tiles and, on a 7×7 map (4×4 = 16 tiles, 20 with the junk
 //! column), rounds 20 up to 32: half the products are thrown away. Here, as in that file's weight
