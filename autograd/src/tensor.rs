@@ -6,7 +6,7 @@
 //! reader's feet.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use ndarray::{ArrayD, IxDyn};
 use rand::rngs::StdRng;
@@ -21,19 +21,46 @@ pub struct Tensor {
 }
 
 /// A tensor's values. When the last tensor holding them drops, the buffer goes back to the [`crate::pool`].
-#[derive(PartialEq)]
-struct Storage(Vec<f32>);
+/// `.1` holds values derived from them and kept with them ([`Tensor::derived`]): emptied whenever the values
+/// change, not copied with them, not compared.
+struct Storage(Vec<f32>, Mutex<Vec<(Derived, Arc<Vec<f32>>)>>);
+
+/// What a derived buffer is (the kernel's name) and the parameters it was made with.
+pub type Derived = (&'static str, [usize; 4]);
+
+impl Storage {
+    fn new(values: Vec<f32>) -> Storage {
+        Storage(values, Mutex::new(Vec::new()))
+    }
+
+    /// Drops the derived buffers, handing the pool back those it lent.
+    fn forget_derived(&mut self) {
+        let derived = self.1.get_mut().unwrap_or_else(|e| e.into_inner());
+        for (_, buffer) in derived.drain(..) {
+            if let Ok(buffer) = Arc::try_unwrap(buffer) {
+                crate::pool::give(buffer);
+            }
+        }
+    }
+}
+
+impl PartialEq for Storage {
+    fn eq(&self, other: &Storage) -> bool {
+        self.0 == other.0
+    }
+}
 
 impl Clone for Storage {
     fn clone(&self) -> Self {
         let mut v = crate::pool::take(self.0.len());
         v.extend_from_slice(&self.0);
-        Storage(v)
+        Storage::new(v)
     }
 }
 
 impl Drop for Storage {
     fn drop(&mut self) {
+        self.forget_derived();
         crate::pool::give(std::mem::take(&mut self.0));
     }
 }
@@ -44,7 +71,7 @@ impl Tensor {
     pub fn from_vec(shape: &[usize], data: Vec<f32>) -> Tensor {
         let numel: usize = shape.iter().product();
         assert!(data.len() == numel, "Tensor::from_vec: shape {shape:?} holds {numel} values, got {}", data.len());
-        Tensor { shape: shape.to_vec(), data: Arc::new(Storage(data)) }
+        Tensor { shape: shape.to_vec(), data: Arc::new(Storage::new(data)) }
     }
 
     /// A 0-dimensional tensor holding one value.
@@ -105,9 +132,33 @@ impl Tensor {
         &self.data.0
     }
 
-    /// Mutable access to the values; copies them first if another tensor shares the buffer.
+    /// Mutable access to the values; copies them first if another tensor shares the buffer. Forgets every
+    /// buffer derived from them ([`Tensor::derived`]).
     pub fn data_mut(&mut self) -> &mut [f32] {
-        Arc::make_mut(&mut self.data).0.as_mut_slice()
+        let storage = Arc::make_mut(&mut self.data);
+        storage.forget_derived();
+        storage.0.as_mut_slice()
+    }
+
+    /// A buffer computed from these values by `make`, kept with them: the first call for a `key` runs
+    /// `make`, later ones (from any tensor sharing these values) return the same buffer, until the values
+    /// change ([`Tensor::data_mut`] forgets it). For work that depends on the values only and is needed again
+    /// and again, such as a convolution's weights rearranged for its kernel while a sampler calls the same
+    /// network 50 times. `make` must be a pure function of the values and the key.
+    pub fn derived(&self, key: Derived, make: impl FnOnce() -> Vec<f32>) -> Arc<Vec<f32>> {
+        let lock = || self.data.1.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, buffer)) = lock().iter().find(|(k, _)| *k == key) {
+            return buffer.clone();
+        }
+        // Made outside the lock (`make` may run parallel loops); if another thread made it meanwhile, the
+        // first one stays.
+        let made = Arc::new(make());
+        let mut derived = lock();
+        if let Some((_, buffer)) = derived.iter().find(|(k, _)| *k == key) {
+            return buffer.clone();
+        }
+        derived.push((key, made.clone()));
+        made
     }
 
     /// The values as a `Vec`, without a copy when this tensor is their only owner.
@@ -203,6 +254,27 @@ impl fmt::Debug for Tensor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A derived buffer is made once per key, shared by clones, and forgotten when the values change.
+    #[test]
+    fn derived_buffers_are_kept_until_the_values_change() {
+        let mut t = Tensor::from_vec(&[3], vec![1.0, 2.0, 3.0]);
+        let made = std::cell::Cell::new(0);
+        let double = |t: &Tensor| {
+            t.derived(("double", [0; 4]), || {
+                made.set(made.get() + 1);
+                t.data().iter().map(|v| 2.0 * v).collect()
+            })
+        };
+        assert_eq!(*double(&t), vec![2.0, 4.0, 6.0]);
+        assert_eq!(*double(&t.clone()), vec![2.0, 4.0, 6.0]);
+        assert_eq!(made.get(), 1, "made once, for both the tensor and its clone");
+        assert_eq!(*t.derived(("other", [1, 0, 0, 0]), || vec![7.0]), vec![7.0], "another key, another buffer");
+        t.data_mut()[0] = 10.0;
+        assert_eq!(*double(&t), vec![20.0, 4.0, 6.0], "made again from the new values");
+        assert_eq!(made.get(), 2);
+        assert_eq!(t, Tensor::from_vec(&[3], vec![10.0, 2.0, 3.0]), "derived buffers take no part in ==");
+    }
 
     #[test]
     fn ndarray_round_trip_keeps_shape_and_order() {

@@ -276,16 +276,59 @@ fn gemm_for(images: usize) -> GemmFn {
 /// ([`conv2d_forward_direct`]), every other one im2col + matrix product ([`conv2d_forward_im2col`]). The
 /// choice depends on the shape only, never on the number of threads.
 pub fn conv2d_forward(x: &[f32], weight: &[f32], bias: Option<&[f32]>, s: &ConvShape) -> Vec<f32> {
-    if winograd::is_winograd_conv(s) && winograd::flat_layout(s) {
-        return conv2d_forward_winograd(cpu::simd(), x, weight, bias, s);
+    let level = cpu::simd();
+    let packed = pack_forward_weight(level, weight, s);
+    let y = conv2d_forward_packed(level, x, weight, packed.as_deref(), bias, s);
+    if let Some(packed) = packed {
+        crate::pool::give(packed);
     }
-    if winograd::is_winograd_conv(s) {
-        return conv2d_forward_winograd_cm(cpu::simd(), x, weight, bias, s);
+    y
+}
+
+/// The path [`conv2d_forward`] takes for a shape: 0 Winograd with one channel's tiles in the lanes, 1
+/// channel-minor Winograd, 2 the direct kernel, 3 im2col + matrix product.
+pub fn forward_path(s: &ConvShape) -> usize {
+    match (winograd::is_winograd_conv(s), winograd::flat_layout(s), direct::is_same_conv(s)) {
+        (true, true, _) => 0,
+        (true, false, _) => 1,
+        (false, _, true) => 2,
+        _ => 3,
     }
-    if direct::is_same_conv(s) {
-        return conv2d_forward_direct(cpu::simd(), x, weight, bias, s);
+}
+
+/// The weight rearranged as [`conv2d_forward`]'s path for this shape reads it at this SIMD level (`None`:
+/// im2col reads the weight as it is). It depends on the weight, the path and the level only, so a caller
+/// that runs the same weight many times (a sampler) can keep it ([`conv2d_forward_packed`]).
+pub fn pack_forward_weight(level: cpu::Simd, weight: &[f32], s: &ConvShape) -> Option<Vec<f32>> {
+    let c = direct::forward_tile(level).0;
+    match forward_path(s) {
+        0 => Some(winograd::pack_weight(weight, s.c_out, s.c_in, c, false)),
+        1 => {
+            let (cpo, cpi) = winograd_cm::padding(level, s.c_out, s.c_in);
+            Some(winograd_cm::pack_weight(weight, s.c_out, s.c_in, cpo, cpi, false))
+        }
+        2 => Some(direct::pack_weight(weight, s.c_out, s.c_in, s.kh * s.kw, c, false)),
+        _ => None,
     }
-    conv2d_forward_im2col(x, weight, bias, s)
+}
+
+/// [`conv2d_forward`] with the weight already rearranged by [`pack_forward_weight`] at the same level
+/// (`packed` is ignored on the im2col path).
+pub fn conv2d_forward_packed(
+    level: cpu::Simd,
+    x: &[f32],
+    weight: &[f32],
+    packed: Option<&[f32]>,
+    bias: Option<&[f32]>,
+    s: &ConvShape,
+) -> Vec<f32> {
+    let path = forward_path(s);
+    let Some(packed) = packed.filter(|_| path < 3) else { return conv2d_forward_im2col(x, weight, bias, s) };
+    match path {
+        0 => winograd_conv(level, x, s.c_in, packed, s.c_out, bias, s),
+        1 => winograd_cm_conv(level, x, s.c_in, packed, s.c_out, winograd_cm::padding(level, s.c_out, s.c_in), bias, s),
+        _ => direct_conv(level, x, s.c_in, packed, s.c_out, bias, s),
+    }
 }
 
 /// The gradients of a "same" convolution with fewer input or output channels than this take the im2col

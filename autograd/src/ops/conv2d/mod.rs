@@ -11,7 +11,8 @@ mod winograd_cm;
 pub use kernels::{
     block_rows, col2im, col2im_rows, conv2d_backward, conv2d_backward_bias, conv2d_backward_direct,
     conv2d_backward_im2col, conv2d_backward_naive, conv2d_forward, conv2d_forward_direct, conv2d_forward_im2col,
-    conv2d_forward_naive, conv2d_forward_winograd, conv2d_forward_winograd_cm, im2col, im2col_rows, ConvShape,
+    conv2d_forward_naive, conv2d_forward_packed, conv2d_forward_winograd, conv2d_forward_winograd_cm, forward_path,
+    im2col, im2col_rows, pack_forward_weight, ConvShape,
 };
 
 use crate::tape::{Op, Tape, Var};
@@ -40,7 +41,17 @@ impl Tape {
                 panic!("conv2d: bias {:?} must be [{}] for weight {:?}", b.shape(), s.c_out, weight.shape());
             }
         }
-        let y = conv2d_forward(x.value().data(), weight.value().data(), bias.map(|b| b.value().data()), &s);
+        let (xv, wv, bv) = (x.value().data(), weight.value().data(), bias.map(|b| b.value().data()));
+        let y = if self.is_recording() {
+            conv2d_forward(xv, wv, bv, &s)
+        } else {
+            // Not training: the weight will likely be run again unchanged (a sampler calls the network 50
+            // times), so its rearranged copy is kept with it (the same bits as rearranging it every time).
+            let level = crate::cpu::simd();
+            let key = ("conv2d_forward_packed", [forward_path(&s), level as usize, s.h, s.w]);
+            let packed = weight.value().derived(key, || pack_forward_weight(level, wv, &s).unwrap_or_default());
+            conv2d_forward_packed(level, xv, wv, Some(&packed[..]).filter(|p| !p.is_empty()), bv, &s)
+        };
         let y = Tensor::from_vec(&[s.n, s.c_out, s.oh, s.ow], y);
         let op = Conv2dOp { x: x.value().clone(), weight: weight.value().clone(), shape: s };
         match bias {

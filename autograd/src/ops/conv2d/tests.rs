@@ -201,3 +201,33 @@ fn conv2d_rejects_wrong_channels() {
     let w = Var::constant(Tensor::zeros(&[64, 3, 3, 3]));
     Tape::new().conv2d(&x, &w, None, 1, 1);
 }
+
+/// Outside training the op keeps each weight's rearranged copy ([`Tensor::derived`]); the outputs are the
+/// same bits as the training path's, on every forward path, and stay right after the weight changes.
+#[test]
+fn inference_reuses_the_packed_weight_with_the_same_result() {
+    // Winograd (large map, small map), direct (one channel in), im2col (stride 2).
+    let cases = [
+        ([1, 8, 24, 24], [8, 8, 3, 3], 1, 1),
+        ([2, 8, 7, 7], [16, 8, 3, 3], 1, 1),
+        ([2, 1, 9, 9], [8, 1, 3, 3], 1, 1),
+        ([2, 8, 9, 9], [8, 8, 3, 3], 2, 1),
+    ];
+    for (i, (xs, ws, stride, padding)) in cases.into_iter().enumerate() {
+        let x = Var::constant(randn(&xs, 40 + i as u64));
+        let mut w = randn(&ws, 50 + i as u64);
+        for _ in 0..2 {
+            let training = {
+                let mut t = Tape::new();
+                let wv = t.leaf(w.clone());
+                t.conv2d(&x, &wv, None, stride, padding).value().clone()
+            };
+            let mut t = Tape::inference();
+            let wv = Var::constant(w.clone());
+            let first = t.conv2d(&x, &wv, None, stride, padding).value().clone();
+            let again = t.conv2d(&x, &wv, None, stride, padding).value().clone();
+            assert!(first == training && again == training, "{xs:?} * {ws:?} stride {stride}");
+            w.data_mut()[0] += 1.0; // the next round must not reuse the old rearrangement
+        }
+    }
+}
