@@ -300,16 +300,60 @@ pub fn forward_path(s: &ConvShape) -> usize {
 /// im2col reads the weight as it is). It depends on the weight, the path and the level only, so a caller
 /// that runs the same weight many times (a sampler) can keep it ([`conv2d_forward_packed`]).
 pub fn pack_forward_weight(level: cpu::Simd, weight: &[f32], s: &ConvShape) -> Option<Vec<f32>> {
+    pack_for(level, forward_path(s), weight, s, false)
+}
+
+/// The weight rearranged for path 0, 1 or 2 of [`forward_path`] (`None` for im2col); with `rotate`, for the
+/// input gradient's convolution (kernel turned 180°, channel axes swapped).
+fn pack_for(level: cpu::Simd, path: usize, weight: &[f32], s: &ConvShape, rotate: bool) -> Option<Vec<f32>> {
     let c = direct::forward_tile(level).0;
-    match forward_path(s) {
-        0 => Some(winograd::pack_weight(weight, s.c_out, s.c_in, c, false)),
+    match path {
+        0 => Some(winograd::pack_weight(weight, s.c_out, s.c_in, c, rotate)),
         1 => {
-            let (cpo, cpi) = winograd_cm::padding(level, s.c_out, s.c_in);
-            Some(winograd_cm::pack_weight(weight, s.c_out, s.c_in, cpo, cpi, false))
+            // The input gradient's "output" channels are c_in, its input channels c_out.
+            let (cpo, cpi) = if rotate { (s.c_in, s.c_out) } else { (s.c_out, s.c_in) };
+            let (cpo, cpi) = winograd_cm::padding(level, cpo, cpi);
+            Some(winograd_cm::pack_weight(weight, s.c_out, s.c_in, cpo, cpi, rotate))
         }
-        2 => Some(direct::pack_weight(weight, s.c_out, s.c_in, s.kh * s.kw, c, false)),
+        2 => Some(direct::pack_weight(weight, s.c_out, s.c_in, s.kh * s.kw, c, rotate)),
         _ => None,
     }
+}
+
+/// out [n, ch_out, h, w] = bias + the "same" convolution of input [n, ch_in, h, w] on path 0, 1 or 2 of
+/// [`forward_path`], with `packed` from [`pack_for`] (for the forward, or rotated for the input gradient).
+#[allow(clippy::too_many_arguments)]
+fn run_packed(
+    level: cpu::Simd,
+    path: usize,
+    input: &[f32],
+    ch_in: usize,
+    packed: &[f32],
+    ch_out: usize,
+    bias: Option<&[f32]>,
+    s: &ConvShape,
+) -> Vec<f32> {
+    match path {
+        0 => winograd_conv(level, input, ch_in, packed, ch_out, bias, s),
+        1 => winograd_cm_conv(level, input, ch_in, packed, ch_out, bias, s),
+        _ => direct_conv(level, input, ch_in, packed, ch_out, bias, s),
+    }
+}
+
+/// The forward on path 0, 1 or 2 of [`forward_path`], whatever the shape's own path: pack, run, give the
+/// packed weight back.
+fn forward_on(
+    level: cpu::Simd,
+    path: usize,
+    x: &[f32],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    s: &ConvShape,
+) -> Vec<f32> {
+    let packed = pack_for(level, path, weight, s, false).expect("paths 0 to 2 pack their weight");
+    let y = run_packed(level, path, x, s.c_in, &packed, s.c_out, bias, s);
+    crate::pool::give(packed);
+    y
 }
 
 /// [`conv2d_forward`] with the weight already rearranged by [`pack_forward_weight`] at the same level
@@ -323,11 +367,9 @@ pub fn conv2d_forward_packed(
     s: &ConvShape,
 ) -> Vec<f32> {
     let path = forward_path(s);
-    let Some(packed) = packed.filter(|_| path < 3) else { return conv2d_forward_im2col(x, weight, bias, s) };
-    match path {
-        0 => winograd_conv(level, x, s.c_in, packed, s.c_out, bias, s),
-        1 => winograd_cm_conv(level, x, s.c_in, packed, s.c_out, winograd_cm::padding(level, s.c_out, s.c_in), bias, s),
-        _ => direct_conv(level, x, s.c_in, packed, s.c_out, bias, s),
+    match packed.filter(|_| path < 3) {
+        Some(packed) => run_packed(level, path, x, s.c_in, packed, s.c_out, bias, s),
+        None => conv2d_forward_im2col(x, weight, bias, s),
     }
 }
 
@@ -349,10 +391,7 @@ pub fn conv2d_forward_direct(
     s: &ConvShape,
 ) -> Vec<f32> {
     assert!(direct::is_same_conv(s), "conv2d_forward_direct: not a same convolution: {s:?}");
-    let packed = direct::pack_weight(weight, s.c_out, s.c_in, s.kh * s.kw, direct::forward_tile(level).0, false);
-    let y = direct_conv(level, x, s.c_in, &packed, s.c_out, bias, s);
-    crate::pool::give(packed);
-    y
+    forward_on(level, 2, x, weight, bias, s)
 }
 
 /// out [n, c_out, h, w] = the direct "same" convolution of input [n, c_in, h, w] with `packed` (from
@@ -409,10 +448,7 @@ pub fn conv2d_forward_winograd(
     s: &ConvShape,
 ) -> Vec<f32> {
     assert!(direct::is_same_conv(s) && s.kh == 3, "conv2d_forward_winograd: not a 3×3 same convolution: {s:?}");
-    let packed = winograd::pack_weight(weight, s.c_out, s.c_in, direct::forward_tile(level).0, false);
-    let y = winograd_conv(level, x, s.c_in, &packed, s.c_out, bias, s);
-    crate::pool::give(packed);
-    y
+    forward_on(level, 0, x, weight, bias, s)
 }
 
 /// The channel-minor Winograd convolution (see `winograd_cm.rs`), for 3×3 "same" convolutions on small maps:
@@ -426,27 +462,22 @@ pub fn conv2d_forward_winograd_cm(
     s: &ConvShape,
 ) -> Vec<f32> {
     assert!(direct::is_same_conv(s) && s.kh == 3, "conv2d_forward_winograd_cm: not a 3×3 same convolution: {s:?}");
-    let (cpo, cpi) = winograd_cm::padding(level, s.c_out, s.c_in);
-    let packed = winograd_cm::pack_weight(weight, s.c_out, s.c_in, cpo, cpi, false);
-    let y = winograd_cm_conv(level, x, s.c_in, &packed, s.c_out, (cpo, cpi), bias, s);
-    crate::pool::give(packed);
-    y
+    forward_on(level, 1, x, weight, bias, s)
 }
 
 /// out [n, ch_out, h, w] = bias + the channel-minor Winograd convolution of input [n, ch_in, h, w] with
-/// `packed` (from [`winograd_cm::pack_weight`], for the forward or the input gradient; (cpo, cpi) its
-/// padded channel counts): per group of images, x transposed in, the tiles, y transposed out.
-#[allow(clippy::too_many_arguments)]
+/// `packed` (from [`winograd_cm::pack_weight`] with this level's padding of ch_out and ch_in, for the
+/// forward or the input gradient): per group of images, x transposed in, the tiles, y transposed out.
 fn winograd_cm_conv(
     level: cpu::Simd,
     input: &[f32],
     ch_in: usize,
     packed: &[f32],
     ch_out: usize,
-    (cpo, cpi): (usize, usize),
     bias: Option<&[f32]>,
     s: &ConvShape,
 ) -> Vec<f32> {
+    let (cpo, cpi) = winograd_cm::padding(level, ch_out, ch_in);
     let hw = s.h * s.w;
     let ((xr, xc), (yr, yc)) = winograd_cm::layouts(s.h, s.w);
     let (x_image, y_image) = (xr * xc * cpi, yr * yc * cpo);
@@ -657,22 +688,12 @@ pub fn conv2d_backward_direct(
     want_dweight: bool,
 ) -> (Option<Vec<f32>>, Option<Vec<f32>>) {
     assert!(direct::is_same_conv(s), "conv2d_backward_direct: not a same convolution: {s:?}");
-    let (image, out_image, wsize, kk) = (s.c_in * s.h * s.w, s.c_out * s.ohw(), s.c_out * s.ckk(), s.kh * s.kw);
+    let (image, out_image, wsize) = (s.c_in * s.h * s.w, s.c_out * s.ohw(), s.c_out * s.ckk());
     let dx = want_dx.then(|| {
-        let c = direct::forward_tile(level).0;
-        let (rotated, dx);
-        if winograd::is_winograd_conv(s) && winograd::flat_layout(s) {
-            rotated = winograd::pack_weight(weight, s.c_out, s.c_in, c, true);
-            dx = winograd_conv(level, dy, s.c_out, &rotated, s.c_in, None, s);
-        } else if winograd::is_winograd_conv(s) {
-            // The input gradient's "output" channels are c_in, its input channels c_out.
-            let (cpo, cpi) = winograd_cm::padding(level, s.c_in, s.c_out);
-            rotated = winograd_cm::pack_weight(weight, s.c_out, s.c_in, cpo, cpi, true);
-            dx = winograd_cm_conv(level, dy, s.c_out, &rotated, s.c_in, (cpo, cpi), None, s);
-        } else {
-            rotated = direct::pack_weight(weight, s.c_out, s.c_in, kk, c, true);
-            dx = direct_conv(level, dy, s.c_out, &rotated, s.c_in, None, s);
-        }
+        // The forward's path (a "same" convolution: Winograd or direct), with the rotated kernel.
+        let path = forward_path(s);
+        let rotated = pack_for(level, path, weight, s, true).expect("a same convolution's path packs its weight");
+        let dx = run_packed(level, path, dy, s.c_out, &rotated, s.c_in, None, s);
         crate::pool::give(rotated);
         dx
     });

@@ -311,8 +311,8 @@ unsafe fn winograd_avx2<const NV: usize>(args: WinogradArgs) {
 
 /// The tile loop: for each L = NV·lanes tiles t0..,
 /// 1. V_ξ[ci, t0..] = (Bᵀ d B)_ξ for every input channel, into `scratch` [16, c_in, L];
-/// 2. for each block of C output channels: M_ξ = Σ_ci U_ξ[co, ci] · V_ξ[ci, ·] for the 16 ξ in turn, each in
-///    a register tile acc [C][NV vectors];
+/// 2. for each ξ, then each block of C output channels: M_ξ = Σ_ci U_ξ[co, ci] · V_ξ[ci, ·] in a register
+///    tile acc [C][NV vectors], stored to `scratch`'s M [c_out/C, 16, C, L];
 /// 3. Y = Aᵀ M A + bias per channel and vector, zipped into output rows and stored by runs.
 ///
 /// # Safety
@@ -486,8 +486,7 @@ unsafe fn transpose_avx2(args: TransposeArgs) {
 #[inline(always)]
 pub(super) unsafe fn transpose_square<V: F32Vector>(rows: &mut [V; 16]) {
     let n = V::LANES;
-    let mut half = n / 2;
-    while half > 0 {
+    for _round in 0..n.trailing_zeros() {
         let mut next = *rows;
         for i in 0..n / 2 {
             let (lo, hi) = rows[i].zip(rows[i + n / 2]);
@@ -495,7 +494,6 @@ pub(super) unsafe fn transpose_square<V: F32Vector>(rows: &mut [V; 16]) {
             next[2 * i + 1] = hi;
         }
         *rows = next;
-        half /= 2;
     }
 }
 
