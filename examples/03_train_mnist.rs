@@ -18,14 +18,12 @@
 //! cargo run --release --example 03_train_mnist -- --cifar DIR --preset rgb32      # CIFAR-10 (binary version)
 //! ```
 
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use autograd::{ParamStore, Tensor};
-use diffusion::checkpoint::{check_format, list_checkpoints, read_metadata, save_weights, Checkpoint, Fields};
-use diffusion::checkpoint::{FORMAT_VERSION, WEIGHTS_FORMAT};
+use diffusion::checkpoint::{check_format, list_checkpoints, read_metadata, Checkpoint, Fields};
 use diffusion::cifar::read_cifar10_path;
 use diffusion::classifier::{self, Classifier};
 use diffusion::cli::{exit_on_error, Args};
@@ -143,13 +141,13 @@ fn run() -> Result<()> {
         ..TrainConfig::new(steps, batch, out.clone())
     };
     let usage = |what: &str, value: &str| Error::Usage(format!("--{what} {value:?}: unknown"));
-    let (net_config, schedule_name, timesteps, limit, resume_from) = if resume.is_empty() {
+    let (mut net_config, preset, schedule_name, timesteps, limit, resume_from) = if resume.is_empty() {
         let mut net_config = UNetConfig::preset(&preset).ok_or_else(|| usage("preset", &preset))?;
         net_config.num_classes = if conditional { 10 } else { 0 };
         config.prediction =
             Prediction::from_name(&prediction_name).ok_or_else(|| usage("prediction", &prediction_name))?;
         NoiseSchedule::by_name(&schedule_name, timesteps).ok_or_else(|| usage("schedule", &schedule_name))?;
-        (net_config, schedule_name, timesteps, limit, None)
+        (net_config, preset, schedule_name, timesteps, limit, None)
     } else {
         // The run's settings come from the checkpoint; changing them would not continue the same run.
         if let Some(flag) = fixed.first() {
@@ -168,8 +166,11 @@ fn run() -> Result<()> {
         let fields = Fields::new(&path, &metadata);
         config.set_from_metadata(&fields)?;
         let net_config = UNetConfig::from_metadata(&fields)?;
-        let schedule_name: String = fields.get("schedule")?;
-        (net_config, schedule_name, fields.get("timesteps")?, fields.get("data.limit")?, Some(path))
+        let timesteps: usize = fields.get("timesteps")?;
+        let schedule_name = fields.text("schedule")?.to_string();
+        fields.named("schedule", |name| NoiseSchedule::by_name(name, timesteps))?;
+        let preset = fields.text("preset")?.to_string();
+        (net_config, preset, schedule_name, timesteps, fields.get("data.limit")?, Some(path))
     };
     let schedule = NoiseSchedule::by_name(&schedule_name, timesteps).expect("checked above");
 
@@ -183,6 +184,19 @@ fn run() -> Result<()> {
     };
     if let Some(&big) = labels.iter().find(|&&l| l as usize >= net_config.num_classes.max(10)) {
         return Err(Error::format(&images_path, format!("has a label {big}; digits and CIFAR-10 have labels 0-9")));
+    }
+    // A preset is an architecture; a new run takes the image size and channels from its data (as diffusers'
+    // `sample_size` and `in_channels`), so `--preset tiny` trains on 28×28 digits too. A resumed run's
+    // model is fixed, and its data must fit it.
+    let (data_channels, data_h, data_w) = (images.shape()[1], images.shape()[2], images.shape()[3]);
+    let preset_item = (net_config.image_channels, net_config.image_size);
+    if resume_from.is_none() && data_h == data_w && preset_item != (data_channels, data_h) {
+        net_config.image_channels = data_channels;
+        net_config.image_size = data_h;
+        net_config.validate().map_err(|problem| {
+            Error::Usage(format!("--preset {preset} cannot take {}: {problem}", images_path.display()))
+        })?;
+        println!("the '{preset}' preset, sized for the data: {data_channels}×{data_h}×{data_w} images");
     }
     let item = [net_config.image_channels, net_config.image_size, net_config.image_size];
     if images.shape()[1..] != item {
@@ -269,22 +283,20 @@ fn run() -> Result<()> {
         );
         return Ok(());
     }
-    // The EMA weights and what it takes to rebuild the model, for example 04 (and Python's safetensors).
-    let weights = out.join("model.safetensors");
-    let mut metadata: BTreeMap<String, String> =
-        config.to_metadata().into_iter().chain(config.run_metadata.clone()).collect();
-    metadata.insert("format".to_string(), WEIGHTS_FORMAT.to_string());
-    metadata.insert("format_version".to_string(), FORMAT_VERSION.to_string());
-    save_weights(&weights, ema.params(), &metadata)?;
-    println!(
-        "trained in {:.1} min ({:.0} ms per step), final loss {:.4}; wrote {} and {}",
-        started.elapsed().as_secs_f64() / 60.0,
-        report.mean_step_ms,
-        report.final_loss,
-        out.join("loss.csv").display(),
-        report.grid.display()
-    );
-    println!("wrote {} (EMA weights; sample from them with example 04)", weights.display());
+    if report.trained_steps == 0 {
+        println!("the run was already at step {} of {}: nothing left to train", report.step, config.steps);
+    } else {
+        println!(
+            "trained in {:.1} min ({:.0} ms per step), final loss {:.4}; wrote {} and {}",
+            started.elapsed().as_secs_f64() / 60.0,
+            report.mean_step_ms,
+            report.final_loss,
+            out.join("loss.csv").display(),
+            report.grid.display()
+        );
+    }
+    let weights = report.weights.expect("written at the run's last step");
+    println!("wrote {} (the EMA weights and the model's config)", weights.display());
 
     // The denoising strip: four samples, DDIM with 50 steps, x_t every 5 steps, then the result.
     let strip_sampler = SamplerConfig {
@@ -324,7 +336,23 @@ fn run() -> Result<()> {
     let path = out.join("denoising_strip.png");
     image_grid(&strip, cols, 2).write_png(&path)?;
     println!("wrote {} (rows: samples; columns: x_t from noise to digit)", path.display());
+    print_next_steps(&weights, model.config.num_classes > 0);
     Ok(())
+}
+
+/// What a user runs next on the weights just written (the reading path's examples 04 to 07).
+fn print_next_steps(weights: &Path, conditional: bool) {
+    let w = weights.display();
+    println!("\nnext:");
+    println!("  cargo run --release --example 04_sample -- --checkpoint {w}    # 16 new images");
+    if conditional {
+        println!("  cargo run --release --example 04_sample -- --checkpoint {w} --label 7    # sevens");
+    }
+    println!("  cargo run --release --example 05_classifier    # the judge example 06 uses (once)");
+    println!("  cargo run --release --example 06_evaluate -- --checkpoint {w}    # Fréchet distance per sampler");
+    if conditional {
+        println!("  cargo run --release --example 07_guidance -- --checkpoint {w}    # classifier-free guidance");
+    }
 }
 
 /// Periodic evaluation: the Fréchet distance of `count` samples' classifier features to real digits (with its

@@ -1,19 +1,12 @@
 //! The examples' command lines: a mistake gets one line on stderr and a non-zero exit, never a backtrace.
 //! Runs the example binaries `cargo test` builds beside this test.
 
+mod common;
+
 use std::path::PathBuf;
 use std::process::Command;
 
-/// `target/<profile>/examples/<name>`, next to this test's `target/<profile>/deps/`.
-fn example(name: &str) -> Command {
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
-    let path = profile_dir.join("examples").join(name);
-    assert!(path.exists(), "{} is built by cargo test", path.display());
-    let mut command = Command::new(path);
-    command.env_remove("RUST_BACKTRACE");
-    command
-}
+use common::{example, scratch};
 
 /// Runs and returns (exit code, stderr), checking that stderr is one line starting "error: ".
 fn fails(command: &mut Command) -> (i32, String) {
@@ -22,12 +15,6 @@ fn fails(command: &mut Command) -> (i32, String) {
     assert_eq!(stderr.lines().count(), 1, "one line: {stderr:?}");
     assert!(stderr.starts_with("error: "), "{stderr:?}");
     (output.status.code().unwrap(), stderr.trim_end().to_string())
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("cli-errors-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 #[test]

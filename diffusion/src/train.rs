@@ -12,14 +12,14 @@ use autograd::{ParamStore, Tape, Tensor};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
-use crate::checkpoint::{save_rotating, Checkpoint, Fields};
+use crate::checkpoint::{save_rotating, save_trained, Checkpoint, Fields};
 use crate::error::{Error, Result};
 use crate::guidance::{Conditional, Guided};
 use crate::objective::{training_loss, Prediction, Weighting};
 use crate::plot::image_grid;
 use crate::sampler::{sample, Method, SamplerConfig, Spacing};
 use crate::schedule::NoiseSchedule;
-use crate::unet::UNet;
+use crate::unet::{UNet, UNetConfig};
 
 /// Every knob of a training run.
 #[derive(Clone, Debug)]
@@ -137,6 +137,13 @@ impl TrainConfig {
         .collect()
     }
 
+    /// What every file of a run records beside its tensors, checkpoints and the final weights alike: the
+    /// optimization settings (`train.*`), the model config (`unet.*`) and the run's own entries
+    /// ([`TrainConfig::run_metadata`]: the schedule, the data). [`crate::checkpoint::Trained::load`] rebuilds the model from it.
+    pub fn record(&self, model: &UNetConfig) -> BTreeMap<String, String> {
+        self.to_metadata().into_iter().chain(model.to_metadata()).chain(self.run_metadata.clone()).collect()
+    }
+
     /// Replaces the optimization settings with those stored by [`TrainConfig::to_metadata`].
     pub fn set_from_metadata(&mut self, fields: &Fields) -> Result<()> {
         self.steps = fields.get("train.steps")?;
@@ -165,11 +172,17 @@ impl TrainConfig {
 pub struct TrainReport {
     /// The step training stopped at (`steps`, or `stop_at`).
     pub step: usize,
+    /// Steps taken in this call (0 when resuming a checkpoint of the step it was to stop at).
+    pub trained_steps: usize,
+    /// The loss of the last step taken in this call (NaN if it took none).
     pub final_loss: f32,
     pub mean_step_ms: f64,
     pub grid: PathBuf,
     /// The checkpoint written where training stopped.
     pub checkpoint: PathBuf,
+    /// `out_dir/model.safetensors`, the EMA weights with the run's [`TrainConfig::record`], written when
+    /// the run reached its last step (not when it stopped early at `stop_at`).
+    pub weights: Option<PathBuf>,
     /// Time per op over the run's training steps, largest first (with [`TrainConfig::profile`]).
     pub profile: Option<String>,
 }
@@ -255,8 +268,9 @@ pub fn shuffle(items: &mut [usize], rng: &mut StdRng) {
 }
 
 /// Trains `model` on `images` [N, C, H, W] (values in [−1, 1]) as configured, from scratch or from
-/// `resume`; writes `loss.csv`, `samples_step<k>.png` every `sample_every` steps, `samples.png` at the end
-/// and checkpoints into `out_dir/checkpoints`. Returns the EMA parameters (for sampling) and a report.
+/// `resume`; writes `loss.csv`, `samples_step<k>.png` every `sample_every` steps, `samples.png` and
+/// `model.safetensors` (the EMA weights, which [`crate::checkpoint::Trained::load`] opens) at the end, and checkpoints into
+/// `out_dir/checkpoints`. Returns the EMA parameters (for sampling) and a report.
 ///
 /// A run resumed from the checkpoint of step k continues exactly as the uninterrupted run would have: the
 /// parameters, the EMA, Adam's moments, the data order and every random draw are restored or recomputed
@@ -406,12 +420,7 @@ pub fn train(
                     ema: ema.params().clone(),
                     ema_updates: ema.updates(),
                     adam: opt.state().to_vec(),
-                    config: config
-                        .to_metadata()
-                        .into_iter()
-                        .chain(model.config.to_metadata())
-                        .chain(config.run_metadata.clone())
-                        .collect(),
+                    config: config.record(&model.config),
                 };
                 last_checkpoint = Some(save_rotating(&checkpoint_dir, &checkpoint, config.keep_checkpoints)?);
             }
@@ -425,7 +434,25 @@ pub fn train(
         config.out_dir.join(if end == config.steps { "samples.png".into() } else { format!("samples_step{end}.png") });
     write_grid(model, ema.params(), schedule, config, &grid)?;
     let checkpoint = last_checkpoint.unwrap_or_else(|| checkpoint_dir.join(format!("step-{end:08}.safetensors")));
-    Ok((ema, TrainReport { step: end, final_loss: last_loss, mean_step_ms, grid, checkpoint, profile }))
+    let weights = config.out_dir.join("model.safetensors");
+    let weights = (end == config.steps).then_some(weights);
+    if let Some(path) = &weights {
+        save_trained(path, ema.params(), &config.record(&model.config))?;
+    }
+    let trained_steps = end.saturating_sub(start);
+    Ok((
+        ema,
+        TrainReport {
+            step: end,
+            trained_steps,
+            final_loss: last_loss,
+            mean_step_ms,
+            grid,
+            checkpoint,
+            weights,
+            profile,
+        },
+    ))
 }
 
 /// Opens the loss log for appending after step `start`: a new file with its header when starting from

@@ -8,13 +8,12 @@
 //! before touching the model: a missing, extra, wrong-dtype or wrong-shape tensor is an error naming the
 //! file, and the parameters are left as they were.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Write;
 use std::path::Path;
 
 use autograd::{ParamStore, Tensor};
-use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 
 use crate::error::{Error, Result};
@@ -22,28 +21,65 @@ use crate::error::{Error, Result};
 mod state;
 mod trained;
 pub use state::{check_format, join, list_checkpoints, save_rotating, Checkpoint, Fields, FORMAT, FORMAT_VERSION};
-pub use trained::{Trained, WEIGHTS_FORMAT};
+pub use trained::{save_trained, Trained, WEIGHTS_FORMAT};
 
 /// Writes every parameter of `params` and the string `metadata` to `path`, crash-safe.
 pub fn save_weights(path: impl AsRef<Path>, params: &ParamStore, metadata: &BTreeMap<String, String>) -> Result<()> {
-    let path = path.as_ref();
-    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = params
-        .iter()
-        .map(|(_, name, t)| {
-            (name.to_string(), t.shape().to_vec(), t.data().iter().flat_map(|v| v.to_le_bytes()).collect())
-        })
-        .collect();
-    let views = bytes
-        .iter()
-        .map(|(name, shape, data)| {
-            let view = TensorView::new(Dtype::F32, shape.clone(), data).expect("sizes agree by construction");
-            (name.clone(), view)
-        })
-        .collect::<Vec<_>>();
-    let info: HashMap<String, String> = metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-    let buffer = safetensors::serialize(views, Some(info))
-        .map_err(|e| Error::format(path, format!("could not be encoded as safetensors: {e}")))?;
-    write_atomically(path, &buffer)
+    let tensors = params.iter().map(|(_, name, t)| Entry::f32(name.to_string(), t.shape(), t.data())).collect();
+    write_atomically(path.as_ref(), &encode(tensors, metadata))
+}
+
+/// One tensor of a file to be written: name, dtype, shape and little-endian bytes.
+struct Entry {
+    name: String,
+    dtype: Dtype,
+    shape: Vec<usize>,
+    bytes: Vec<u8>,
+}
+
+impl Entry {
+    fn f32(name: String, shape: &[usize], values: &[f32]) -> Entry {
+        let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        Entry { name, dtype: Dtype::F32, shape: shape.to_vec(), bytes }
+    }
+}
+
+/// The bytes of a safetensors file holding `tensors` and `metadata`: the same contents always give the same
+/// bytes (identical runs write identical files). The `safetensors` crate takes its metadata as a `HashMap`
+/// and writes it in a different order every run, so the header is written here:
+/// ```text
+/// [u64 little-endian: header length n] [n bytes of JSON, padded with spaces to a multiple of 8] [data]
+/// {"__metadata__":{key: value, … in key order},"name":{"dtype":"F32","shape":[…],"data_offsets":[begin,end]}, …}
+/// ```
+/// Tensors go in the order the crate itself uses (wider dtypes first, then by name), so each stays aligned
+/// to its element size; offsets count from the start of the data.
+fn encode(mut tensors: Vec<Entry>, metadata: &BTreeMap<String, String>) -> Vec<u8> {
+    let width = |d: Dtype| if d == Dtype::I64 { 8 } else { 4 };
+    tensors.sort_by(|a, b| width(b.dtype).cmp(&width(a.dtype)).then_with(|| a.name.cmp(&b.name)));
+    let quote = |s: &str| serde_json::to_string(s).expect("a string always encodes");
+    let mut fields = Vec::with_capacity(tensors.len() + 1);
+    if !metadata.is_empty() {
+        let entries: Vec<String> = metadata.iter().map(|(k, v)| format!("{}:{}", quote(k), quote(v))).collect();
+        fields.push(format!("\"__metadata__\":{{{}}}", entries.join(",")));
+    }
+    let mut offset = 0;
+    for t in &tensors {
+        let shape: Vec<String> = t.shape.iter().map(usize::to_string).collect();
+        let (begin, end) = (offset, offset + t.bytes.len());
+        offset = end;
+        let dtype = quote(&format!("{:?}", t.dtype));
+        let info = format!("{{\"dtype\":{dtype},\"shape\":[{}],\"data_offsets\":[{begin},{end}]}}", shape.join(","));
+        fields.push(format!("{}:{info}", quote(&t.name)));
+    }
+    let mut header = format!("{{{}}}", fields.join(",")).into_bytes();
+    header.resize(header.len().next_multiple_of(8), b' ');
+    let mut bytes = Vec::with_capacity(8 + header.len() + offset);
+    bytes.extend((header.len() as u64).to_le_bytes());
+    bytes.extend(header);
+    for t in tensors {
+        bytes.extend(t.bytes);
+    }
+    bytes
 }
 
 /// Replaces `path` with `bytes` so that a crash leaves either the old or the new file whole.
@@ -78,6 +114,13 @@ pub fn read_metadata(path: impl AsRef<Path>) -> Result<BTreeMap<String, String>>
     let (_, header) = SafeTensors::read_metadata(&bytes)
         .map_err(|e| Error::format(path, format!("is not a valid safetensors file ({e})")))?;
     Ok(header.metadata().clone().unwrap_or_default().into_iter().collect())
+}
+
+/// The shape of the tensor `name` in the safetensors file `path`, if it holds one.
+fn tensor_shape(path: &Path, name: &str) -> Result<Option<Vec<usize>>> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let (file, _) = parse(path, &bytes)?;
+    Ok(file.tensor(name).ok().map(|view| view.shape().to_vec()))
 }
 
 /// Loads `path` into `params`: every parameter must be present as f32 with its shape; returns the file's

@@ -26,10 +26,9 @@ use std::str::FromStr;
 
 use autograd::optim::AdamState;
 use autograd::ParamStore;
-use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 
-use super::{check_no_extra, parse, read_f32, read_store, write_atomically};
+use super::{check_no_extra, encode, parse, read_f32, read_store, write_atomically, Entry};
 use crate::error::{Error, Result};
 
 /// What [`Checkpoint`] files say in their `format` entry, and the version this code writes and reads.
@@ -58,12 +57,10 @@ const RESERVED: [&str; 7] = ["format", "format_version", "step", "epoch", "posit
 impl Checkpoint {
     /// Writes the checkpoint to `path`, crash-safe ([`write_atomically`]).
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
-        let path = path.as_ref();
-        let mut tensors: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
-        let f32_bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+        let mut tensors: Vec<Entry> = Vec::new();
         for (prefix, store) in [("model.", &self.params), ("ema.", &self.ema)] {
             for (_, name, t) in store.iter() {
-                tensors.push((format!("{prefix}{name}"), Dtype::F32, t.shape().to_vec(), f32_bytes(t.data())));
+                tensors.push(Entry::f32(format!("{prefix}{name}"), t.shape(), t.data()));
             }
         }
         let mut steps = Vec::with_capacity(self.params.len());
@@ -71,12 +68,12 @@ impl Checkpoint {
             let state = self.adam.get(id.0).and_then(Option::as_ref);
             steps.push(state.map_or(0, |s| s.step as i64));
             if let Some(s) = state {
-                tensors.push((format!("adam.m.{name}"), Dtype::F32, t.shape().to_vec(), f32_bytes(&s.m)));
-                tensors.push((format!("adam.v.{name}"), Dtype::F32, t.shape().to_vec(), f32_bytes(&s.v)));
+                tensors.push(Entry::f32(format!("adam.m.{name}"), t.shape(), &s.m));
+                tensors.push(Entry::f32(format!("adam.v.{name}"), t.shape(), &s.v));
             }
         }
-        let step_bytes = steps.iter().flat_map(|s| s.to_le_bytes()).collect();
-        tensors.push(("adam.step".to_string(), Dtype::I64, vec![steps.len()], step_bytes));
+        let bytes = steps.iter().flat_map(|s| s.to_le_bytes()).collect();
+        tensors.push(Entry { name: "adam.step".to_string(), dtype: Dtype::I64, shape: vec![steps.len()], bytes });
 
         let mut metadata = self.config.clone();
         if let Some(key) = metadata.keys().find(|k| RESERVED.contains(&k.as_str())) {
@@ -88,18 +85,12 @@ impl Checkpoint {
         metadata.insert("epoch".into(), self.epoch.to_string());
         metadata.insert("position".into(), self.position.to_string());
         metadata.insert("ema_updates".into(), self.ema_updates.to_string());
-        let sum = checksum(tensors.iter().map(|(n, d, s, b)| (n.as_str(), *d, s.as_slice(), b.as_slice())), &metadata);
+        let sum = checksum(
+            tensors.iter().map(|t| (t.name.as_str(), t.dtype, t.shape.as_slice(), t.bytes.as_slice())),
+            &metadata,
+        );
         metadata.insert("checksum".into(), sum);
-
-        let views = tensors
-            .iter()
-            .map(|(name, dtype, shape, data)| {
-                (name.clone(), TensorView::new(*dtype, shape.clone(), data).expect("sizes agree by construction"))
-            })
-            .collect::<Vec<_>>();
-        let buffer = safetensors::serialize(views, Some(metadata.into_iter().collect()))
-            .map_err(|e| Error::format(path, format!("could not be encoded as safetensors: {e}")))?;
-        write_atomically(path, &buffer)
+        write_atomically(path.as_ref(), &encode(tensors, &metadata))
     }
 
     /// Reads a checkpoint for a model whose parameters have the names and shapes of `template`. Checks the

@@ -306,3 +306,50 @@ fn writer_process() {
         c.save(dir.join("run.safetensors")).unwrap();
     }
 }
+
+/// The same contents give the same bytes: metadata in key order, tensors in the crate's order.
+#[test]
+fn identical_contents_write_identical_bytes() {
+    let meta: BTreeMap<String, String> = (0..40).map(|i| (format!("key{i}"), format!("value \"{i}\""))).collect();
+    let (a, b) = (temp("same-a.safetensors"), temp("same-b.safetensors"));
+    save_weights(&a, &store(1.0), &meta).unwrap();
+    save_weights(&b, &store(1.0), &meta).unwrap();
+    assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+    assert_eq!(read_metadata(&a).unwrap(), meta, "quotes in values survive the hand-written header");
+    state(1.0).save(&a).unwrap();
+    state(1.0).save(&b).unwrap();
+    assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+}
+
+/// A weights file from before weights files held the U-Net config (`unet.*`) still opens: the config is
+/// rebuilt from the preset it names, with the classes its class embedding table has.
+#[test]
+fn weights_without_a_unet_config_are_rebuilt_from_their_preset() {
+    use crate::unet::{UNet, UNetConfig};
+    for num_classes in [0, 10] {
+        let config = UNetConfig { num_classes, ..UNetConfig::tiny() };
+        let mut params = ParamStore::new();
+        let _ = UNet::new(config.clone(), &mut params, 3);
+        let meta: BTreeMap<String, String> = [
+            ("format", WEIGHTS_FORMAT),
+            ("format_version", "1"),
+            ("preset", "tiny"),
+            ("train.prediction", "epsilon"),
+            ("schedule", "linear"),
+            ("timesteps", "50"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let path = temp(&format!("legacy-{num_classes}.safetensors"));
+        save_weights(&path, &params, &meta).unwrap();
+        let trained = Trained::load(&path).unwrap();
+        assert_eq!(trained.model.config, config);
+        assert_eq!(trained.params.get(autograd::ParamId(0)).data(), params.get(autograd::ParamId(0)).data());
+        let mut unknown = meta.clone();
+        unknown.insert("preset".into(), "huge".into());
+        save_weights(&path, &params, &unknown).unwrap();
+        let err = Trained::load(&path).err().unwrap().to_string();
+        assert_eq!(err, format!("{}: has an unknown \"preset\": \"huge\"", path.display()));
+    }
+}

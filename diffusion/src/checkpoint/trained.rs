@@ -8,7 +8,7 @@ use std::path::Path;
 
 use autograd::ParamStore;
 
-use super::{load_weights, read_metadata, Checkpoint, Fields, FORMAT};
+use super::{load_weights, read_metadata, save_weights, tensor_shape, Checkpoint, Fields, FORMAT, FORMAT_VERSION};
 use crate::error::{Error, Result};
 use crate::objective::Prediction;
 use crate::schedule::NoiseSchedule;
@@ -16,6 +16,16 @@ use crate::unet::{UNet, UNetConfig};
 
 /// What weights files say in their `format` entry.
 pub const WEIGHTS_FORMAT: &str = "scratch-diffusion weights";
+
+/// Writes the weights file of a trained model: `params` (the EMA weights) and `record` (what
+/// `TrainConfig::record` says of the run: `unet.*`, `train.*`, `schedule`, `timesteps`, ...), with the
+/// format and its version, so that [`Trained::load`] rebuilds the model from the file alone.
+pub fn save_trained(path: &Path, params: &ParamStore, record: &BTreeMap<String, String>) -> Result<()> {
+    let mut metadata = record.clone();
+    metadata.insert("format".to_string(), WEIGHTS_FORMAT.to_string());
+    metadata.insert("format_version".to_string(), FORMAT_VERSION.to_string());
+    save_weights(path, params, &metadata)
+}
 
 /// A model ready to sample from.
 pub struct Trained {
@@ -68,7 +78,17 @@ impl Trained {
         let path = path.as_ref();
         let metadata = read_metadata(path)?;
         let fields = Fields::new(path, &metadata);
-        let config = UNetConfig::from_metadata(&fields)?;
+        let config = if metadata.keys().any(|k| k.starts_with("unet.")) {
+            UNetConfig::from_metadata(&fields)?
+        } else {
+            let config = config_from_preset(path, &fields)?;
+            eprintln!(
+                "note: {} holds no U-Net config (written before weights files had one); rebuilt it from its preset {:?}",
+                path.display(),
+                fields.text("preset")?
+            );
+            config
+        };
         let prediction = fields.named("train.prediction", Prediction::from_name)?;
         let timesteps: usize = fields.get("timesteps")?;
         if timesteps < 2 {
@@ -86,4 +106,15 @@ impl Trained {
         }
         Ok(Trained { model, params, prediction, schedule, metadata })
     }
+}
+
+/// The U-Net config of a weights file written before weights files held `unet.*`: the preset it names (such
+/// files were trained with the preset as it is), with the classes a conditional model's class embedding
+/// table has (its rows are the classes and "no class").
+fn config_from_preset(path: &Path, fields: &Fields) -> Result<UNetConfig> {
+    let mut config = fields.named("preset", UNetConfig::preset)?;
+    if let Some(shape) = tensor_shape(path, "class_embedding.weight")? {
+        config.num_classes = shape[0].saturating_sub(1);
+    }
+    Ok(config)
 }
