@@ -26,7 +26,7 @@ fn main() {
 fn run() -> Result<()> {
     let mut args = Args::from_env()?;
     let quick = args.flag("quick", "a short run for CI")?;
-    let steps: usize = args.value("steps", if quick { 100 } else { 1500 }, "training steps")?;
+    let steps: usize = args.value_in("steps", if quick { 100 } else { 1500 }, 1..=10_000_000, "training steps")?;
     let seed: u64 = args.value("seed", 0, "random seed")?;
     args.finish()?;
 

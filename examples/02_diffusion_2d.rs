@@ -34,11 +34,17 @@ fn run() -> Result<()> {
     let mut args = Args::from_env()?;
     let quick = args.flag("quick", "a short run for CI")?;
     let dataset: String = args.value("dataset", "moons".to_string(), "moons, swiss-roll, ring or all")?;
-    let steps: usize = args.value("steps", if quick { 300 } else { 8000 }, "training steps")?;
-    let batch: usize = args.value("batch", 256, "points per training step")?;
-    let lr: f32 = args.value("lr", 1e-3, "Adam learning rate")?;
-    let timesteps: usize = args.value("timesteps", if quick { 100 } else { 1000 }, "diffusion steps T")?;
-    let samples: usize = args.value("samples", if quick { 300 } else { 2000 }, "points to generate")?;
+    let steps: usize = args.value_in("steps", if quick { 300 } else { 8000 }, 1..=10_000_000, "training steps")?;
+    let batch: usize = args.value_in("batch", 256, 1..=1_000_000, "points per training step")?;
+    let lr: f32 = args.value_in("lr", 1e-3, diffusion::train::limits::LR, "Adam learning rate")?;
+    let timesteps: usize = args.value_in(
+        "timesteps",
+        if quick { 100 } else { 1000 },
+        diffusion::schedule::TIMESTEPS,
+        "diffusion steps T",
+    )?;
+    let samples: usize =
+        args.value_in("samples", if quick { 300 } else { 2000 }, 1..=1_000_000, "points to generate")?;
     let seed: u64 = args.value("seed", 0, "random seed")?;
     let out: String = args.value("out", (if quick { "out/quick" } else { "out" }).to_string(), "output directory")?;
     args.finish()?;

@@ -23,7 +23,9 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use autograd::{ParamStore, Tensor};
-use diffusion::checkpoint::{check_format, list_checkpoints, read_metadata, Checkpoint, Fields};
+use diffusion::checkpoint::{
+    check_element_count, check_format, list_checkpoints, read_metadata, schedule_of, Checkpoint, Fields,
+};
 use diffusion::cifar::read_cifar10_path;
 use diffusion::classifier::{self, Classifier};
 use diffusion::cli::{exit_on_error, Args};
@@ -32,8 +34,8 @@ use diffusion::idx::{read_labeled, shipped_mnist_dir};
 use diffusion::objective::{Prediction, Weighting};
 use diffusion::plot::image_grid;
 use diffusion::sampler::{sample, sample_traced, Method, SamplerConfig, Spacing};
-use diffusion::schedule::NoiseSchedule;
-use diffusion::train::{train, TrainConfig};
+use diffusion::schedule::{NoiseSchedule, TIMESTEPS};
+use diffusion::train::{limits, train, TrainConfig};
 use diffusion::unet::{UNet, UNetConfig};
 use diffusion::{Error, Result};
 use rand::rngs::StdRng;
@@ -77,30 +79,48 @@ fn run() -> Result<()> {
         String::new(),
         "train on CIFAR-10 binary files instead (a file or the directory of data_batch_*.bin; use --preset rgb32)",
     )?;
-    let limit: usize = args.value("limit", if quick { 64 } else { 0 }, "use only the first N images (0: all)")?;
+    let limit: usize =
+        args.value_in("limit", if quick { 64 } else { 0 }, 0..=10_000_000, "use only the first N images (0: all)")?;
     let preset: String = args.value("preset", "small".to_string(), "U-Net preset: small, tiny, rgb32")?;
-    let steps: usize = args.value("steps", if quick { 3 } else { 3000 }, "training steps")?;
-    let batch: usize = args.value("batch", if quick { 4 } else { 32 }, "images per step")?;
-    let lr: f32 = args.value("lr", 1e-3, "peak learning rate (AdamW)")?;
-    let warmup: usize = args.value("warmup", if quick { 1 } else { 200 }, "warmup steps")?;
-    let weight_decay: f32 = args.value("weight-decay", 0.0, "AdamW decoupled weight decay")?;
-    let grad_clip: f32 = args.value("grad-clip", 1.0, "global gradient-norm bound (0: off)")?;
-    let ema_decay: f32 = args.value("ema", 0.999, "EMA decay of the weights used for sampling")?;
-    let timesteps: usize = args.value("timesteps", 1000, "diffusion steps T")?;
+    let steps: usize = args.value_in("steps", if quick { 3 } else { 3000 }, limits::STEPS, "training steps")?;
+    let batch: usize = args.value_in("batch", if quick { 4 } else { 32 }, limits::BATCH, "images per step")?;
+    let lr: f32 = args.value_in("lr", 1e-3, limits::LR, "peak learning rate (AdamW)")?;
+    let warmup: usize = args.value_in(
+        "warmup",
+        if quick { 1 } else { 200 },
+        limits::STEPS.start() - 1..=*limits::STEPS.end(),
+        "warmup steps",
+    )?;
+    let weight_decay: f32 = args.value_in("weight-decay", 0.0, limits::WEIGHT_DECAY, "AdamW decoupled weight decay")?;
+    let grad_clip: f32 = args.value_in("grad-clip", 1.0, limits::GRAD_CLIP, "global gradient-norm bound (0: off)")?;
+    let ema_decay: f32 =
+        args.value_in("ema", 0.999, limits::EMA_DECAY, "EMA decay of the weights used for sampling")?;
+    let timesteps: usize = args.value_in("timesteps", 1000, TIMESTEPS, "diffusion steps T")?;
     let schedule_name: String =
         args.value("schedule", "linear".to_string(), "beta schedule: linear, cosine, sigmoid")?;
     let prediction_name: String = args.value("prediction", "epsilon".to_string(), "network target: epsilon, x0, v")?;
-    let min_snr: f64 = args.value("min-snr", 0.0, "min-SNR-gamma loss weighting (0: uniform)")?;
+    let min_snr: f64 =
+        args.value_in("min-snr", 0.0, 0.0..=*limits::MIN_SNR_GAMMA.end(), "min-SNR-gamma loss weighting (0: uniform)")?;
     let seed: u64 = args.value("seed", 0, "random seed")?;
     let conditional =
         args.flag("conditional", "class-conditional: learn p(x | label), for classifier-free guidance")?;
-    let label_dropout: f32 =
-        args.value("label-dropout", 0.1, "probability of training an image as unlabeled (--conditional)")?;
-    let guidance: f32 = args.value("guidance", 3.0, "guidance scale of the sample grids (--conditional)")?;
+    let label_dropout: f32 = args.value_in(
+        "label-dropout",
+        0.1,
+        limits::LABEL_DROPOUT,
+        "probability of training an image as unlabeled (--conditional)",
+    )?;
+    let guidance: f32 = args.value_in(
+        "guidance",
+        3.0,
+        diffusion::guidance::SCALE,
+        "guidance scale of the sample grids (--conditional)",
+    )?;
     let sample_every: usize = args.value("sample-every", if quick { 0 } else { 500 }, "steps between sample grids")?;
-    let grid: usize = args.value("grid", if quick { 4 } else { 64 }, "images in each sample grid")?;
+    let grid: usize =
+        args.value_in("grid", if quick { 4 } else { 64 }, limits::GRID_IMAGES, "images in each sample grid")?;
     let sampler_steps: usize =
-        args.value("sampler-steps", if quick { 3 } else { 20 }, "DPM-Solver++ steps for the grids")?;
+        args.value_in("sampler-steps", if quick { 3 } else { 20 }, 1..=100_000, "DPM-Solver++ steps for the grids")?;
     let checkpoint_every: usize =
         args.value("checkpoint-every", if quick { 2 } else { 500 }, "steps between checkpoints")?;
     let keep: usize = args.value("keep", 3, "checkpoints to keep, newest first (0: all)")?;
@@ -111,7 +131,8 @@ fn run() -> Result<()> {
         0,
         "steps between evaluations of the EMA weights with example 05's classifier (0: none)",
     )?;
-    let eval_count: usize = args.value("eval-count", 128, "samples per evaluation (DPM-Solver++, 10 steps)")?;
+    let eval_count: usize =
+        args.value_in("eval-count", 128, 2..=10_000, "samples per evaluation (DPM-Solver++, 10 steps)")?;
     let classifier_path =
         args.path("classifier", "out/05/classifier.safetensors", "the classifier for --eval-every")?;
     let resume: String =
@@ -141,13 +162,15 @@ fn run() -> Result<()> {
         ..TrainConfig::new(steps, batch, out.clone())
     };
     let usage = |what: &str, value: &str| Error::Usage(format!("--{what} {value:?}: unknown"));
-    let (mut net_config, preset, schedule_name, timesteps, limit, resume_from) = if resume.is_empty() {
+    let (mut net_config, preset, schedule_name, schedule, limit, resume_from) = if resume.is_empty() {
         let mut net_config = UNetConfig::preset(&preset).ok_or_else(|| usage("preset", &preset))?;
         net_config.num_classes = if conditional { 10 } else { 0 };
         config.prediction =
             Prediction::from_name(&prediction_name).ok_or_else(|| usage("prediction", &prediction_name))?;
-        NoiseSchedule::by_name(&schedule_name, timesteps).ok_or_else(|| usage("schedule", &schedule_name))?;
-        (net_config, preset, schedule_name, timesteps, limit, None)
+        let schedule = NoiseSchedule::named(&schedule_name, timesteps).map_err(|problem| {
+            Error::Usage(format!("--schedule {schedule_name} --timesteps {timesteps}: {problem}"))
+        })?;
+        (net_config, preset, schedule_name, schedule, limit, None)
     } else {
         // The run's settings come from the checkpoint; changing them would not continue the same run.
         if let Some(flag) = fixed.first() {
@@ -166,24 +189,21 @@ fn run() -> Result<()> {
         let fields = Fields::new(&path, &metadata);
         config.set_from_metadata(&fields)?;
         let net_config = UNetConfig::from_metadata(&fields)?;
-        let timesteps: usize = fields.get("timesteps")?;
-        let schedule_name = fields.text("schedule")?.to_string();
-        fields.named("schedule", |name| NoiseSchedule::by_name(name, timesteps))?;
-        let preset = fields.text("preset")?.to_string();
-        (net_config, preset, schedule_name, timesteps, fields.get("data.limit")?, Some(path))
+        let schedule = schedule_of(&fields)?;
+        let (preset, schedule_name) = (fields.text("preset")?.to_string(), fields.text("schedule")?.to_string());
+        (net_config, preset, schedule_name, schedule, fields.get("data.limit")?, Some(path))
     };
-    let schedule = NoiseSchedule::by_name(&schedule_name, timesteps).expect("checked above");
 
-    let (images_path, mut images, mut labels) = if cifar.is_empty() {
+    let (images_path, labels_path, mut images, mut labels) = if cifar.is_empty() {
         let (images_path, labels_path) = (PathBuf::from(images_flag), PathBuf::from(labels_flag));
         let data = read_labeled(&images_path, &labels_path)?;
-        (images_path, data.images.to_tensor(), data.labels)
+        (images_path, labels_path, data.images.to_tensor(), data.labels)
     } else {
         let data = read_cifar10_path(&cifar)?;
-        (PathBuf::from(&cifar), data.to_tensor(), data.labels)
+        (PathBuf::from(&cifar), PathBuf::from(&cifar), data.to_tensor(), data.labels)
     };
     if let Some(&big) = labels.iter().find(|&&l| l as usize >= net_config.num_classes.max(10)) {
-        return Err(Error::format(&images_path, format!("has a label {big}; digits and CIFAR-10 have labels 0-9")));
+        return Err(Error::format(&labels_path, format!("has a label {big}; digits and CIFAR-10 have labels 0-9")));
     }
     // A preset is an architecture; a new run takes the image size and channels from its data (as diffusers'
     // `sample_size` and `in_channels`), so `--preset tiny` trains on 28×28 digits too. A resumed run's
@@ -215,12 +235,21 @@ fn run() -> Result<()> {
     config.run_metadata.extend([
         ("preset".to_string(), preset.clone()),
         ("schedule".to_string(), schedule_name.clone()),
-        ("timesteps".to_string(), timesteps.to_string()),
+        ("timesteps".to_string(), schedule.steps().to_string()),
         ("data.images".to_string(), images_path.display().to_string()),
         ("data.count".to_string(), images.shape()[0].to_string()),
         ("data.limit".to_string(), limit.to_string()),
     ]);
 
+    // One check of the whole run, from flags or from a checkpoint, before anything is allocated for it.
+    let invalid = |problem: String| match &resume_from {
+        Some(path) => Error::format(path, format!("has {problem}")),
+        None => Error::Usage(problem),
+    };
+    config.validate(&net_config, schedule.steps()).map_err(invalid)?;
+    if let Some(path) = &resume_from {
+        check_element_count(path, "model.", net_config.sizes().parameters)?;
+    }
     let mut params = ParamStore::new();
     let model = UNet::new(net_config, &mut params, config.seed);
     let checkpoint = match &resume_from {
@@ -233,6 +262,15 @@ fn run() -> Result<()> {
                     path.display(),
                     images_path.display(),
                     images.shape()[0]
+                )));
+            }
+            c.fits(config.steps, images.shape()[0])
+                .map_err(|problem| Error::format(path, format!("cannot continue this run: {problem}")))?;
+            if let Some(stop) = config.stop_at.filter(|&stop| stop as u64 <= c.step) {
+                return Err(Error::Usage(format!(
+                    "--stop-at {stop}: {} is already at step {}",
+                    path.display(),
+                    c.step
                 )));
             }
             println!("resuming {} at step {} of {}", path.display(), c.step, config.steps);

@@ -15,15 +15,12 @@
 
 use std::time::Instant;
 
-use autograd::ParamStore;
 use diffusion::checkpoint::Trained;
 use diffusion::cli::{exit_on_error, Args};
 use diffusion::guidance::Guided;
-use diffusion::objective::Prediction;
 use diffusion::plot::image_grid;
-use diffusion::sampler::{sample, Method, SamplerConfig, Spacing};
-use diffusion::schedule::NoiseSchedule;
-use diffusion::unet::{UNet, UNetConfig};
+use diffusion::sampler::{sample, Method, SamplerConfig, Spacing, SAMPLER_STEPS};
+use diffusion::unet::UNetConfig;
 use diffusion::{Error, Result};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -39,19 +36,25 @@ fn run() -> Result<()> {
         args.value("random-weights", String::new(), "sample from an untrained model of this preset (for timing)")?;
     let checkpoint = args.path("checkpoint", "out/03/model.safetensors", "weights or a checkpoint from example 03")?;
     let sampler: String = args.value("sampler", "dpm".to_string(), "ddpm, ddim or dpm (DPM-Solver++ 2M)")?;
-    let steps: usize = args.value("steps", if quick { 4 } else { 20 }, "network evaluations (ddpm: all T)")?;
-    let eta: f32 = args.value("eta", 0.0, "DDIM noise scale")?;
+    let steps: usize =
+        args.value_in("steps", if quick { 4 } else { 20 }, SAMPLER_STEPS, "network evaluations (ddpm: all T)")?;
+    let eta: f32 = args.value_in("eta", 0.0, 0.0..=1.0, "DDIM noise scale")?;
     let spacing_name: String =
         args.value("spacing", "linspace".to_string(), "timestep spacing: linspace, leading, trailing")?;
     let no_clip = args.flag("no-clip", "do not clamp the predicted x0 to [-1, 1]")?;
-    let count: usize = args.value("count", 16, "images to draw")?;
+    let count: usize = args.value_in("count", 16, 1..=100_000, "images to draw")?;
     let seed: u64 = args.value("seed", 0, "random seed")?;
     let label: String = args.value(
         "label",
         String::new(),
         "class-conditional models: the class to draw (default: every class in turn)",
     )?;
-    let guidance: f32 = args.value("guidance", 2.0, "class-conditional models: classifier-free guidance scale w")?;
+    let guidance: f32 = args.value_in(
+        "guidance",
+        2.0,
+        diffusion::guidance::SCALE,
+        "class-conditional models: classifier-free guidance scale w",
+    )?;
     let out = args.out(quick, "04/samples.png", "output PNG")?;
     args.finish()?;
 
@@ -64,14 +67,12 @@ fn run() -> Result<()> {
     let spacing = Spacing::from_name(&spacing_name)
         .ok_or_else(|| Error::Usage(format!("--spacing {spacing_name:?}: unknown")))?;
 
-    let mut params = ParamStore::new();
-    let (model, prediction, schedule) = if quick || !random.is_empty() {
+    let trained = if quick || !random.is_empty() {
         let preset = if quick { "tiny" } else { random.as_str() };
         let config = UNetConfig::preset(preset)
             .ok_or_else(|| Error::Usage(format!("--random-weights {preset:?}: unknown preset")))?;
-        let model = UNet::new(config, &mut params, seed);
         println!("an untrained '{preset}' U-Net (random weights): the images are noise; the timing is real");
-        (model, Prediction::Epsilon, NoiseSchedule::linear_scaled(if quick { 100 } else { 1000 }))
+        Trained::untrained(config, if quick { 100 } else { 1000 }, seed)
     } else {
         // The file's metadata describes the model; build it, then load the weights into it.
         let trained = Trained::load(&checkpoint)?;
@@ -87,9 +88,10 @@ fn run() -> Result<()> {
             trained.schedule.steps(),
             m.get("step").map_or(String::new(), |s| format!(", checkpoint of step {s}: its EMA weights"))
         );
-        params = trained.params;
-        (trained.model, trained.prediction, trained.schedule)
+        trained
     };
+    trained.check_sampling(if method == Method::Ddpm { trained.schedule.steps() } else { steps }, count)?;
+    let Trained { model, params, prediction, schedule, .. } = trained;
 
     let config = SamplerConfig { method, steps, spacing, clip_x0: (!no_clip).then_some(1.0) };
     let c = &model.config;

@@ -33,7 +33,8 @@ fn run() -> Result<()> {
     let test_images: String =
         args.value("test-images", String::new(), "a separate test set (default: hold out 50 per digit)")?;
     let test_labels: String = args.value("test-labels", String::new(), "its labels")?;
-    let epochs: usize = args.value("epochs", if quick { 1 } else { 25 }, "passes over the training images")?;
+    let epochs: usize =
+        args.value_in("epochs", if quick { 1 } else { 25 }, 1..=10_000, "passes over the training images")?;
     let seed: u64 = args.value("seed", 0, "random seed")?;
     let out = args.out(quick, "05/classifier.safetensors", "where to write the weights")?;
     args.finish()?;

@@ -37,9 +37,13 @@ fn run() -> Result<()> {
     let quick = args.flag("quick", "an untrained model, a one-epoch classifier, few images and steps: for CI")?;
     let checkpoint = args.path("checkpoint", "out/03/model.safetensors", "weights or checkpoint from example 03")?;
     let classifier_path = args.path("classifier", "out/05/classifier.safetensors", "classifier from example 05")?;
-    let count: usize =
-        args.value("count", if quick { 16 } else { 256 }, "samples per sampler (and real images per reference set)")?;
-    let batch: usize = args.value("batch", 64, "samples drawn at once")?;
+    let count: usize = args.value_in(
+        "count",
+        if quick { 16 } else { 256 },
+        2..=100_000,
+        "samples per sampler (and real images per reference set)",
+    )?;
+    let batch: usize = args.value_in("batch", 64, 1..=100_000, "samples drawn at once")?;
     let seed: u64 = args.value("seed", 0, "random seed")?;
     let out = args.out(quick, "06", "output directory")?;
     args.finish()?;
@@ -64,6 +68,7 @@ fn run() -> Result<()> {
     }
     let trained = Trained::load_or_untrained(&checkpoint, quick, seed)?;
     trained.require_digits()?;
+    trained.model.config.check_memory(batch, false).map_err(Error::Usage)?;
     let Trained { model, params, prediction, schedule, .. } = trained;
 
     let started = Instant::now();

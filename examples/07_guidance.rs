@@ -16,6 +16,7 @@ use autograd::Tensor;
 use diffusion::checkpoint::Trained;
 use diffusion::classifier::{self, Classifier};
 use diffusion::cli::{exit_on_error, Args};
+use diffusion::error::check_range;
 use diffusion::guidance::Guided;
 use diffusion::plot::image_grid;
 use diffusion::sampler::{sample, Method, SamplerConfig, Spacing};
@@ -39,14 +40,20 @@ fn run() -> Result<()> {
     let classifier_path =
         args.path("classifier", "out/05/classifier.safetensors", "classifier from example 05 (judges the digits)")?;
     let scales: String = args.value("scales", "0,1,2,3".to_string(), "guidance scales w, comma-separated")?;
-    let per_class: usize = args.value("per-class", if quick { 1 } else { 20 }, "samples of each digit per scale")?;
-    let sampler_steps: usize = args.value("steps", if quick { 2 } else { 20 }, "DPM-Solver++ steps")?;
+    let per_class: usize =
+        args.value_in("per-class", if quick { 1 } else { 20 }, 1..=10_000, "samples of each digit per scale")?;
+    let sampler_steps: usize =
+        args.value_in("steps", if quick { 2 } else { 20 }, diffusion::sampler::SAMPLER_STEPS, "DPM-Solver++ steps")?;
     let seed: u64 = args.value("seed", 0, "random seed")?;
     let out = args.out(quick, "07", "output directory")?;
     args.finish()?;
     let scales: Vec<f32> = scales
         .split(',')
-        .map(|s| s.trim().parse().map_err(|_| Error::Usage(format!("--scales: {s:?} is not a number"))))
+        .map(|s| {
+            let w: f32 = s.trim().parse().map_err(|_| Error::Usage(format!("--scales: {s:?} is not a number")))?;
+            check_range("--scales: a scale", &w, &diffusion::guidance::SCALE).map_err(Error::Usage)?;
+            Ok(w)
+        })
         .collect::<Result<_>>()?;
 
     let trained = if quick {
@@ -55,6 +62,7 @@ fn run() -> Result<()> {
         Trained::load(&checkpoint)?
     };
     let classes = trained.model.config.num_classes;
+    trained.check_sampling(sampler_steps, per_class * classes.max(1))?;
     if classes == 0 {
         return Err(Error::Usage(format!(
             "{} is unconditional; train one with: cargo run --release --example 03_train_mnist -- --conditional --out out/03c",

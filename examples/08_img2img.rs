@@ -29,13 +29,19 @@ fn run() -> Result<()> {
     let mut args = Args::from_env()?;
     let quick = args.flag("quick", "an untrained model, few steps: for CI")?;
     let checkpoint = args.path("checkpoint", "out/03/model.safetensors", "weights or checkpoint from example 03")?;
-    let steps: usize = args.value("steps", if quick { 4 } else { 50 }, "DDIM steps for strength 1")?;
-    let count: usize = args.value("count", 6, "digits to start from")?;
+    let steps: usize = args.value_in(
+        "steps",
+        if quick { 4 } else { 50 },
+        diffusion::sampler::SAMPLER_STEPS,
+        "DDIM steps for strength 1",
+    )?;
+    let count: usize = args.value_in("count", 6, 1..=10_000, "digits to start from")?;
     let seed: u64 = args.value("seed", 0, "random seed")?;
     let out = args.out(quick, "08/img2img.png", "output PNG")?;
     args.finish()?;
 
     let t = Trained::load_or_untrained(&checkpoint, quick, seed)?;
+    t.check_sampling(steps, count)?;
     t.require_digits()?;
     let originals = held_out_digits(count, 0)?;
     let config =

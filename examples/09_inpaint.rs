@@ -33,9 +33,10 @@ fn run() -> Result<()> {
     let checkpoint = args.path("checkpoint", "out/03/model.safetensors", "weights or checkpoint from example 03")?;
     let mask_name: String = args.value("mask", "right".to_string(), "what to hide: right, bottom, square")?;
     let resample: usize =
-        args.value("resample", if quick { 2 } else { 5 }, "RePaint resampling (1: plain replacement)")?;
-    let steps: usize = args.value("steps", if quick { 3 } else { 50 }, "DDIM steps")?;
-    let count: usize = args.value("count", 6, "digits")?;
+        args.value_in("resample", if quick { 2 } else { 5 }, 1..=100, "RePaint resampling (1: plain replacement)")?;
+    let steps: usize =
+        args.value_in("steps", if quick { 3 } else { 50 }, diffusion::sampler::SAMPLER_STEPS, "DDIM steps")?;
+    let count: usize = args.value_in("count", 6, 1..=10_000, "digits")?;
     let seed: u64 = args.value("seed", 0, "random seed")?;
     let out = args.out(quick, "09/inpaint.png", "output PNG")?;
     args.finish()?;
@@ -50,6 +51,7 @@ fn run() -> Result<()> {
         return Err(Error::Usage(format!("--mask {mask_name:?}: unknown (right, bottom, square)")));
     }
     let t = Trained::load_or_untrained(&checkpoint, quick, seed)?;
+    t.check_sampling(steps, count)?;
     t.require_digits()?;
     let originals = held_out_digits(count, 3)?;
     let one: Vec<f32> = (0..784).map(|i| if hidden(i / 28, i % 28) == Some(true) { 0.0 } else { 1.0 }).collect();

@@ -37,15 +37,19 @@ fn run() -> Result<()> {
     let mut args = Args::from_env()?;
     let quick = args.flag("quick", "an untrained model, few steps: for CI")?;
     let checkpoint = args.path("checkpoint", "out/03/model.safetensors", "weights or checkpoint from example 03")?;
-    let frames: usize = args.value("frames", if quick { 3 } else { 9 }, "images per row, both ends included")?;
-    let rows: usize = args.value("rows", if quick { 1 } else { 4 }, "pairs of noises")?;
-    let steps: usize = args.value("steps", if quick { 3 } else { 50 }, "DDIM steps")?;
-    let label: usize = args.value("label", 0, "for a class-conditional model: the class to draw (guidance 3)")?;
+    let frames: usize =
+        args.value_in("frames", if quick { 3 } else { 9 }, 2..=1000, "images per row, both ends included")?;
+    let rows: usize = args.value_in("rows", if quick { 1 } else { 4 }, 1..=1000, "pairs of noises")?;
+    let steps: usize =
+        args.value_in("steps", if quick { 3 } else { 50 }, diffusion::sampler::SAMPLER_STEPS, "DDIM steps")?;
+    let label: usize =
+        args.value_in("label", 0, 0..=100_000, "for a class-conditional model: the class to draw (guidance 3)")?;
     let seed: u64 = args.value("seed", 0, "random seed")?;
     let out = args.out(quick, "10/interpolation.png", "output PNG")?;
     args.finish()?;
 
     let t = Trained::load_or_untrained(&checkpoint, quick, seed)?;
+    t.check_sampling(steps, frames * rows)?;
     let c = t.model.config.clone();
     let item = [1, c.image_channels, c.image_size, c.image_size];
     let config =

@@ -3,19 +3,8 @@
 
 mod common;
 
+use common::{example, fails, scratch};
 use std::path::PathBuf;
-use std::process::Command;
-
-use common::{example, scratch};
-
-/// Runs and returns (exit code, stderr), checking that stderr is one line starting "error: ".
-fn fails(command: &mut Command) -> (i32, String) {
-    let output = command.output().unwrap();
-    let stderr = String::from_utf8(output.stderr).unwrap();
-    assert_eq!(stderr.lines().count(), 1, "one line: {stderr:?}");
-    assert!(stderr.starts_with("error: "), "{stderr:?}");
-    (output.status.code().unwrap(), stderr.trim_end().to_string())
-}
 
 #[test]
 fn unknown_flags_and_bad_values_are_usage_errors() {

@@ -45,10 +45,14 @@ impl CifarImages {
     }
 }
 
+/// The largest CIFAR-10 file this reads, un-gzipped: 256 MiB, over 87,000 records (a CIFAR-10 batch
+/// file is 30 MB: 10,000 records). It has no header to check first, so the bound is on the bytes read.
+pub const MAX_FILE_BYTES: u64 = 256 << 20;
+
 /// Reads one CIFAR-10 binary file (gzipped or raw).
 pub fn read_cifar10(path: impl AsRef<Path>) -> Result<CifarImages> {
     let path = path.as_ref();
-    let bytes = read_maybe_gzip(path)?;
+    let bytes = read_maybe_gzip(path, MAX_FILE_BYTES)?;
     let bad = |problem: String| Error::format(path, problem);
     if bytes.is_empty() {
         return Err(bad("is empty".into()));

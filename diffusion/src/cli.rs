@@ -4,10 +4,11 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Display;
+use std::ops::RangeInclusive;
 use std::path::PathBuf;
 use std::str::FromStr;
 
-use crate::error::{Error, Result};
+use crate::error::{check_range, Error, Result};
 
 /// Parsed flags, consumed by name; [`Args::finish`] rejects whatever was not asked for.
 pub struct Args {
@@ -19,11 +20,14 @@ pub struct Args {
 }
 
 impl Args {
-    /// Reads the process's arguments.
+    /// Reads the process's arguments; one that is not valid UTF-8 is a usage error (`std::env::args` would
+    /// panic on it).
     pub fn from_env() -> Result<Args> {
-        let mut it = std::env::args();
-        let program = it.next().unwrap_or_default();
-        Args::parse(program, it)
+        let mut it = std::env::args_os().map(|arg| {
+            arg.into_string().map_err(|bad| Error::Usage(format!("the argument {bad:?} is not valid UTF-8")))
+        });
+        let program = it.next().transpose()?.unwrap_or_default();
+        Args::parse(program, it.collect::<Result<Vec<String>>>()?)
     }
 
     pub fn parse(program: String, args: impl IntoIterator<Item = String>) -> Result<Args> {
@@ -65,6 +69,21 @@ impl Args {
             Some(None) => Err(Error::Usage(format!("--{name} needs a value"))),
             Some(Some(v)) => v.parse().map_err(|e| Error::Usage(format!("--{name} {v:?}: {e}"))),
         }
+    }
+
+    /// A `--name value` flag parsed as T and required to lie in `range` (which a NaN never does), or
+    /// `default` when absent. The range is shown in `--help`.
+    pub fn value_in<T>(&mut self, name: &str, default: T, range: RangeInclusive<T>, help: &str) -> Result<T>
+    where
+        T: FromStr + Display + PartialOrd,
+        T::Err: Display,
+    {
+        let value = self.value(name, default, help)?;
+        if let Some(line) = self.known.last_mut() {
+            line.push_str(&format!(" ({} to {})", range.start(), range.end()));
+        }
+        check_range(&format!("--{name}"), &value, &range).map_err(Error::Usage)?;
+        Ok(value)
     }
 
     /// A `--name path` flag, or `default` when absent.
@@ -144,5 +163,18 @@ mod tests {
         let err = a.value("steps", 5usize, "").unwrap_err().to_string();
         assert_eq!(err, "--steps \"ten\": invalid digit found in string");
         assert!(args(&["stray"]).is_err());
+    }
+
+    #[test]
+    fn values_outside_their_range_and_nan_are_refused() {
+        let mut a = args(&["--batch", "0", "--lr", "nan", "--ema", "inf", "--count", "5"]).unwrap();
+        let err = a.value_in("batch", 32usize, 1..=4096, "").unwrap_err().to_string();
+        assert_eq!(err, "--batch 0: out of range (1 to 4096)");
+        let err = a.value_in("lr", 1e-3f32, f32::MIN_POSITIVE..=f32::MAX, "").unwrap_err().to_string();
+        assert!(err.starts_with("--lr NaN: out of range"), "{err}");
+        let err = a.value_in("ema", 0.999f32, 0.0..=1.0, "").unwrap_err().to_string();
+        assert_eq!(err, "--ema inf: out of range (0 to 1)");
+        assert_eq!(a.value_in("count", 16usize, 1..=100, "").unwrap(), 5);
+        assert_eq!(a.value_in("absent", 16usize, 1..=100, "").unwrap(), 16);
     }
 }

@@ -1,7 +1,8 @@
 //! The error type of every boundary of the crate: files, datasets, checkpoints, command lines. Each variant
 //! names the file (or flag) and what is wrong with it; nothing at these boundaries panics.
 
-use std::fmt;
+use std::fmt::{self, Display};
+use std::ops::RangeInclusive;
 use std::path::PathBuf;
 
 #[derive(Debug)]
@@ -47,3 +48,16 @@ impl std::error::Error for Error {
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
+
+/// `"<name> <value>: out of range (<start> to <end>)"` unless `range` holds `value` (a NaN is in no range).
+/// The callers put it in the error of their boundary: a flag's usage error, or a file's format error.
+pub fn check_range<T: PartialOrd + Display>(
+    name: &str,
+    value: &T,
+    range: &RangeInclusive<T>,
+) -> std::result::Result<(), String> {
+    if range.contains(value) {
+        return Ok(());
+    }
+    Err(format!("{name} {value}: out of range ({} to {})", range.start(), range.end()))
+}

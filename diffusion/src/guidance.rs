@@ -40,6 +40,10 @@ impl Denoiser for Conditional<'_> {
     }
 }
 
+/// The guidance scales w a flag or config may ask for: finite, and wide enough for any use (w = 7.5 is
+/// common for text-to-image models; w = 0 is unconditional, w < 0 steers away from the class).
+pub const SCALE: std::ops::RangeInclusive<f32> = -100.0..=100.0;
+
 /// The U-Net guided toward one class per batch row, for sampling with any sampler.
 pub struct Guided<'a> {
     pub model: &'a UNet,

@@ -9,7 +9,7 @@
 //! Every check names the file and says what is wrong: a missing file, a bad gzip stream, a wrong magic
 //! number or dimension count, an empty set, or data shorter or longer than the header promises.
 
-use std::io::Read;
+use std::io::{BufRead, Read};
 use std::path::Path;
 
 use autograd::Tensor;
@@ -34,30 +34,79 @@ impl IdxImages {
     }
 }
 
-/// Reads a whole file, un-gzipping it if it starts with the gzip magic bytes 1f 8b.
-pub fn read_maybe_gzip(path: &Path) -> Result<Vec<u8>> {
-    let raw = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    if raw.starts_with(&[0x1f, 0x8b]) {
-        let mut out = Vec::new();
-        flate2::read::GzDecoder::new(&raw[..])
-            .read_to_end(&mut out)
-            .map_err(|e| Error::format(path, format!("is not a valid gzip stream ({e})")))?;
-        Ok(out)
+/// The largest data a reader takes from one file, before or after un-gzipping: 1 GiB (the full MNIST
+/// training set is 47 MB). Checked before the bytes are read, so a gzip bomb or `/dev/zero` is refused
+/// after reading at most this much.
+pub const MAX_BYTES: u64 = 1 << 30;
+/// The most images (or labels) one IDX file may hold, and the largest side of an image.
+pub const MAX_COUNT: usize = 10_000_000;
+pub const MAX_SIDE: usize = 4096;
+
+/// A reader of `path`'s bytes, un-gzipping them if the file starts with the gzip magic bytes 1f 8b. Every
+/// member of a multi-member gzip file is read (as `gunzip` does), and bytes after the last member that are
+/// not another member are an error, not silently dropped.
+pub fn open_maybe_gzip(path: &Path) -> Result<Box<dyn Read>> {
+    let mut file = std::io::BufReader::new(std::fs::File::open(path).map_err(|e| Error::io(path, e))?);
+    let start = file.fill_buf().map_err(|e| Error::io(path, e))?;
+    if start.starts_with(&[0x1f, 0x8b]) {
+        Ok(Box::new(flate2::bufread::MultiGzDecoder::new(file)))
     } else {
-        Ok(raw)
+        Ok(Box::new(file))
     }
 }
 
-/// Checks an IDX header for unsigned bytes with `ndims` dimensions; returns the sizes and the element bytes.
-fn parse<'a>(bytes: &'a [u8], path: &Path, ndims: usize, what: &str) -> Result<(Vec<usize>, &'a [u8])> {
+/// Reads all of `path` (un-gzipped), failing once it passes `limit` bytes; a read error inside a gzip
+/// stream is a format error naming the file.
+pub fn read_maybe_gzip(path: &Path, limit: u64) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    let reader = open_maybe_gzip(path)?;
+    reader.take(limit + 1).read_to_end(&mut out).map_err(|e| stream_error(path, e))?;
+    if out.len() as u64 > limit {
+        return Err(Error::format(path, format!("holds more than {limit} bytes, more than this reader takes")));
+    }
+    Ok(out)
+}
+
+/// A failed read: the gzip decoder reports bad data as `InvalidInput`/`InvalidData`, and a stream that
+/// stops inside a member as `UnexpectedEof`.
+fn stream_error(path: &Path, e: std::io::Error) -> Error {
+    match e.kind() {
+        std::io::ErrorKind::InvalidInput | std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof => {
+            Error::format(path, format!("is not a valid gzip stream ({e})"))
+        }
+        _ => Error::io(path, e),
+    }
+}
+
+/// Reads up to `buf.len()` bytes; returns how many (fewer only at the end of the data).
+fn read_full(reader: &mut dyn Read, buf: &mut [u8], path: &Path) -> Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match reader.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(stream_error(path, e)),
+        }
+    }
+    Ok(filled)
+}
+
+/// Reads an IDX file of unsigned bytes with `ndims` dimensions: the header first, checked against
+/// [`MAX_COUNT`], [`MAX_SIDE`] and [`MAX_BYTES`], then exactly the bytes it promises, then one more read
+/// to make sure nothing follows. Returns the sizes and the element bytes.
+fn read_idx(path: &Path, ndims: usize, what: &str) -> Result<(Vec<usize>, Vec<u8>)> {
     let bad = |problem: String| Error::format(path, problem);
-    if bytes.is_empty() {
+    let mut reader = open_maybe_gzip(path)?;
+    let mut header = vec![0u8; 4 + 4 * ndims];
+    let got = read_full(&mut *reader, &mut header, path)?;
+    if got == 0 {
         return Err(bad("is empty".into()));
     }
-    if bytes.len() < 4 {
-        return Err(bad(format!("is {} bytes long, too short for an IDX header", bytes.len())));
+    if got < 4 {
+        return Err(bad(format!("is {got} bytes long, too short for an IDX header")));
     }
-    let magic = u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+    let magic = u32::from_be_bytes([header[0], header[1], header[2], header[3]]);
     let expected = 0x0800 | ndims as u32;
     if magic != expected {
         return Err(bad(format!(
@@ -65,46 +114,51 @@ fn parse<'a>(bytes: &'a [u8], path: &Path, ndims: usize, what: &str) -> Result<(
             if ndims == 1 { "" } else { "s" }
         )));
     }
-    let header = 4 + 4 * ndims;
-    if bytes.len() < header {
-        return Err(bad(format!("is {} bytes long, shorter than its {header}-byte header", bytes.len())));
+    if got < header.len() {
+        return Err(bad(format!("is {got} bytes long, shorter than its {}-byte header", header.len())));
     }
     let dims: Vec<usize> =
-        bytes[4..header].chunks(4).map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]) as usize).collect();
+        header[4..].chunks(4).map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]) as usize).collect();
     if dims[0] == 0 {
         return Err(bad(format!("holds no {what} (count 0)")));
     }
     if let Some(zero) = dims[1..].iter().position(|&d| d == 0) {
         return Err(bad(format!("has size 0 in dimension {} of {dims:?}", zero + 1)));
     }
-    let expected_len = dims.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d));
-    let data = &bytes[header..];
-    match expected_len {
-        Some(n) if n == data.len() => Ok((dims, data)),
-        Some(n) if n > data.len() => {
-            Err(bad(format!("is truncated: dimensions {dims:?} need {n} bytes of data, found {}", data.len())))
-        }
-        Some(n) => {
-            Err(bad(format!("has {} bytes after the {n} bytes its dimensions {dims:?} describe", data.len() - n)))
-        }
-        None => Err(bad(format!("has dimensions {dims:?} too large to address"))),
+    if dims[0] > MAX_COUNT || dims[1..].iter().any(|&d| d > MAX_SIDE) {
+        return Err(bad(format!(
+            "has dimensions {dims:?}: more than {MAX_COUNT} {what} or a side over {MAX_SIDE}, more than this reader takes"
+        )));
     }
+    let n = dims.iter().map(|&d| d as u64).product::<u64>();
+    if n > MAX_BYTES {
+        return Err(bad(format!(
+            "has dimensions {dims:?}: {n} bytes of data, more than the {MAX_BYTES} this reader takes"
+        )));
+    }
+    let mut data = vec![0u8; n as usize];
+    let found = read_full(&mut *reader, &mut data, path)?;
+    if found < data.len() {
+        return Err(bad(format!("is truncated: dimensions {dims:?} need {n} bytes of data, found {found}")));
+    }
+    let mut extra = [0u8; 4096];
+    let after = read_full(&mut *reader, &mut extra, path)?;
+    if after > 0 {
+        let more = if after == extra.len() { "at least " } else { "" };
+        return Err(bad(format!("has {more}{after} bytes after the {n} bytes its dimensions {dims:?} describe")));
+    }
+    Ok((dims, data))
 }
 
 /// Reads an IDX image file (magic 0x00000803), gzipped or raw.
 pub fn read_images(path: impl AsRef<Path>) -> Result<IdxImages> {
-    let path = path.as_ref();
-    let bytes = read_maybe_gzip(path)?;
-    let (dims, data) = parse(&bytes, path, 3, "images")?;
-    Ok(IdxImages { count: dims[0], rows: dims[1], cols: dims[2], pixels: data.to_vec() })
+    let (dims, pixels) = read_idx(path.as_ref(), 3, "images")?;
+    Ok(IdxImages { count: dims[0], rows: dims[1], cols: dims[2], pixels })
 }
 
 /// Reads an IDX label file (magic 0x00000801), gzipped or raw.
 pub fn read_labels(path: impl AsRef<Path>) -> Result<Vec<u8>> {
-    let path = path.as_ref();
-    let bytes = read_maybe_gzip(path)?;
-    let (_, data) = parse(&bytes, path, 1, "labels")?;
-    Ok(data.to_vec())
+    Ok(read_idx(path.as_ref(), 1, "labels")?.1)
 }
 
 /// An image dataset with labels, as read from an IDX pair.
@@ -198,7 +252,8 @@ mod tests {
             ("truncated", good[..20].to_vec(), "is truncated: dimensions [2, 2, 3] need 12 bytes of data, found 4"),
             ("trailing", [&good[..], &[1, 2]].concat(), "has 2 bytes after the 12 bytes"),
             ("badgz", vec![0x1f, 0x8b, 1, 2, 3], "is not a valid gzip stream"),
-            ("huge", header(0x803, &[u32::MAX, u32::MAX, u32::MAX]), "too large to address"),
+            ("huge", header(0x803, &[u32::MAX, u32::MAX, u32::MAX]), "more than this reader takes"),
+            ("big", header(0x803, &[10_000_000, 4096, 4096]), "bytes of data, more than the 1073741824"),
         ];
         for (name, bytes, expected) in cases {
             let path = temp(&format!("bad-{name}"), &bytes);
@@ -208,6 +263,29 @@ mod tests {
         }
         let missing = read_images("/no/such/images.idx").unwrap_err().to_string();
         assert!(missing.starts_with("/no/such/images.idx: ") && missing.contains("No such file"), "{missing}");
+    }
+
+    #[test]
+    fn gzip_members_are_all_read_and_junk_after_the_stream_is_refused() {
+        let mut bytes = header(0x803, &[2, 2, 3]);
+        bytes.extend(0..12u8);
+        let gz = |part: &[u8]| {
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+            e.write_all(part).unwrap();
+            e.finish().unwrap()
+        };
+        let two = temp("two-members.gz", &[gz(&bytes[..7]), gz(&bytes[7..])].concat());
+        assert_eq!(read_images(&two).unwrap().pixels, (0..12u8).collect::<Vec<_>>());
+        let junk = temp("junk-after.gz", &[gz(&bytes), b"junk".to_vec()].concat());
+        let err = read_images(&junk).unwrap_err().to_string();
+        assert!(err.starts_with(&junk.display().to_string()) && err.contains("not a valid gzip stream"), "{err}");
+        // A gzip bomb: 64 MB of zeros in a 64 KB file is refused at its header, before anything is unpacked.
+        let bomb = temp("bomb.gz", &gz(&vec![0; 64 << 20]));
+        assert!(std::fs::metadata(&bomb).unwrap().len() < 1 << 20);
+        let err = read_images(&bomb).unwrap_err().to_string();
+        assert!(err.contains("has magic number 0x00000000"), "{err}");
+        let err = read_labels("/dev/zero").unwrap_err().to_string();
+        assert!(err.starts_with("/dev/zero: has magic number 0x00000000"), "{err}");
     }
 
     #[test]

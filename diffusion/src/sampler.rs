@@ -61,6 +61,10 @@ impl Method {
     }
 }
 
+/// The step counts a flag may ask a sampler for before the model is known; once it is, at most its T
+/// ([`crate::checkpoint::Trained::check_sampling`]).
+pub const SAMPLER_STEPS: std::ops::RangeInclusive<usize> = 1..=100_000;
+
 /// A sampler's settings.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct SamplerConfig {

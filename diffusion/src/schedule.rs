@@ -8,7 +8,14 @@
 //! q(x_t | x_0)     = N(√ᾱ_t x_0, (1 − ᾱ_t) I)     ⇒   x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε,  ε ~ N(0, I)   (eq. 4)
 //! ```
 
+use std::ops::RangeInclusive;
+
 use autograd::Tensor;
+
+use crate::error::check_range;
+
+/// The numbers of diffusion steps T a schedule may have.
+pub const TIMESTEPS: RangeInclusive<usize> = 2..=100_000;
 
 /// β_t, α_t and ᾱ_t for t = 0 … T−1.
 #[derive(Clone, Debug, PartialEq)]
@@ -97,12 +104,25 @@ impl NoiseSchedule {
     /// A schedule by name, with the defaults the examples use: `linear` (DDPM's 1e-4 … 0.02, rescaled for
     /// T ≠ 1000), `cosine`, `sigmoid` (1e-4 … 0.02).
     pub fn by_name(name: &str, steps: usize) -> Option<NoiseSchedule> {
-        match name {
-            "linear" => Some(NoiseSchedule::linear_scaled(steps)),
-            "cosine" => Some(NoiseSchedule::cosine(steps)),
-            "sigmoid" => Some(NoiseSchedule::sigmoid(steps, 1e-4, 0.02)),
-            _ => None,
+        NoiseSchedule::named(name, steps).ok()
+    }
+
+    /// The schedule `name` ("linear", "cosine" or "sigmoid") of `steps` timesteps, checked before it is
+    /// built: `steps` in [`TIMESTEPS`] (each step is a few f64s of memory), and every β in (0, 1), without
+    /// which ᾱ is no probability and training runs to NaN (the linear schedule scaled for T < 20 puts its
+    /// last β above 1). The error says which.
+    pub fn named(name: &str, steps: usize) -> std::result::Result<NoiseSchedule, String> {
+        check_range("timesteps", &steps, &TIMESTEPS)?;
+        let schedule = match name {
+            "linear" => NoiseSchedule::linear_scaled(steps),
+            "cosine" => NoiseSchedule::cosine(steps),
+            "sigmoid" => NoiseSchedule::sigmoid(steps, 1e-4, 0.02),
+            _ => return Err(format!("schedule {name:?}: unknown (linear, cosine, sigmoid)")),
+        };
+        if let Some((t, beta)) = schedule.beta.iter().enumerate().find(|(_, b)| !(**b > 0.0 && **b < 1.0)) {
+            return Err(format!("the {name} schedule with timesteps {steps} has β_{t} = {beta}, outside (0, 1)"));
         }
+        Ok(schedule)
     }
 
     /// Number of timesteps T.
@@ -140,6 +160,25 @@ mod tests {
 
     fn close(a: f64, b: f64, tol: f64) {
         assert!((a - b).abs() <= tol * b.abs().max(1e-300), "{a} vs {b}");
+    }
+
+    #[test]
+    fn named_schedules_refuse_betas_outside_zero_one_and_absurd_lengths() {
+        assert_eq!(NoiseSchedule::named("linear", 1000).unwrap(), NoiseSchedule::linear_scaled(1000));
+        // β_end = 0.02 · 1000/T passes 1 below T = 20.
+        let err = NoiseSchedule::named("linear", 15).unwrap_err();
+        assert!(err.starts_with("the linear schedule with timesteps 15 has β_11 = 1.049"), "{err}");
+        NoiseSchedule::named("linear", 20).unwrap_err(); // β_end = 1 exactly: α = 0
+        NoiseSchedule::named("linear", 21).unwrap();
+        assert_eq!(NoiseSchedule::named("linear", 0).unwrap_err(), "timesteps 0: out of range (2 to 100000)");
+        let err = NoiseSchedule::named("linear", 1_000_000_000).unwrap_err();
+        assert_eq!(err, "timesteps 1000000000: out of range (2 to 100000)");
+        let err = NoiseSchedule::named("quadratic", 1000).unwrap_err();
+        assert_eq!(err, "schedule \"quadratic\": unknown (linear, cosine, sigmoid)");
+        for name in ["cosine", "sigmoid"] {
+            NoiseSchedule::named(name, 2).unwrap();
+            NoiseSchedule::named(name, 1000).unwrap();
+        }
     }
 
     #[test]

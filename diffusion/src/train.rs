@@ -13,13 +13,35 @@ use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
 use crate::checkpoint::{save_rotating, save_trained, Checkpoint, Fields};
-use crate::error::{Error, Result};
+use crate::error::{check_range, Error, Result};
 use crate::guidance::{Conditional, Guided};
 use crate::objective::{training_loss, Prediction, Weighting};
 use crate::plot::image_grid;
 use crate::sampler::{sample, Method, SamplerConfig, Spacing};
 use crate::schedule::NoiseSchedule;
 use crate::unet::{UNet, UNetConfig};
+
+/// The range of every number of a [`TrainConfig`], checked by [`TrainConfig::validate`] and by the flags that
+/// set them, whatever the config came from (flags or a checkpoint).
+pub mod limits {
+    use std::ops::RangeInclusive;
+
+    pub const STEPS: RangeInclusive<usize> = 1..=100_000_000;
+    /// Also bounded by the memory it takes ([`crate::unet::UNetConfig::check_memory`]).
+    pub const BATCH: RangeInclusive<usize> = 1..=65_536;
+    /// Positive and finite; a huge one diverges, and training says so at the step it does.
+    pub const LR: RangeInclusive<f32> = f32::MIN_POSITIVE..=f32::MAX;
+    pub const MIN_LR_RATIO: RangeInclusive<f32> = 0.0..=1.0;
+    pub const WEIGHT_DECAY: RangeInclusive<f32> = 0.0..=1e6;
+    /// 0 turns clipping off.
+    pub const GRAD_CLIP: RangeInclusive<f32> = 0.0..=f32::MAX;
+    /// Below 1: a decay of 1 would never move the average from the initial weights.
+    pub const EMA_DECAY: RangeInclusive<f32> = 0.0..=0.999_999;
+    /// min-SNR-γ's γ (0 on the command line: uniform weighting).
+    pub const MIN_SNR_GAMMA: RangeInclusive<f64> = 1e-6..=1e6;
+    pub const LABEL_DROPOUT: RangeInclusive<f32> = 0.0..=1.0;
+    pub const GRID_IMAGES: RangeInclusive<usize> = 1..=1024;
+}
 
 /// Every knob of a training run.
 #[derive(Clone, Debug)]
@@ -142,6 +164,32 @@ impl TrainConfig {
     /// ([`TrainConfig::run_metadata`]: the schedule, the data). [`crate::checkpoint::Trained::load`] rebuilds the model from it.
     pub fn record(&self, model: &UNetConfig) -> BTreeMap<String, String> {
         self.to_metadata().into_iter().chain(model.to_metadata()).chain(self.run_metadata.clone()).collect()
+    }
+
+    /// Whether this run can be trained with `model` on a schedule of `timesteps` steps: every number within
+    /// [`limits`], the grid sampler within the schedule, and the memory the
+    /// batch and the grid imply within [`crate::unet::limits::MEMORY_BYTES`]. Call with a validated model.
+    pub fn validate(&self, model: &UNetConfig, timesteps: usize) -> std::result::Result<(), String> {
+        check_range("steps", &self.steps, &limits::STEPS)?;
+        check_range("batch", &self.batch, &limits::BATCH)?;
+        check_range("lr", &self.lr, &limits::LR)?;
+        check_range("warmup", &self.warmup, &(0..=*limits::STEPS.end()))?;
+        check_range("min_lr_ratio", &self.min_lr_ratio, &limits::MIN_LR_RATIO)?;
+        check_range("weight_decay", &self.weight_decay, &limits::WEIGHT_DECAY)?;
+        check_range("grad_clip", &self.grad_clip, &limits::GRAD_CLIP)?;
+        check_range("ema_decay", &self.ema_decay, &limits::EMA_DECAY)?;
+        if let Weighting::MinSnr(gamma) = self.weighting {
+            check_range("min-SNR gamma", &gamma, &limits::MIN_SNR_GAMMA)?;
+        }
+        check_range("label_dropout", &self.label_dropout, &limits::LABEL_DROPOUT)?;
+        check_range("grid images", &self.grid_images, &limits::GRID_IMAGES)?;
+        check_range("grid sampler steps", &self.grid_sampler.steps, &(1..=timesteps))?;
+        check_range("grid guidance", &self.grid_guidance, &crate::guidance::SCALE)?;
+        if let Some(stop) = self.stop_at {
+            check_range("stop_at", &stop, &(1..=self.steps))?;
+        }
+        model.check_memory(self.batch, true)?;
+        model.check_memory(self.grid_images, false)
     }
 
     /// Replaces the optimization settings with those stored by [`TrainConfig::to_metadata`].
@@ -299,6 +347,7 @@ pub fn train(
         }
         _ => {}
     }
+    config.validate(&model.config, schedule.steps()).map_err(Error::Usage)?;
     let labels = labels.filter(|_| conditional);
     std::fs::create_dir_all(&config.out_dir).map_err(|e| Error::io(&config.out_dir, e))?;
     let checkpoint_dir = config.out_dir.join("checkpoints");
@@ -307,6 +356,8 @@ pub fn train(
     let (start, mut epoch, mut position, mut ema) = match resume {
         None => (0, 0, 0, Ema::new(params, config.ema_decay)),
         Some(c) => {
+            c.fits(config.steps, images.shape()[0])
+                .map_err(|problem| Error::Usage(format!("cannot resume: {problem}")))?;
             *params = c.params;
             opt.set_state(c.adam);
             (c.step as usize, c.epoch, c.position as usize, Ema::from_parts(c.ema, config.ema_decay, c.ema_updates))

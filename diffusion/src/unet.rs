@@ -27,7 +27,7 @@ use rand::SeedableRng;
 use crate::checkpoint::{join, Fields};
 use crate::ddpm::Denoiser;
 use crate::embedding::timestep_embedding;
-use crate::error::Result;
+use crate::error::{check_range, Result};
 
 /// Architecture of a [`UNet`].
 #[derive(Clone, Debug, PartialEq)]
@@ -54,6 +54,47 @@ pub struct UNetConfig {
     /// Class-conditional when > 0: a learned vector per class (and one more, index `num_classes`, for "no
     /// class") is added to the time embedding.
     pub num_classes: usize,
+}
+
+/// The range of every number of a [`UNetConfig`], checked by [`UNetConfig::validate`] whatever the config
+/// came from (a preset, flags, a file's metadata). Wide enough for any model a CPU trains; narrow enough
+/// that a corrupt number cannot ask for all the memory there is.
+pub mod limits {
+    use std::ops::RangeInclusive;
+
+    pub const IMAGE_CHANNELS: RangeInclusive<usize> = 1..=4;
+    pub const IMAGE_SIZE: RangeInclusive<usize> = 1..=1024;
+    /// Channels of any level (and `base_channels`).
+    pub const CHANNELS: RangeInclusive<usize> = 1..=2048;
+    pub const CHANNEL_MULT: RangeInclusive<usize> = 1..=64;
+    pub const LEVELS: RangeInclusive<usize> = 1..=8;
+    pub const BLOCKS_PER_LEVEL: RangeInclusive<usize> = 1..=16;
+    pub const HEADS: RangeInclusive<usize> = 1..=256;
+    pub const GROUPS: RangeInclusive<usize> = 1..=2048;
+    /// `time_embedding_dim` (which must also be even) and `time_dim`.
+    pub const TIME_DIM: RangeInclusive<usize> = 1..=8192;
+    pub const NUM_CLASSES: RangeInclusive<usize> = 0..=100_000;
+    /// At most 500 M parameters: 2 GB of f32, 10 GB to train.
+    pub const PARAMETERS: usize = 500_000_000;
+    /// What [`super::UNetConfig::check_memory`] lets a batch take: 16 GiB.
+    pub const MEMORY_BYTES: u64 = 16 << 30;
+}
+
+/// The size of a U-Net, computed from its config alone ([`UNetConfig::sizes`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Sizes {
+    pub parameters: usize,
+    /// Floats of the op outputs one image's forward pass records (an upper estimate).
+    pub activations_per_image: usize,
+}
+
+/// A byte count for a message: "3.2 GB".
+fn bytes(n: u128) -> String {
+    match n {
+        n if n >= 1 << 40 => format!("{:.1} TB", n as f64 / (1u64 << 40) as f64),
+        n if n >= 1 << 30 => format!("{:.1} GB", n as f64 / (1u64 << 30) as f64),
+        n => format!("{:.1} MB", n as f64 / (1u64 << 20) as f64),
+    }
 }
 
 impl UNetConfig {
@@ -168,41 +209,138 @@ impl UNetConfig {
         Ok(config)
     }
 
-    /// Whether a U-Net can be built from this config; if not, what is wrong.
+    /// Whether a U-Net can be built from this config; if not, what is wrong. Every number is checked against
+    /// [`limits`] before anything derived from it is computed, and then the size of the network against
+    /// [`limits::PARAMETERS`], so a config read from a file cannot size an absurd allocation.
     pub fn validate(&self) -> std::result::Result<(), String> {
         let levels = self.channel_mult.len();
-        let positive = [
-            ("image_channels", self.image_channels),
-            ("image_size", self.image_size),
-            ("base_channels", self.base_channels),
-            ("blocks_per_level", self.blocks_per_level),
-            ("heads", self.heads),
-            ("groups", self.groups),
-            ("time_dim", self.time_dim),
-            ("channel levels", levels),
+        check_range("levels (channel_mult entries)", &levels, &limits::LEVELS)?;
+        let counts = [
+            ("image_channels", self.image_channels, limits::IMAGE_CHANNELS),
+            ("image_size", self.image_size, limits::IMAGE_SIZE),
+            ("base_channels", self.base_channels, limits::CHANNELS),
+            ("blocks_per_level", self.blocks_per_level, limits::BLOCKS_PER_LEVEL),
+            ("heads", self.heads, limits::HEADS),
+            ("groups", self.groups, limits::GROUPS),
+            ("time_embedding_dim", self.time_embedding_dim, limits::TIME_DIM),
+            ("time_dim", self.time_dim, limits::TIME_DIM),
+            ("num_classes", self.num_classes, limits::NUM_CLASSES),
         ];
-        if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
-            return Err(format!("{name} is 0"));
+        for (name, value, range) in counts {
+            check_range(name, &value, &range)?;
+        }
+        for &m in &self.channel_mult {
+            check_range("a channel_mult entry", &m, &limits::CHANNEL_MULT)?;
         }
         if self.attention.len() != levels {
             return Err(format!("attention has {} entries for {levels} levels", self.attention.len()));
         }
-        if self.time_embedding_dim == 0 || !self.time_embedding_dim.is_multiple_of(2) {
-            return Err(format!("time_embedding_dim {} is not a positive even number", self.time_embedding_dim));
+        if !self.time_embedding_dim.is_multiple_of(2) {
+            return Err(format!("time_embedding_dim {} is not even", self.time_embedding_dim));
         }
         if !self.image_size.is_multiple_of(1 << (levels - 1)) {
             return Err(format!("image_size {} cannot be halved {} times", self.image_size, levels - 1));
         }
         for l in 0..levels {
             let c = self.channels(l);
-            if c == 0 || !c.is_multiple_of(self.groups) || !c.is_multiple_of(self.heads) {
+            check_range(&format!("level {l}'s channels"), &c, &limits::CHANNELS)?;
+            if !c.is_multiple_of(self.groups) || !c.is_multiple_of(self.heads) {
                 return Err(format!("level {l} has {c} channels, not a multiple of groups and heads"));
             }
         }
         if !(0.0..1.0).contains(&self.dropout) {
             return Err(format!("dropout {} is not in [0, 1)", self.dropout));
         }
+        let parameters = self.sizes().parameters;
+        if parameters > limits::PARAMETERS {
+            return Err(format!(
+                "{parameters} parameters ({} as f32, 5 times that to train) are over the limit of {}",
+                bytes(4 * parameters as u128),
+                limits::PARAMETERS
+            ));
+        }
         Ok(())
+    }
+
+    /// Fails with what it would take when `batch` images at once would need more than
+    /// [`limits::MEMORY_BYTES`] (an estimate from [`UNetConfig::sizes`]): training keeps every activation
+    /// for the backward pass, plus the gradients, the EMA and Adam's two moments (5 floats per parameter);
+    /// sampling is bounded by the same activations (it keeps fewer) and one copy of the weights.
+    /// Call after [`UNetConfig::validate`].
+    pub fn check_memory(&self, batch: usize, training: bool) -> std::result::Result<(), String> {
+        let sizes = self.sizes();
+        let (weights, activations) = if training { (5, 2) } else { (1, 1) };
+        let floats = (weights * sizes.parameters as u128)
+            .saturating_add((activations * batch as u128).saturating_mul(sizes.activations_per_image as u128));
+        let needed = floats.saturating_mul(4);
+        if needed <= limits::MEMORY_BYTES as u128 {
+            return Ok(());
+        }
+        let what = if training { "training on" } else { "sampling" };
+        Err(format!(
+            "{what} {batch} images at once would take about {} with this U-Net (limit {})",
+            bytes(needed),
+            bytes(limits::MEMORY_BYTES as u128)
+        ))
+    }
+
+    /// The network's size without building it: parameters, by the same walk as [`UNet::new`] (a test holds
+    /// it to the built store's count), and the floats of the outputs one image's forward pass records on
+    /// the tape (an upper estimate: each op's output counted once).
+    pub fn sizes(&self) -> Sizes {
+        let conv = |c_in: u128, c_out: u128, k: u128| c_out * c_in * k * k + c_out;
+        let (td, tdim) = (self.time_dim as u128, self.time_embedding_dim as u128);
+        let res = |c_in: u128, c_out: u128| {
+            let skip = if c_in != c_out { conv(c_in, c_out, 1) } else { 0 };
+            2 * c_in + conv(c_in, c_out, 3) + (td * c_out + c_out) + 2 * c_out + conv(c_out, c_out, 3) + skip
+        };
+        let attn = |c: u128| 2 * c + conv(c, 3 * c, 1) + conv(c, c, 1);
+        // Recorded outputs per pixel: a residual block c_in + 6·c_out, attention 11·c.
+        let (res_act, attn_act) = (|c_in: u128, c_out: u128| c_in + 6 * c_out, |c: u128| 11 * c);
+        let levels = self.channel_mult.len();
+        let blocks = self.blocks_per_level;
+        let pixels = |l: usize| (self.image_size as u128 >> l).pow(2);
+        let mut p =
+            (tdim * td + td) + (td * td + td) + conv(self.image_channels as u128, self.base_channels as u128, 3);
+        let mut a = self.base_channels as u128 * pixels(0);
+        let mut ch = self.base_channels as u128;
+        let mut skips = Vec::new();
+        for l in 0..levels {
+            let c = self.channels(l) as u128;
+            for _ in 0..blocks {
+                p += res(ch, c) + if self.attention[l] { attn(c) } else { 0 };
+                a += (res_act(ch, c) + if self.attention[l] { attn_act(c) } else { 0 }) * pixels(l);
+                ch = c;
+                skips.push(c);
+            }
+            if l + 1 < levels {
+                p += conv(c, c, 3);
+                a += c * pixels(l + 1);
+            }
+        }
+        let deepest = pixels(levels - 1);
+        p += 2 * res(ch, ch) + attn(ch);
+        a += (2 * res_act(ch, ch) + attn_act(ch)) * deepest;
+        for l in (0..levels).rev() {
+            let c = self.channels(l) as u128;
+            for _ in 0..blocks {
+                let skip = skips.pop().expect("one skip per down block");
+                p += res(ch + skip, c) + if self.attention[l] { attn(c) } else { 0 };
+                a += (ch + skip + res_act(ch + skip, c) + if self.attention[l] { attn_act(c) } else { 0 }) * pixels(l);
+                ch = c;
+            }
+            if l > 0 {
+                p += conv(c, c, 3);
+                a += 2 * c * pixels(l - 1);
+            }
+        }
+        p += 2 * ch + conv(ch, self.image_channels as u128, 3);
+        a += (ch + self.image_channels as u128) * pixels(0);
+        if self.num_classes > 0 {
+            p += (self.num_classes as u128 + 1) * td;
+        }
+        let clamp = |v: u128| usize::try_from(v).unwrap_or(usize::MAX);
+        Sizes { parameters: clamp(p), activations_per_image: clamp(a) }
     }
 
     fn channels(&self, level: usize) -> usize {
@@ -484,6 +622,41 @@ mod tests {
         let mut params = ParamStore::new();
         let _ = UNet::new(UNetConfig::small(), &mut params, 0);
         assert_eq!(params.num_elements(), 2_268_513);
+    }
+
+    #[test]
+    fn sizes_count_the_parameters_the_network_has() {
+        let mut configs = vec![UNetConfig::small(), UNetConfig::tiny(), UNetConfig::rgb32()];
+        configs.push(UNetConfig { num_classes: 10, blocks_per_level: 2, ..UNetConfig::tiny() });
+        configs.push(UNetConfig {
+            channel_mult: vec![1, 1, 3],
+            attention: vec![true, false, true],
+            ..UNetConfig::small()
+        });
+        for config in configs {
+            let mut params = ParamStore::new();
+            let _ = UNet::new(config.clone(), &mut params, 0);
+            assert_eq!(config.sizes().parameters, params.num_elements(), "{config:?}");
+        }
+        assert_eq!(UNetConfig::small().sizes().parameters, 2_268_513);
+    }
+
+    #[test]
+    fn absurd_sizes_are_refused_before_anything_is_allocated() {
+        let huge = UNetConfig { base_channels: 2048, channel_mult: vec![1, 1, 1], ..UNetConfig::small() };
+        let err = huge.validate().unwrap_err();
+        assert!(err.contains("parameters") && err.contains("over the limit of 500000000"), "{err}");
+        let err = UNetConfig { blocks_per_level: 1000, ..UNetConfig::small() }.validate().unwrap_err();
+        assert_eq!(err, "blocks_per_level 1000: out of range (1 to 16)");
+        let err = UNetConfig { image_size: 1 << 32, ..UNetConfig::small() }.validate().unwrap_err();
+        assert_eq!(err, "image_size 4294967296: out of range (1 to 1024)");
+        let err = UNetConfig { time_dim: usize::MAX, ..UNetConfig::small() }.validate().unwrap_err();
+        assert!(err.starts_with("time_dim 18446744073709551615: out of range"), "{err}");
+        let small = UNetConfig::small();
+        small.check_memory(32, true).unwrap();
+        small.check_memory(256, false).unwrap();
+        let err = small.check_memory(1_000_000, true).unwrap_err();
+        assert!(err.starts_with("training on 1000000 images at once would take about ") && err.contains("TB"), "{err}");
     }
 
     #[test]

@@ -31,3 +31,13 @@ pub fn scratch(name: &str) -> PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+/// Runs and returns (exit code, stderr), checking that stderr is one line starting "error: ".
+#[allow(dead_code)]
+pub fn fails(command: &mut Command) -> (i32, String) {
+    let output = command.output().unwrap();
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr:?}");
+    assert!(stderr.starts_with("error: "), "{stderr:?}");
+    (output.status.code().unwrap(), stderr.trim_end().to_string())
+}

@@ -17,16 +17,19 @@ use autograd::{ParamStore, Tensor};
 use safetensors::{Dtype, SafeTensors};
 
 use crate::error::{Error, Result};
+use checksum::checksum;
 
+mod checksum;
 mod state;
 mod trained;
 pub use state::{check_format, join, list_checkpoints, save_rotating, Checkpoint, Fields, FORMAT, FORMAT_VERSION};
-pub use trained::{save_trained, Trained, WEIGHTS_FORMAT};
+pub use trained::{save_trained, schedule_of, Trained, WEIGHTS_FORMAT, WEIGHTS_VERSION};
 
-/// Writes every parameter of `params` and the string `metadata` to `path`, crash-safe.
+/// Writes every parameter of `params` and the string `metadata` to `path`, crash-safe, with a `checksum`
+/// entry over both.
 pub fn save_weights(path: impl AsRef<Path>, params: &ParamStore, metadata: &BTreeMap<String, String>) -> Result<()> {
     let tensors = params.iter().map(|(_, name, t)| Entry::f32(name.to_string(), t.shape(), t.data())).collect();
-    write_atomically(path.as_ref(), &encode(tensors, metadata))
+    write_atomically(path.as_ref(), &encode(tensors, metadata.clone()))
 }
 
 /// One tensor of a file to be written: name, dtype, shape and little-endian bytes.
@@ -51,9 +54,14 @@ impl Entry {
 /// [u64 little-endian: header length n] [n bytes of JSON, padded with spaces to a multiple of 8] [data]
 /// {"__metadata__":{key: value, … in key order},"name":{"dtype":"F32","shape":[…],"data_offsets":[begin,end]}, …}
 /// ```
+/// A `checksum` entry ([`checksum::checksum`]) covers every tensor and every other entry.
 /// Tensors go in the order the crate itself uses (wider dtypes first, then by name), so each stays aligned
 /// to its element size; offsets count from the start of the data.
-fn encode(mut tensors: Vec<Entry>, metadata: &BTreeMap<String, String>) -> Vec<u8> {
+fn encode(mut tensors: Vec<Entry>, mut metadata: BTreeMap<String, String>) -> Vec<u8> {
+    assert!(!metadata.contains_key("checksum"), "encode: the checksum entry is computed here");
+    let sum =
+        checksum(tensors.iter().map(|t| (t.name.as_str(), t.dtype, t.shape.as_slice(), t.bytes.as_slice())), &metadata);
+    metadata.insert("checksum".into(), sum);
     let width = |d: Dtype| if d == Dtype::I64 { 8 } else { 4 };
     tensors.sort_by(|a, b| width(b.dtype).cmp(&width(a.dtype)).then_with(|| a.name.cmp(&b.name)));
     let quote = |s: &str| serde_json::to_string(s).expect("a string always encodes");
@@ -107,13 +115,60 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 /// The string metadata of a safetensors file, without loading any tensor into a model (to learn which
-/// model to build first).
+/// model to build first), without its own `checksum` entry, once that has been checked ([`verify_checksum`]): nothing is built
+/// from metadata that may have been changed.
 pub fn read_metadata(path: impl AsRef<Path>) -> Result<BTreeMap<String, String>> {
     let path = path.as_ref();
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let (file, mut metadata) = parse(path, &bytes)?;
+    verify_checksum(path, &file, &metadata)?;
+    metadata.remove("checksum");
+    Ok(metadata)
+}
+
+/// Fails unless the file's `checksum` entry matches its tensors and other entries. A file without one is
+/// accepted only as one written before files had it: no `format_version` or version 1, and no `unet.*`
+/// config (which came later). A checkpoint needs its checksum whatever its version ([`Checkpoint::load`]).
+pub fn verify_checksum(path: &Path, file: &SafeTensors, metadata: &BTreeMap<String, String>) -> Result<()> {
+    let Some(stored) = metadata.get("checksum") else {
+        let old_version = matches!(metadata.get("format_version").map(String::as_str), None | Some("1"));
+        if old_version && !metadata.keys().any(|k| k.starts_with("unet.")) {
+            return Ok(());
+        }
+        return Err(Error::format(path, "has no \"checksum\" entry in its metadata"));
+    };
+    let mut names = file.names();
+    names.sort_unstable();
+    let views: Vec<_> = names.iter().map(|n| (*n, file.tensor(n).expect("name listed by the file"))).collect();
+    let mut rest = metadata.clone();
+    rest.remove("checksum");
+    if checksum(views.iter().map(|(n, v)| (*n, v.dtype(), v.shape(), v.data())), &rest) != *stored {
+        return Err(Error::format(path, "is corrupted: its checksum does not match its contents"));
+    }
+    Ok(())
+}
+
+/// Fails unless the tensors of `path` whose names start with `prefix` hold `expected` elements in all: the
+/// parameter count of the model its metadata describes ([`crate::unet::UNetConfig::sizes`]), checked before
+/// that model is built, so a config edited to an outsized model is refused before it allocates anything.
+pub fn check_element_count(path: &Path, prefix: &str, expected: usize) -> Result<()> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let (_, header) = SafeTensors::read_metadata(&bytes)
         .map_err(|e| Error::format(path, format!("is not a valid safetensors file ({e})")))?;
-    Ok(header.metadata().clone().unwrap_or_default().into_iter().collect())
+    let held: u128 = header
+        .tensors()
+        .iter()
+        .filter(|(name, _)| name.starts_with(prefix))
+        .map(|(_, info)| info.shape.iter().map(|&d| d as u128).product::<u128>())
+        .sum();
+    if held != expected as u128 {
+        let what = if prefix.is_empty() { "tensors".to_string() } else { format!("\"{prefix}*\" tensors") };
+        return Err(Error::format(
+            path,
+            format!("describes a U-Net of {expected} parameters, but its {what} hold {held} values"),
+        ));
+    }
+    Ok(())
 }
 
 /// The shape of the tensor `name` in the safetensors file `path`, if it holds one.
@@ -128,7 +183,9 @@ fn tensor_shape(path: &Path, name: &str) -> Result<Option<Vec<usize>>> {
 pub fn load_weights(path: impl AsRef<Path>, params: &mut ParamStore) -> Result<BTreeMap<String, String>> {
     let path = path.as_ref();
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let (file, metadata) = parse(path, &bytes)?;
+    let (file, mut metadata) = parse(path, &bytes)?;
+    verify_checksum(path, &file, &metadata)?;
+    metadata.remove("checksum");
     let loaded = read_store(path, &file, "", params)?;
     check_no_extra(path, &file, params.len())?;
     *params = loaded;
@@ -164,7 +221,10 @@ fn read_f32(path: &Path, file: &SafeTensors, name: &str, shape: &[usize]) -> Res
     if view.shape() != shape {
         return Err(bad(format!("tensor {name:?} has shape {:?}, the model expects {shape:?}", view.shape())));
     }
-    let values = view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+    let values: Vec<f32> = view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+    if let Some(bad_value) = values.iter().find(|v| !v.is_finite()) {
+        return Err(bad(format!("tensor {name:?} holds {bad_value}: a model cannot be loaded with it")));
+    }
     Ok(Tensor::from_vec(shape, values))
 }
 

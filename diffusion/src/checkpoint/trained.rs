@@ -8,14 +8,16 @@ use std::path::Path;
 
 use autograd::ParamStore;
 
-use super::{load_weights, read_metadata, save_weights, tensor_shape, Checkpoint, Fields, FORMAT, FORMAT_VERSION};
+use super::{check_element_count, load_weights, read_metadata, save_weights, tensor_shape, Checkpoint, Fields, FORMAT};
 use crate::error::{Error, Result};
 use crate::objective::Prediction;
 use crate::schedule::NoiseSchedule;
 use crate::unet::{UNet, UNetConfig};
 
-/// What weights files say in their `format` entry.
+/// What weights files say in their `format` entry, and the newest version this code writes and reads:
+/// 2 has a `checksum` entry; 1 (before 2026-12) had none, and until then no `unet.*` config either.
 pub const WEIGHTS_FORMAT: &str = "scratch-diffusion weights";
+pub const WEIGHTS_VERSION: u32 = 2;
 
 /// Writes the weights file of a trained model: `params` (the EMA weights) and `record` (what
 /// `TrainConfig::record` says of the run: `unet.*`, `train.*`, `schedule`, `timesteps`, ...), with the
@@ -23,7 +25,7 @@ pub const WEIGHTS_FORMAT: &str = "scratch-diffusion weights";
 pub fn save_trained(path: &Path, params: &ParamStore, record: &BTreeMap<String, String>) -> Result<()> {
     let mut metadata = record.clone();
     metadata.insert("format".to_string(), WEIGHTS_FORMAT.to_string());
-    metadata.insert("format_version".to_string(), FORMAT_VERSION.to_string());
+    metadata.insert("format_version".to_string(), WEIGHTS_VERSION.to_string());
     save_weights(path, params, &metadata)
 }
 
@@ -72,6 +74,16 @@ impl Trained {
         )))
     }
 
+    /// Fails with a usage error naming `--steps` unless `steps` is within this model's T, or naming the images
+    /// unless drawing `images` at once fits in memory ([`UNetConfig::check_memory`]).
+    pub fn check_sampling(&self, steps: usize, images: usize) -> Result<()> {
+        let total = self.schedule.steps();
+        if !(1..=total).contains(&steps) {
+            return Err(Error::Usage(format!("--steps {steps}: this model has T = {total} timesteps (1 to {total})")));
+        }
+        self.model.config.check_memory(images, false).map_err(Error::Usage)
+    }
+
     /// Reads the metadata, builds the model it describes, then loads its weights; any problem is an error
     /// naming the file.
     pub fn load(path: impl AsRef<Path>) -> Result<Trained> {
@@ -83,18 +95,24 @@ impl Trained {
         } else {
             let config = config_from_preset(path, &fields)?;
             eprintln!(
-                "note: {} holds no U-Net config (written before weights files had one); rebuilt it from its preset {:?}",
+                "note: {} holds no U-Net config and no checksum (written before weights files had them); rebuilt the model from its preset {:?}",
                 path.display(),
                 fields.text("preset")?
             );
             config
         };
         let prediction = fields.named("train.prediction", Prediction::from_name)?;
-        let timesteps: usize = fields.get("timesteps")?;
-        if timesteps < 2 {
-            return Err(Error::format(path, format!("has timesteps = {timesteps}; at least 2 are needed")));
+        let schedule = schedule_of(&fields)?;
+        if fields.text("format")? == WEIGHTS_FORMAT {
+            let version: u32 = fields.get("format_version")?;
+            if !(1..=WEIGHTS_VERSION).contains(&version) {
+                return Err(fields.error(format!(
+                    "is a weights file of format version {version}; this program reads versions 1 to {WEIGHTS_VERSION}"
+                )));
+            }
         }
-        let schedule = fields.named("schedule", |name| NoiseSchedule::by_name(name, timesteps))?;
+        let prefix = if fields.text("format")? == FORMAT { "ema." } else { "" };
+        check_element_count(path, prefix, config.sizes().parameters)?;
         let mut params = ParamStore::new();
         let model = UNet::new(config, &mut params, 0);
         match fields.text("format")? {
@@ -117,4 +135,11 @@ fn config_from_preset(path: &Path, fields: &Fields) -> Result<UNetConfig> {
         config.num_classes = shape[0].saturating_sub(1);
     }
     Ok(config)
+}
+
+/// The noise schedule a file records (`schedule`, `timesteps`), checked as flags are
+/// ([`NoiseSchedule::named`]).
+pub fn schedule_of(fields: &Fields) -> Result<NoiseSchedule> {
+    let timesteps: usize = fields.get("timesteps")?;
+    NoiseSchedule::named(fields.text("schedule")?, timesteps).map_err(|problem| fields.error(format!("has {problem}")))
 }
