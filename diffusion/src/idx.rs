@@ -93,7 +93,7 @@ fn read_full(reader: &mut dyn Read, buf: &mut [u8], path: &Path) -> Result<usize
 }
 
 /// Reads an IDX file of unsigned bytes with `ndims` dimensions: the header first, checked against
-/// [`MAX_COUNT`], [`MAX_SIDE`] and [`MAX_BYTES`], then exactly the bytes it promises, then one more read
+/// [`MAX_COUNT`], [`MAX_SIDE`] and [`MAX_BYTES`], then at most the bytes it promises, then one more read
 /// to make sure nothing follows. Returns the sizes and the element bytes.
 fn read_idx(path: &Path, ndims: usize, what: &str) -> Result<(Vec<usize>, Vec<u8>)> {
     let bad = |problem: String| Error::format(path, problem);
@@ -136,9 +136,11 @@ fn read_idx(path: &Path, ndims: usize, what: &str) -> Result<(Vec<usize>, Vec<u8
             "has dimensions {dims:?}: {n} bytes of data, more than the {MAX_BYTES} this reader takes"
         )));
     }
-    let mut data = vec![0u8; n as usize];
-    let found = read_full(&mut *reader, &mut data, path)?;
-    if found < data.len() {
+    // Grown as the bytes arrive, not sized by the header: a short file claiming 1 GiB allocates what it holds.
+    let mut data = Vec::with_capacity((n as usize).min(1 << 20));
+    (&mut reader).take(n).read_to_end(&mut data).map_err(|e| stream_error(path, e))?;
+    let found = data.len();
+    if found < n as usize {
         return Err(bad(format!("is truncated: dimensions {dims:?} need {n} bytes of data, found {found}")));
     }
     let mut extra = [0u8; 4096];
