@@ -18,11 +18,12 @@ use std::time::Instant;
 use autograd::optim::{Adam, Optimizer};
 use autograd::{ParamStore, Tape};
 use diffusion::cli::{exit_on_error, Args};
-use diffusion::mlp::MlpDenoiser;
+use diffusion::data::toy2d::{mean_nearest_distance, Toy2d};
+use diffusion::model::mlp::MlpDenoiser;
 use diffusion::plot::Canvas;
-use diffusion::schedule::NoiseSchedule;
-use diffusion::toy2d::{mean_nearest_distance, Toy2d};
-use diffusion::{ddpm, Error, Result};
+use diffusion::process::ddpm;
+use diffusion::process::schedule::NoiseSchedule;
+use diffusion::{Error, Result};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
@@ -36,11 +37,11 @@ fn run() -> Result<()> {
     let dataset: String = args.value("dataset", "moons".to_string(), "moons, swiss-roll, ring or all")?;
     let steps: usize = args.value_in("steps", if quick { 300 } else { 8000 }, 1..=10_000_000, "training steps")?;
     let batch: usize = args.value_in("batch", 256, 1..=1_000_000, "points per training step")?;
-    let lr: f32 = args.value_in("lr", 1e-3, diffusion::train::limits::LR, "Adam learning rate")?;
+    let lr: f32 = args.value_in("lr", 1e-3, diffusion::training::train::limits::LR, "Adam learning rate")?;
     let timesteps: usize = args.value_in(
         "timesteps",
         if quick { 100 } else { 1000 },
-        diffusion::schedule::TIMESTEPS,
+        diffusion::process::schedule::TIMESTEPS,
         "diffusion steps T",
     )?;
     let samples: usize =

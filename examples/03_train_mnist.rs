@@ -23,20 +23,21 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use autograd::{ParamStore, Tensor};
-use diffusion::checkpoint::{
-    check_element_count, check_format, list_checkpoints, read_metadata, schedule_of, Checkpoint, Fields,
-};
-use diffusion::cifar::read_cifar10_path;
-use diffusion::classifier::{self, Classifier};
 use diffusion::cli::{exit_on_error, Args};
-use diffusion::evaluate::Reference;
-use diffusion::idx::{read_labeled, shipped_mnist_dir};
-use diffusion::objective::{Prediction, Weighting};
+use diffusion::data::cifar::read_cifar10_path;
+use diffusion::data::idx::{read_labeled, shipped_mnist_dir};
+use diffusion::eval::classifier::{self, Classifier};
+use diffusion::eval::evaluate::Reference;
+use diffusion::metadata::Fields;
+use diffusion::model::unet::{UNet, UNetConfig};
 use diffusion::plot::image_grid;
-use diffusion::sampler::{sample, sample_traced, Method, SamplerConfig, Spacing};
-use diffusion::schedule::{NoiseSchedule, TIMESTEPS};
-use diffusion::train::{limits, train, TrainConfig};
-use diffusion::unet::{UNet, UNetConfig};
+use diffusion::process::objective::{Prediction, Weighting};
+use diffusion::process::schedule::{NoiseSchedule, TIMESTEPS};
+use diffusion::sampling::sampler::{sample, sample_traced, Method, SamplerConfig, Spacing};
+use diffusion::training::checkpoint::{
+    check_element_count, check_format, list_checkpoints, read_metadata, schedule_of, Checkpoint,
+};
+use diffusion::training::train::{limits, train, TrainConfig};
 use diffusion::{Error, Result};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -113,7 +114,7 @@ fn run() -> Result<()> {
     let guidance: f32 = args.value_in(
         "guidance",
         3.0,
-        diffusion::guidance::SCALE,
+        diffusion::model::guidance::SCALE,
         "guidance scale of the sample grids (--conditional)",
     )?;
     let sample_every: usize = args.value("sample-every", if quick { 0 } else { 500 }, "steps between sample grids")?;

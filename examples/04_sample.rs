@@ -15,12 +15,12 @@
 
 use std::time::Instant;
 
-use diffusion::checkpoint::Trained;
 use diffusion::cli::{exit_on_error, Args};
-use diffusion::guidance::Guided;
+use diffusion::model::guidance::Guided;
+use diffusion::model::unet::UNetConfig;
 use diffusion::plot::image_grid;
-use diffusion::sampler::{sample, Method, SamplerConfig, Spacing, SAMPLER_STEPS};
-use diffusion::unet::UNetConfig;
+use diffusion::sampling::sampler::{sample, Method, SamplerConfig, Spacing, SAMPLER_STEPS};
+use diffusion::training::checkpoint::Trained;
 use diffusion::{Error, Result};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -52,7 +52,7 @@ fn run() -> Result<()> {
     let guidance: f32 = args.value_in(
         "guidance",
         2.0,
-        diffusion::guidance::SCALE,
+        diffusion::model::guidance::SCALE,
         "class-conditional models: classifier-free guidance scale w",
     )?;
     let out = args.out(quick, "04/samples.png", "output PNG")?;

@@ -1,6 +1,6 @@
 //! # 05 — A digit classifier, the judge of the samples
 //!
-//! Trains the small convolutional classifier of `diffusion/src/classifier.rs` with the engine on the shipped
+//! Trains the small convolutional classifier of `diffusion/src/eval/classifier.rs` with the engine on the shipped
 //! MNIST digits, holding out the last 50 of each digit (500 images) to measure its accuracy, or on all of them
 //! when `--test-images`/`--test-labels` name a separate test set (full MNIST's t10k files, say). Writes
 //! `out/05/classifier.safetensors`, which examples 06 (evaluation) and 07 (guidance) use to judge samples.
@@ -12,9 +12,9 @@
 
 use std::time::Instant;
 
-use diffusion::classifier::{save, select, split_idx, train_classifier, ClassifierTraining, Split};
 use diffusion::cli::{exit_on_error, Args};
-use diffusion::idx::{read_labeled, shipped_mnist_dir};
+use diffusion::data::idx::{read_labeled, shipped_mnist_dir};
+use diffusion::eval::classifier::{save, select, split_idx, train_classifier, ClassifierTraining, Split};
 use diffusion::plot::image_grid;
 use diffusion::Result;
 

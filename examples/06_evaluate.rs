@@ -17,13 +17,13 @@ use std::fmt::Write as _;
 use std::time::Instant;
 
 use autograd::Tensor;
-use diffusion::checkpoint::Trained;
-use diffusion::classifier::{self, split_idx, train_classifier, ClassifierTraining};
 use diffusion::cli::{exit_on_error, Args};
-use diffusion::evaluate::Reference;
-use diffusion::idx::shipped_mnist_dir;
+use diffusion::data::idx::shipped_mnist_dir;
+use diffusion::eval::classifier::{self, split_idx, train_classifier, ClassifierTraining};
+use diffusion::eval::evaluate::Reference;
 use diffusion::plot::{image_grid, line_chart, Series};
-use diffusion::sampler::{sample, Method, SamplerConfig, Spacing};
+use diffusion::sampling::sampler::{sample, Method, SamplerConfig, Spacing};
+use diffusion::training::checkpoint::Trained;
 use diffusion::{Error, Result};
 use rand::rngs::StdRng;
 use rand::SeedableRng;

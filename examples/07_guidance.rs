@@ -13,14 +13,14 @@
 use std::time::Instant;
 
 use autograd::Tensor;
-use diffusion::checkpoint::Trained;
-use diffusion::classifier::{self, Classifier};
 use diffusion::cli::{exit_on_error, Args};
 use diffusion::error::check_range;
-use diffusion::guidance::Guided;
+use diffusion::eval::classifier::{self, Classifier};
+use diffusion::model::guidance::Guided;
+use diffusion::model::unet::UNetConfig;
 use diffusion::plot::image_grid;
-use diffusion::sampler::{sample, Method, SamplerConfig, Spacing};
-use diffusion::unet::UNetConfig;
+use diffusion::sampling::sampler::{sample, Method, SamplerConfig, Spacing};
+use diffusion::training::checkpoint::Trained;
 use diffusion::{Error, Result};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -42,8 +42,12 @@ fn run() -> Result<()> {
     let scales: String = args.value("scales", "0,1,2,3".to_string(), "guidance scales w, comma-separated")?;
     let per_class: usize =
         args.value_in("per-class", if quick { 1 } else { 20 }, 1..=10_000, "samples of each digit per scale")?;
-    let sampler_steps: usize =
-        args.value_in("steps", if quick { 2 } else { 20 }, diffusion::sampler::SAMPLER_STEPS, "DPM-Solver++ steps")?;
+    let sampler_steps: usize = args.value_in(
+        "steps",
+        if quick { 2 } else { 20 },
+        diffusion::sampling::sampler::SAMPLER_STEPS,
+        "DPM-Solver++ steps",
+    )?;
     let seed: u64 = args.value("seed", 0, "random seed")?;
     let out = args.out(quick, "07", "output directory")?;
     args.finish()?;
@@ -51,7 +55,7 @@ fn run() -> Result<()> {
         .split(',')
         .map(|s| {
             let w: f32 = s.trim().parse().map_err(|_| Error::Usage(format!("--scales: {s:?} is not a number")))?;
-            check_range("--scales: a scale", &w, &diffusion::guidance::SCALE).map_err(Error::Usage)?;
+            check_range("--scales: a scale", &w, &diffusion::model::guidance::SCALE).map_err(Error::Usage)?;
             Ok(w)
         })
         .collect::<Result<_>>()?;

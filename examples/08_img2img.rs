@@ -11,12 +11,12 @@
 //! ```
 
 use autograd::Tensor;
-use diffusion::checkpoint::Trained;
-use diffusion::classifier::held_out_digits;
 use diffusion::cli::{exit_on_error, Args};
-use diffusion::control::img2img;
+use diffusion::eval::classifier::held_out_digits;
 use diffusion::plot::image_grid;
-use diffusion::sampler::{Method, SamplerConfig, Spacing};
+use diffusion::sampling::control::img2img;
+use diffusion::sampling::sampler::{Method, SamplerConfig, Spacing};
+use diffusion::training::checkpoint::Trained;
 use diffusion::Result;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -32,7 +32,7 @@ fn run() -> Result<()> {
     let steps: usize = args.value_in(
         "steps",
         if quick { 4 } else { 50 },
-        diffusion::sampler::SAMPLER_STEPS,
+        diffusion::sampling::sampler::SAMPLER_STEPS,
         "DDIM steps for strength 1",
     )?;
     let count: usize = args.value_in("count", 6, 1..=10_000, "digits to start from")?;

@@ -13,12 +13,12 @@
 //! ```
 
 use autograd::Tensor;
-use diffusion::checkpoint::Trained;
-use diffusion::classifier::held_out_digits;
 use diffusion::cli::{exit_on_error, Args};
-use diffusion::control::{inpaint, Inpaint};
+use diffusion::eval::classifier::held_out_digits;
 use diffusion::plot::image_grid;
-use diffusion::sampler::{Method, SamplerConfig, Spacing};
+use diffusion::sampling::control::{inpaint, Inpaint};
+use diffusion::sampling::sampler::{Method, SamplerConfig, Spacing};
+use diffusion::training::checkpoint::Trained;
 use diffusion::{Error, Result};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -35,7 +35,7 @@ fn run() -> Result<()> {
     let resample: usize =
         args.value_in("resample", if quick { 2 } else { 5 }, 1..=100, "RePaint resampling (1: plain replacement)")?;
     let steps: usize =
-        args.value_in("steps", if quick { 3 } else { 50 }, diffusion::sampler::SAMPLER_STEPS, "DDIM steps")?;
+        args.value_in("steps", if quick { 3 } else { 50 }, diffusion::sampling::sampler::SAMPLER_STEPS, "DDIM steps")?;
     let count: usize = args.value_in("count", 6, 1..=10_000, "digits")?;
     let seed: u64 = args.value("seed", 0, "random seed")?;
     let out = args.out(quick, "09/inpaint.png", "output PNG")?;

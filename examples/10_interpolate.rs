@@ -11,13 +11,13 @@
 //! ```
 
 use autograd::Tensor;
-use diffusion::checkpoint::Trained;
 use diffusion::cli::{exit_on_error, Args};
-use diffusion::control::slerp;
-use diffusion::ddpm::Denoiser;
-use diffusion::guidance::Guided;
+use diffusion::model::denoiser::Denoiser;
+use diffusion::model::guidance::Guided;
 use diffusion::plot::image_grid;
-use diffusion::sampler::{sampler_timesteps, Method, SamplerConfig, Spacing, Stepper};
+use diffusion::sampling::control::slerp;
+use diffusion::sampling::sampler::{sampler_timesteps, Method, SamplerConfig, Spacing, Stepper};
+use diffusion::training::checkpoint::Trained;
 use diffusion::Result;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -41,7 +41,7 @@ fn run() -> Result<()> {
         args.value_in("frames", if quick { 3 } else { 9 }, 2..=1000, "images per row, both ends included")?;
     let rows: usize = args.value_in("rows", if quick { 1 } else { 4 }, 1..=1000, "pairs of noises")?;
     let steps: usize =
-        args.value_in("steps", if quick { 3 } else { 50 }, diffusion::sampler::SAMPLER_STEPS, "DDIM steps")?;
+        args.value_in("steps", if quick { 3 } else { 50 }, diffusion::sampling::sampler::SAMPLER_STEPS, "DDIM steps")?;
     let label: usize =
         args.value_in("label", 0, 0..=100_000, "for a class-conditional model: the class to draw (guidance 3)")?;
     let seed: u64 = args.value("seed", 0, "random seed")?;

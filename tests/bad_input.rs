@@ -11,8 +11,9 @@ use std::path::{Path, PathBuf};
 
 use autograd::{ParamId, ParamStore};
 use common::{example, fails, scratch, succeeds};
-use diffusion::checkpoint::{read_metadata, save_weights, Checkpoint, Fields, Trained};
-use diffusion::unet::{UNet, UNetConfig};
+use diffusion::metadata::Fields;
+use diffusion::model::unet::{UNet, UNetConfig};
+use diffusion::training::checkpoint::{read_metadata, save_weights, Checkpoint, Trained};
 
 /// A trained `tiny` run: 4 steps, T = 50, checkpoints at 2 and 4.
 fn tiny_run(dir: &Path) -> PathBuf {
@@ -224,7 +225,7 @@ fn checkpoints_with_impossible_values_are_refused_on_resume() {
 #[test]
 fn bad_data_files_are_named_and_never_unpacked_whole() {
     let dir = scratch("bad-data");
-    let shipped = diffusion::idx::shipped_mnist_dir();
+    let shipped = diffusion::data::idx::shipped_mnist_dir();
     let images = shipped.join("images-idx3-ubyte.gz");
     let labels = shipped.join("labels-idx1-ubyte.gz");
     let gz = |bytes: &[u8]| {
@@ -238,7 +239,7 @@ fn bad_data_files_are_named_and_never_unpacked_whole() {
     std::fs::write(&bomb, gz(&vec![0; 512 << 20])).unwrap();
     let junk = dir.join("junk.gz");
     std::fs::write(&junk, [std::fs::read(&images).unwrap(), b"junk".to_vec()].concat()).unwrap();
-    let mut label_bytes = diffusion::idx::read_labels(&labels).unwrap();
+    let mut label_bytes = diffusion::data::idx::read_labels(&labels).unwrap();
     label_bytes[7] = 200;
     let bad_labels = dir.join("labels-200.gz");
     std::fs::write(&bad_labels, gz(&[&[0, 0, 8, 1], &5000u32.to_be_bytes()[..], &label_bytes].concat())).unwrap();

@@ -16,7 +16,7 @@ mod common;
 use std::path::Path;
 
 use common::{scratch, succeeds};
-use diffusion::checkpoint::Trained;
+use diffusion::training::checkpoint::Trained;
 
 /// The main job's flags, shrunk: the `tiny` preset (sized for the 28×28 digits), 6 steps of 4 images.
 const TRAIN: [&str; 16] = [
@@ -109,7 +109,7 @@ fn the_readme_path_runs_as_a_chain_on_what_each_example_wrote() {
     // 05 trains the judge; 06 evaluates the main job's weights with it.
     let classifier = dir.join("05").join("classifier.safetensors");
     succeeds("05_classifier", &["--quick", "--out", s(&classifier)]);
-    diffusion::classifier::load(&classifier).unwrap();
+    diffusion::eval::classifier::load(&classifier).unwrap();
     let run06 = dir.join("06");
     let args = ["--checkpoint", s(&weights), "--classifier", s(&classifier), "--count", "16", "--out", s(&run06)];
     succeeds("06_evaluate", &args);

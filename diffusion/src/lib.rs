@@ -1,34 +1,32 @@
 //! # diffusion: denoising diffusion models on the autograd engine
 //!
-//! Reading order:
-//! 1. [`schedule`]: the noise schedule β_t and the forward process q(x_t | x_0).
-//! 2. [`embedding`]: how a timestep becomes a vector a network can use.
-//! 3. [`ddpm`]: the ε-prediction loss and the ancestral sampler (Ho et al. 2020).
-//! 4. [`mlp`]: the first denoiser, for 2-D points ([`toy2d`] has the data and a quality number).
+//! The folders are the stages a reader meets, in this order; each imports only from the ones before it
+//! (`tests/no_import_cycles.rs` holds every module to that):
 //!
-//! Around them: [`plot`] writes PNGs, [`cli`] reads the examples' flags, [`error`] is the error type of
-//! every file and command-line boundary.
+//! 1. [`model`]: what a denoiser is ([`model::denoiser::Denoiser`]), how a timestep becomes a vector
+//!    ([`model::embedding`]), the MLP for 2-D points ([`model::mlp`]), the U-Net ([`model::unet`]), class
+//!    conditioning and guidance ([`model::guidance`]).
+//! 2. [`process`]: the noise schedule and q(x_t | x_0) ([`process::schedule`]), DDPM's two algorithms
+//!    written out ([`process::ddpm`]), and the general loss with ε, x₀ and v targets ([`process::objective`]).
+//! 3. [`sampling`]: DDPM, DDIM and DPM-Solver++ ([`sampling::sampler`]); img2img, inpainting and
+//!    interpolation ([`sampling::control`]).
+//! 4. [`training`]: the training loop ([`training::train`]) and the files it writes ([`training::checkpoint`]).
+//! 5. [`data`]: MNIST-style IDX files, CIFAR-10, 2-D toy sets, and the order a run visits them in.
+//! 6. [`eval`]: a digit classifier trained with the engine, and the Fréchet distance of its features.
+//!
+//! Around them: [`error`] is the error type of every file and command-line boundary, [`metadata`] reads the
+//! string metadata of the files, [`cli`] reads the examples' flags, [`plot`] writes PNGs.
 
-pub mod checkpoint;
-pub mod cifar;
-pub mod classifier;
 pub mod cli;
-pub mod control;
-pub mod ddpm;
-pub mod embedding;
+pub mod data;
 pub mod error;
-pub mod evaluate;
-pub mod fid;
-pub mod guidance;
-pub mod idx;
-pub mod mlp;
-pub mod objective;
+pub mod eval;
+pub mod metadata;
+pub mod model;
 pub mod plot;
-pub mod sampler;
-pub mod schedule;
-pub mod toy2d;
-pub mod train;
-pub mod unet;
+pub mod process;
+pub mod sampling;
+pub mod training;
 
 pub use autograd;
 pub use error::{Error, Result};

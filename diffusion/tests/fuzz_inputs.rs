@@ -11,9 +11,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use autograd::ParamStore;
-use diffusion::checkpoint::{read_metadata, save_trained, Checkpoint, Fields, Trained};
-use diffusion::train::TrainConfig;
-use diffusion::unet::{UNet, UNetConfig};
+use diffusion::metadata::Fields;
+use diffusion::model::unet::{UNet, UNetConfig};
+use diffusion::training::checkpoint::{read_metadata, save_trained, Checkpoint, Trained};
+use diffusion::training::train::TrainConfig;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
@@ -90,7 +91,7 @@ fn files(dir: &Path) -> (PathBuf, PathBuf) {
     let config = UNetConfig { image_size: 8, ..UNetConfig::tiny() };
     let mut params = ParamStore::new();
     let model = UNet::new(config, &mut params, 1);
-    let schedule = diffusion::schedule::NoiseSchedule::linear_scaled(50);
+    let schedule = diffusion::process::schedule::NoiseSchedule::linear_scaled(50);
     let images = autograd::Tensor::randn_seeded(&[4, 1, 8, 8], 2);
     let mut train = TrainConfig::new(1, 2, dir);
     train.grid_images = 1;
@@ -100,7 +101,8 @@ fn files(dir: &Path) -> (PathBuf, PathBuf) {
         ("timesteps".to_string(), "50".to_string()),
         ("preset".to_string(), "tiny".to_string()),
     ]);
-    let (ema, report) = diffusion::train::train(&model, &mut params, &schedule, &images, None, &train, None).unwrap();
+    let (ema, report) =
+        diffusion::training::train::train(&model, &mut params, &schedule, &images, None, &train, None).unwrap();
     let weights = dir.join("model.safetensors");
     save_trained(&weights, ema.params(), &train.record(&model.config)).unwrap();
     (weights, report.checkpoint)
@@ -180,7 +182,7 @@ fn resign(original: &Path, to: &Path, mut metadata: BTreeMap<String, String>) {
     let fields = Fields::new(original, &old);
     let mut template = ParamStore::new();
     let _ = UNet::new(UNetConfig::from_metadata(&fields).unwrap(), &mut template, 0);
-    if old["format"] == diffusion::checkpoint::FORMAT {
+    if old["format"] == diffusion::training::checkpoint::FORMAT {
         let mut c = Checkpoint::load(original, &template).unwrap();
         for key in ["format", "format_version", "step", "epoch", "position", "ema_updates"] {
             let value = metadata.remove(key).unwrap();
@@ -196,8 +198,8 @@ fn resign(original: &Path, to: &Path, mut metadata: BTreeMap<String, String>) {
         c.save(to).unwrap();
     } else {
         let mut params = template.clone();
-        diffusion::checkpoint::load_weights(original, &mut params).unwrap();
-        diffusion::checkpoint::save_weights(to, &params, &metadata).unwrap();
+        diffusion::training::checkpoint::load_weights(original, &mut params).unwrap();
+        diffusion::training::checkpoint::save_weights(to, &params, &metadata).unwrap();
     }
 }
 
@@ -217,7 +219,7 @@ fn mutated_idx_and_cifar_headers_never_panic_or_overallocate() {
     // First a fixed case: 16 bytes claiming 60 images of 4096×4096 (1 GB, within the reader's bound).
     let claim = [&[0, 0, 8, 3][..], &60u32.to_be_bytes(), &4096u32.to_be_bytes(), &4096u32.to_be_bytes()].concat();
     std::fs::write(&path, &claim).unwrap();
-    let (result, allocated) = measured(|| diffusion::idx::read_images(&path).map(|i| i.pixels.len()));
+    let (result, allocated) = measured(|| diffusion::data::idx::read_images(&path).map(|i| i.pixels.len()));
     assert!(result.unwrap_err().to_string().contains("is truncated"));
     assert!(allocated <= BOUND, "a 16-byte file made the reader allocate {allocated} bytes");
     for round in 0..400 {
@@ -240,10 +242,10 @@ fn mutated_idx_and_cifar_headers_never_panic_or_overallocate() {
         }
         std::fs::write(&path, &b).unwrap();
         let (result, allocated) = if is_idx {
-            let (r, a) = measured(|| diffusion::idx::read_images(&path).map(|i| i.pixels.len()));
+            let (r, a) = measured(|| diffusion::data::idx::read_images(&path).map(|i| i.pixels.len()));
             (r, a)
         } else {
-            measured(|| diffusion::cifar::read_cifar10(&path).map(|c| c.labels.len()))
+            measured(|| diffusion::data::cifar::read_cifar10(&path).map(|c| c.labels.len()))
         };
         assert!(allocated <= BOUND, "round {round}: reading allocated {allocated} bytes");
         if let Err(e) = result {

@@ -4,10 +4,10 @@
 
 use autograd::optim::{Adam, Optimizer};
 use autograd::{ParamStore, Tape};
-use diffusion::ddpm;
-use diffusion::mlp::MlpDenoiser;
-use diffusion::schedule::NoiseSchedule;
-use diffusion::toy2d::{mean_nearest_distance, Toy2d};
+use diffusion::data::toy2d::{mean_nearest_distance, Toy2d};
+use diffusion::model::mlp::MlpDenoiser;
+use diffusion::process::ddpm;
+use diffusion::process::schedule::NoiseSchedule;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 

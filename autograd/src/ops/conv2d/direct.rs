@@ -40,7 +40,7 @@
 use crate::cpu::Simd;
 use crate::vector::{self, F32Vector};
 
-use super::kernels::ConvShape;
+use super::shape::ConvShape;
 
 /// True for the convolutions this file handles: stride 1, an odd square kernel, padding (k − 1)/2, bigger than
 /// 1×1 (a 1×1 convolution is a matrix product already).

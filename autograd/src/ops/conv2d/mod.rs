@@ -3,6 +3,7 @@
 
 mod direct;
 mod kernels;
+mod shape;
 #[cfg(test)]
 mod tests;
 mod winograd;

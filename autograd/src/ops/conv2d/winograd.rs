@@ -62,7 +62,7 @@
 //! `conv2d_forward_naive` with the same bound as every other path.
 
 use super::direct::{forward_tile, is_same_conv, Runs};
-use super::kernels::ConvShape;
+use super::shape::ConvShape;
 use crate::cpu::Simd;
 use crate::vector::{self, F32Vector};
 

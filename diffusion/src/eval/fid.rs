@@ -1,6 +1,6 @@
 //! The Fréchet distance between two sets of feature vectors, each summarized as a Gaussian (Heusel et al.
 //! 2017, "GANs Trained by a Two Time-Scale Update Rule Converge to a Local Nash Equilibrium", §3; with
-//! Inception features it is the FID; here the features are those of [`crate::classifier`]):
+//! Inception features it is the FID; here the features are those of [`crate::eval::classifier`]):
 //! ```text
 //! d² = ‖μ₁ − μ₂‖² + tr(Σ₁ + Σ₂ − 2 (Σ₁ Σ₂)^½)
 //! tr (Σ₁ Σ₂)^½ = tr (Σ₁^½ Σ₂ Σ₁^½)^½       (Σ₁ Σ₂ is similar to the symmetric Σ₁^½ Σ₂ Σ₁^½, so they share

@@ -248,7 +248,7 @@ fn killing_the_writer_mid_write_keeps_the_previous_checkpoint() {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "checkpoint::tests::writer_process", "--ignored", "--test-threads=1"])
+        .args(["--exact", "training::checkpoint::tests::writer_process", "--ignored", "--test-threads=1"])
         .env("CHECKPOINT_WRITER_DIR", &dir)
         .stdout(std::process::Stdio::null())
         .spawn()
@@ -325,7 +325,7 @@ fn identical_contents_write_identical_bytes() {
 /// rebuilt from the preset it names, with the classes its class embedding table has.
 #[test]
 fn weights_without_a_unet_config_are_rebuilt_from_their_preset() {
-    use crate::unet::{UNet, UNetConfig};
+    use crate::model::unet::{UNet, UNetConfig};
     for num_classes in [0, 10] {
         let config = UNetConfig { num_classes, ..UNetConfig::tiny() };
         let mut params = ParamStore::new();

@@ -1,5 +1,5 @@
 //! Sample quality as numbers: the Fréchet distance between the classifier features of samples and of real
-//! images ([`crate::fid`]), the classifier's mean confidence, and the histogram of the classes it sees.
+//! images ([`crate::eval::fid`]), the classifier's mean confidence, and the histogram of the classes it sees.
 //!
 //! A Fréchet distance depends on the features and on the sample count, so it is always reported with two
 //! references measured the same way, with the same count n:
@@ -12,9 +12,9 @@ use autograd::{ParamStore, Tensor};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
-use crate::classifier::{select, Classifier, Judgement};
-use crate::fid::frechet_distance_of;
-use crate::train::shuffle;
+use crate::data::order::shuffle;
+use crate::eval::classifier::{select, Classifier, Judgement};
+use crate::eval::fid::frechet_distance_of;
 
 /// The real features samples are compared with, and the floor and ceiling of the distance.
 pub struct Reference {

@@ -10,16 +10,18 @@ use std::time::Instant;
 use autograd::optim::{clip_grad_norm, Adam, Ema, Optimizer};
 use autograd::{ParamStore, Tape, Tensor};
 use rand::rngs::StdRng;
-use rand::{RngExt, SeedableRng};
+use rand::SeedableRng;
 
-use crate::checkpoint::{save_rotating, save_trained, Checkpoint, Fields};
+use crate::data::order::{epoch_order, keyed_rng, Stream};
 use crate::error::{check_range, Error, Result};
-use crate::guidance::{Conditional, Guided};
-use crate::objective::{training_loss, Prediction, Weighting};
+use crate::metadata::Fields;
+use crate::model::guidance::{Conditional, Guided};
+use crate::model::unet::{UNet, UNetConfig};
 use crate::plot::image_grid;
-use crate::sampler::{sample, Method, SamplerConfig, Spacing};
-use crate::schedule::NoiseSchedule;
-use crate::unet::{UNet, UNetConfig};
+use crate::process::objective::{training_loss, Prediction, Weighting};
+use crate::process::schedule::NoiseSchedule;
+use crate::sampling::sampler::{sample, Method, SamplerConfig, Spacing};
+use crate::training::checkpoint::{save_rotating, save_trained, Checkpoint};
 
 /// The range of every number of a [`TrainConfig`], checked by [`TrainConfig::validate`] and by the flags that
 /// set them, whatever the config came from (flags or a checkpoint).
@@ -27,7 +29,7 @@ pub mod limits {
     use std::ops::RangeInclusive;
 
     pub const STEPS: RangeInclusive<usize> = 1..=100_000_000;
-    /// Also bounded by the memory it takes ([`crate::unet::UNetConfig::check_memory`]).
+    /// Also bounded by the memory it takes ([`crate::model::unet::UNetConfig::check_memory`]).
     pub const BATCH: RangeInclusive<usize> = 1..=65_536;
     /// Positive and finite; a huge one diverges, and training says so at the step it does.
     pub const LR: RangeInclusive<f32> = f32::MIN_POSITIVE..=f32::MAX;
@@ -161,14 +163,14 @@ impl TrainConfig {
 
     /// What every file of a run records beside its tensors, checkpoints and the final weights alike: the
     /// optimization settings (`train.*`), the model config (`unet.*`) and the run's own entries
-    /// ([`TrainConfig::run_metadata`]: the schedule, the data). [`crate::checkpoint::Trained::load`] rebuilds the model from it.
+    /// ([`TrainConfig::run_metadata`]: the schedule, the data). [`crate::training::checkpoint::Trained::load`] rebuilds the model from it.
     pub fn record(&self, model: &UNetConfig) -> BTreeMap<String, String> {
         self.to_metadata().into_iter().chain(model.to_metadata()).chain(self.run_metadata.clone()).collect()
     }
 
     /// Whether this run can be trained with `model` on a schedule of `timesteps` steps: every number within
     /// [`limits`], the grid sampler within the schedule, and the memory the
-    /// batch and the grid imply within [`crate::unet::limits::MEMORY_BYTES`]. Call with a validated model.
+    /// batch and the grid imply within [`crate::model::unet::limits::MEMORY_BYTES`]. Call with a validated model.
     pub fn validate(&self, model: &UNetConfig, timesteps: usize) -> std::result::Result<(), String> {
         check_range("steps", &self.steps, &limits::STEPS)?;
         check_range("batch", &self.batch, &limits::BATCH)?;
@@ -184,7 +186,7 @@ impl TrainConfig {
         check_range("label_dropout", &self.label_dropout, &limits::LABEL_DROPOUT)?;
         check_range("grid images", &self.grid_images, &limits::GRID_IMAGES)?;
         check_range("grid sampler steps", &self.grid_sampler.steps, &(1..=timesteps))?;
-        check_range("grid guidance", &self.grid_guidance, &crate::guidance::SCALE)?;
+        check_range("grid guidance", &self.grid_guidance, &crate::model::guidance::SCALE)?;
         if let Some(stop) = self.stop_at {
             check_range("stop_at", &stop, &(1..=self.steps))?;
         }
@@ -280,44 +282,9 @@ fn clock(seconds: f64) -> String {
     format!("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
 }
 
-/// The random generator of one purpose and one index (a step, an epoch), keyed by the run's seed: ChaCha12
-/// whose key is (seed, stream, index). A run's randomness is then a function of where it is, not of how it
-/// got there, which is what makes resuming exact without saving any generator state.
-pub fn keyed_rng(seed: u64, stream: Stream, index: u64) -> StdRng {
-    let mut key = [0u8; 32];
-    key[..8].copy_from_slice(&seed.to_le_bytes());
-    key[8..16].copy_from_slice(&(stream as u64).to_le_bytes());
-    key[16..24].copy_from_slice(&index.to_le_bytes());
-    StdRng::from_seed(key)
-}
-
-/// The independent random streams of a training run.
-#[derive(Clone, Copy, Debug)]
-pub enum Stream {
-    /// One generator per step: timesteps, noise, dropout.
-    Step = 1,
-    /// One generator per epoch: the order of the data.
-    Shuffle = 2,
-}
-
-/// The order in which epoch `epoch` visits `n` items (Fisher–Yates with that epoch's generator).
-pub fn epoch_order(n: usize, seed: u64, epoch: u64) -> Vec<usize> {
-    let mut order: Vec<usize> = (0..n).collect();
-    shuffle(&mut order, &mut keyed_rng(seed, Stream::Shuffle, epoch));
-    order
-}
-
-/// Shuffles `items` in place (Fisher–Yates: each position from the last down swaps with a uniformly chosen
-/// one at or before it).
-pub fn shuffle(items: &mut [usize], rng: &mut StdRng) {
-    for i in (1..items.len()).rev() {
-        items.swap(i, rng.random_range(0..=i));
-    }
-}
-
 /// Trains `model` on `images` [N, C, H, W] (values in [−1, 1]) as configured, from scratch or from
 /// `resume`; writes `loss.csv`, `samples_step<k>.png` every `sample_every` steps, `samples.png` and
-/// `model.safetensors` (the EMA weights, which [`crate::checkpoint::Trained::load`] opens) at the end, and checkpoints into
+/// `model.safetensors` (the EMA weights, which [`crate::training::checkpoint::Trained::load`] opens) at the end, and checkpoints into
 /// `out_dir/checkpoints`. Returns the EMA parameters (for sampling) and a report.
 ///
 /// A run resumed from the checkpoint of step k continues exactly as the uninterrupted run would have: the
@@ -593,7 +560,8 @@ pub fn write_grid(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::unet::UNetConfig;
+    use crate::model::unet::UNetConfig;
+    use rand::RngExt;
 
     fn config(steps: usize, out: &str) -> TrainConfig {
         TrainConfig {

@@ -13,7 +13,7 @@
 //!           checksum = "fnv1a64-words:<hex>"                        over all of the above
 //! ```
 //! The random state needs no bytes of its own: every step draws from a generator keyed by (seed, step) and
-//! every epoch shuffles with one keyed by (seed, epoch) (see [`crate::train`]), so the seed in `train.seed`
+//! every epoch shuffles with one keyed by (seed, epoch) (see [`crate::training::train`]), so the seed in `train.seed`
 //! with `step` and `epoch` *is* the generator state. The data order position is (`epoch`, `position`).
 //!
 //! safetensors has no checksum, and a flipped bit in a weight would load silently; the `checksum` entry
@@ -22,7 +22,6 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 
 use autograd::optim::AdamState;
 use autograd::ParamStore;
@@ -30,6 +29,7 @@ use safetensors::{Dtype, SafeTensors};
 
 use super::{check_no_extra, encode, parse, read_f32, read_store, verify_checksum, write_atomically, Entry};
 use crate::error::{Error, Result};
+use crate::metadata::Fields;
 
 /// What [`Checkpoint`] files say in their `format` entry, and the version this code writes and reads.
 pub const FORMAT: &str = "scratch-diffusion checkpoint";
@@ -217,56 +217,4 @@ pub fn list_checkpoints(dir: &Path) -> Result<Vec<PathBuf>> {
         .collect();
     found.sort();
     Ok(found)
-}
-
-/// Typed access to string metadata, with errors that name the file and the entry.
-pub struct Fields<'a> {
-    path: &'a Path,
-    metadata: &'a BTreeMap<String, String>,
-}
-
-impl<'a> Fields<'a> {
-    pub fn new(path: &'a Path, metadata: &'a BTreeMap<String, String>) -> Fields<'a> {
-        Fields { path, metadata }
-    }
-
-    /// An error about this file.
-    pub fn error(&self, problem: impl Into<String>) -> Error {
-        Error::format(self.path, problem)
-    }
-
-    /// The raw string of `key`.
-    pub fn text(&self, key: &str) -> Result<&'a str> {
-        let metadata: &'a BTreeMap<String, String> = self.metadata;
-        metadata
-            .get(key)
-            .map(String::as_str)
-            .ok_or_else(|| Error::format(self.path, format!("has no {key:?} entry in its metadata")))
-    }
-
-    /// `key` parsed as T.
-    pub fn get<T: FromStr>(&self, key: &str) -> Result<T> {
-        let text = self.text(key)?;
-        text.parse().map_err(|_| Error::format(self.path, format!("has a {key:?} entry that is not valid: {text:?}")))
-    }
-
-    /// `key` as a comma-separated list of T.
-    pub fn list<T: FromStr>(&self, key: &str) -> Result<Vec<T>> {
-        let text = self.text(key)?;
-        text.split(',')
-            .map(|item| item.trim().parse())
-            .collect::<std::result::Result<Vec<T>, _>>()
-            .map_err(|_| Error::format(self.path, format!("has a {key:?} entry that is not a valid list: {text:?}")))
-    }
-
-    /// `key` parsed by `parse` (for names such as "epsilon" or "cosine").
-    pub fn named<T>(&self, key: &str, parse: impl FnOnce(&str) -> Option<T>) -> Result<T> {
-        let text = self.text(key)?;
-        parse(text).ok_or_else(|| Error::format(self.path, format!("has an unknown {key:?}: {text:?}")))
-    }
-}
-
-/// Joins a list for [`Fields::list`].
-pub fn join<T: ToString>(items: &[T]) -> String {
-    items.iter().map(T::to_string).collect::<Vec<_>>().join(",")
 }

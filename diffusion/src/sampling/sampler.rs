@@ -17,9 +17,9 @@
 use autograd::{ParamStore, Tape, Tensor, Var};
 use rand::rngs::StdRng;
 
-use crate::ddpm::Denoiser;
-use crate::objective::Prediction;
-use crate::schedule::NoiseSchedule;
+use crate::model::denoiser::Denoiser;
+use crate::process::objective::Prediction;
+use crate::process::schedule::NoiseSchedule;
 
 /// How the sampling timesteps are chosen from 0 … T−1.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -62,7 +62,7 @@ impl Method {
 }
 
 /// The step counts a flag may ask a sampler for before the model is known; once it is, at most its T
-/// ([`crate::checkpoint::Trained::check_sampling`]).
+/// ([`crate::training::checkpoint::Trained::check_sampling`]).
 pub const SAMPLER_STEPS: std::ops::RangeInclusive<usize> = 1..=100_000;
 
 /// A sampler's settings.
@@ -316,6 +316,27 @@ mod tests {
                 .collect();
             Var::constant(Tensor::from_vec(x_t.shape(), out))
         }
+    }
+
+    /// The DDPM paper's Algorithm 2 as written out in `process::ddpm` is this sampler's DDPM, for the same
+    /// draws: the same numbers up to f32 rounding (the two write the step with ε̂ and with x̂_0).
+    #[test]
+    fn the_papers_algorithm_2_is_the_general_ddpm() {
+        let schedule = NoiseSchedule::linear_scaled(100);
+        let oracle = GaussianOracle { mu: 0.7, s: 0.5, schedule: schedule.clone(), prediction: Prediction::Epsilon };
+        let plain = crate::process::ddpm::sample(
+            &oracle,
+            &ParamStore::new(),
+            &schedule,
+            &[64, 3],
+            &mut StdRng::seed_from_u64(5),
+        );
+        let config = SamplerConfig { method: Method::Ddpm, steps: 100, spacing: Spacing::Linspace, clip_x0: None };
+        let rng = &mut StdRng::seed_from_u64(5);
+        let general = sample(&oracle, &ParamStore::new(), &schedule, Prediction::Epsilon, &config, &[64, 3], rng);
+        let worst = plain.data().iter().zip(general.data()).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        assert!(worst < 1e-4, "largest difference {worst}");
+        assert!(plain.data() != Tensor::randn(&[64, 3], &mut StdRng::seed_from_u64(5)).data(), "it moved");
     }
 
     fn moments(x: &Tensor) -> (f32, f32) {

@@ -18,8 +18,8 @@ use autograd::{ParamStore, Tape, Tensor, Var};
 use rand::rngs::StdRng;
 use rand::RngExt;
 
-use crate::ddpm::Denoiser;
-use crate::schedule::NoiseSchedule;
+use crate::model::denoiser::Denoiser;
+use crate::process::schedule::NoiseSchedule;
 
 /// The network's target.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -14,8 +14,8 @@ use autograd::{ParamStore, Tape, Var};
 use rand::rngs::StdRng;
 use rand::RngExt;
 
-use crate::ddpm::Denoiser;
-use crate::unet::UNet;
+use crate::model::denoiser::Denoiser;
+use crate::model::unet::UNet;
 
 /// The U-Net with one class label per batch row, for training: labels are dropped to "no class" with
 /// probability `label_dropout` in [`Denoiser::predict_train`]. With `labels` = `None` (an unconditional
@@ -76,7 +76,7 @@ impl Denoiser for Guided<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::unet::UNetConfig;
+    use crate::model::unet::UNetConfig;
     use autograd::Tensor;
     use rand::SeedableRng;
 

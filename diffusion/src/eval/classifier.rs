@@ -1,6 +1,6 @@
 //! A small convolutional digit classifier, trained with the engine itself, to judge generated images: how
 //! often a sample is the digit asked for, how confident the classifier is, and (through its penultimate
-//! features) how far the samples' distribution is from the real one ([`crate::fid`]).
+//! features) how far the samples' distribution is from the real one ([`crate::eval::fid`]).
 //!
 //! ```text
 //! x [B, 1, 28, 28]
@@ -23,10 +23,11 @@ use autograd::{ParamStore, Tape, Tensor, Var};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
-use crate::checkpoint::{load_weights, read_metadata, save_weights, Fields};
+use crate::data::idx::read_labeled;
+use crate::data::order::shuffle;
 use crate::error::Result;
-use crate::idx::read_labeled;
-use crate::train::shuffle;
+use crate::metadata::Fields;
+use crate::training::checkpoint::{load_weights, read_metadata, save_weights};
 
 /// Width of the feature vector (the penultimate layer).
 pub const FEATURES: usize = 128;
@@ -317,7 +318,7 @@ pub fn split_idx(images: &Path, labels: &Path, per_class: usize) -> Result<Split
 /// `count` digits from the held-out part of the shipped MNIST (the last 50 of each digit), of classes
 /// `first`, `first + 1`, … (mod 10), for examples to start from.
 pub fn held_out_digits(count: usize, first: usize) -> Result<Tensor> {
-    let dir = crate::idx::shipped_mnist_dir();
+    let dir = crate::data::idx::shipped_mnist_dir();
     let split = split_idx(&dir.join("images-idx3-ubyte.gz"), &dir.join("labels-idx1-ubyte.gz"), 50)?;
     let picks: Vec<usize> = (0..count)
         .map(|k| {
@@ -364,7 +365,7 @@ pub fn select(images: &Tensor, indices: &[usize]) -> Tensor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::idx::shipped_mnist_dir;
+    use crate::data::idx::shipped_mnist_dir;
 
     #[test]
     fn shifting_moves_pixels_and_fills_background() {

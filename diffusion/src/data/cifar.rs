@@ -15,8 +15,8 @@ use std::path::{Path, PathBuf};
 
 use autograd::Tensor;
 
+use crate::data::idx::read_maybe_gzip;
 use crate::error::{Error, Result};
-use crate::idx::read_maybe_gzip;
 
 /// Bytes of one record: a label and 3×32×32 pixels.
 pub const RECORD: usize = 1 + 3 * 32 * 32;

@@ -16,8 +16,8 @@ use autograd::nn::Linear;
 use autograd::{ParamStore, Tape, Tensor, Var};
 use rand::rngs::StdRng;
 
-use crate::ddpm::Denoiser;
-use crate::embedding::timestep_embedding;
+use crate::model::denoiser::Denoiser;
+use crate::model::embedding::timestep_embedding;
 
 const TIME_DIM: usize = 64;
 const FOURIER_OCTAVES: usize = 8;

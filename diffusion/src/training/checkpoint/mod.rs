@@ -22,7 +22,7 @@ use checksum::checksum;
 mod checksum;
 mod state;
 mod trained;
-pub use state::{check_format, join, list_checkpoints, save_rotating, Checkpoint, Fields, FORMAT, FORMAT_VERSION};
+pub use state::{check_format, list_checkpoints, save_rotating, Checkpoint, FORMAT, FORMAT_VERSION};
 pub use trained::{save_trained, schedule_of, Trained, WEIGHTS_FORMAT, WEIGHTS_VERSION};
 
 /// Writes every parameter of `params` and the string `metadata` to `path`, crash-safe, with a `checksum`
@@ -149,7 +149,7 @@ pub fn verify_checksum(path: &Path, file: &SafeTensors, metadata: &BTreeMap<Stri
 }
 
 /// Fails unless the tensors of `path` whose names start with `prefix` hold `expected` elements in all: the
-/// parameter count of the model its metadata describes ([`crate::unet::UNetConfig::sizes`]), checked before
+/// parameter count of the model its metadata describes ([`crate::model::unet::UNetConfig::sizes`]), checked before
 /// that model is built, so a config edited to an outsized model is refused before it allocates anything.
 pub fn check_element_count(path: &Path, prefix: &str, expected: usize) -> Result<()> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;

@@ -8,11 +8,12 @@ use std::path::Path;
 
 use autograd::ParamStore;
 
-use super::{check_element_count, load_weights, read_metadata, save_weights, tensor_shape, Checkpoint, Fields, FORMAT};
+use super::{check_element_count, load_weights, read_metadata, save_weights, tensor_shape, Checkpoint, FORMAT};
 use crate::error::{Error, Result};
-use crate::objective::Prediction;
-use crate::schedule::NoiseSchedule;
-use crate::unet::{UNet, UNetConfig};
+use crate::metadata::Fields;
+use crate::model::unet::{UNet, UNetConfig};
+use crate::process::objective::Prediction;
+use crate::process::schedule::NoiseSchedule;
 
 /// What weights files say in their `format` entry, and the newest version this code writes and reads:
 /// 2 has a `checksum` entry; 1 (before 2026-12) had none, and until then no `unet.*` config either.

@@ -24,10 +24,10 @@ use autograd::{ParamStore, Tape, Var};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
-use crate::checkpoint::{join, Fields};
-use crate::ddpm::Denoiser;
-use crate::embedding::timestep_embedding;
 use crate::error::{check_range, Result};
+use crate::metadata::{join, Fields};
+use crate::model::denoiser::Denoiser;
+use crate::model::embedding::timestep_embedding;
 
 /// Architecture of a [`UNet`].
 #[derive(Clone, Debug, PartialEq)]

@@ -19,10 +19,10 @@
 use autograd::{ParamStore, Tensor};
 use rand::rngs::StdRng;
 
-use crate::ddpm::Denoiser;
-use crate::objective::Prediction;
-use crate::sampler::{sampler_timesteps, Method, SamplerConfig, Stepper};
-use crate::schedule::NoiseSchedule;
+use crate::model::denoiser::Denoiser;
+use crate::process::objective::Prediction;
+use crate::process::schedule::NoiseSchedule;
+use crate::sampling::sampler::{sampler_timesteps, Method, SamplerConfig, Stepper};
 
 /// SDEdit: `image` [B, C, H, W] noised to `strength` ∈ [0, 1] of the sampler's steps, then denoised.
 #[allow(clippy::too_many_arguments)]
@@ -141,7 +141,7 @@ pub fn slerp(a: &Tensor, b: &Tensor, alpha: f32) -> Tensor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sampler::Spacing;
+    use crate::sampling::sampler::Spacing;
     use autograd::{Tape, Var};
     use rand::SeedableRng;
 

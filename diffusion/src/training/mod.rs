@@ -1,0 +1,9 @@
+//! Training a denoiser, and the files a run leaves.
+//!
+//! - [`train`]: the loop (AdamW, warmup and cosine decay, clipping, EMA, loss log, grids, divergence
+//!   diagnosis), its config and its limits.
+//! - [`checkpoint`]: safetensors weights and training checkpoints, crash-safe and checksummed, and
+//!   [`checkpoint::Trained`], a trained model loaded to sample from.
+
+pub mod checkpoint;
+pub mod train;
