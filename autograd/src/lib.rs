@@ -3,7 +3,7 @@
 //! A guided tour, in the order to read the code:
 //!
 //! 1. [`Tensor`] (`tensor.rs`): an f32 array with a shape, contiguous and row-major.
-//! 2. [`Tape`] (`tape.rs`): records each op applied to values that need gradients, as a flat list; its
+//! 2. [`Tape`] (`tape/`): records each op applied to values that need gradients, as a flat list; its
 //!    [`Tape::backward`] walks that list once in reverse.
 //! 3. An op (`ops/<op>/mod.rs`): a method on `Tape` that computes the forward, plus a struct implementing
 //!    [`Op`] that holds what the backward needs and computes it. Start with `ops/arith` (add, mul) and

@@ -16,6 +16,10 @@
 //! passed on, so the tape is empty and ready for the next step afterwards.
 
 use std::collections::{BTreeMap, HashMap};
+
+mod instruments;
+pub use instruments::NonFinite;
+use instruments::{FiniteCheck, Profile};
 use std::fmt::Write as _;
 
 use crate::params::{ParamId, ParamStore};
@@ -72,20 +76,23 @@ pub trait Op: Send + Sync {
     fn backward(&self, dout: &Tensor, wants: &[bool]) -> Vec<Option<Tensor>>;
 }
 
-/// Where a leaf's gradient goes.
-enum Leaf {
-    Param(ParamId),
-    Input,
+/// One entry of the tape: a leaf, where a gradient ends, or an op, through which it flows back.
+enum Node {
+    /// A parameter bound with [`Tape::param`]; its gradient goes to [`Gradients::param`].
+    Param { id: ParamId, shape: Vec<usize> },
+    /// A leaf made with [`Tape::leaf`]; its gradient goes to [`Gradients::leaf`].
+    Input { shape: Vec<usize> },
+    /// An op's output: the op with what it saved for backward, and per input its node (`None`: it needs no
+    /// gradient) and its shape (to check the gradient the op returns).
+    Op { op: Box<dyn Op>, inputs: Vec<Option<NodeId>>, input_shapes: Vec<Vec<usize>>, shape: Vec<usize> },
 }
 
-struct Node {
-    /// `None` for a leaf.
-    op: Option<Box<dyn Op>>,
-    leaf: Option<Leaf>,
-    /// One entry per op input: its node, or `None` if it does not require a gradient.
-    inputs: Vec<Option<NodeId>>,
-    input_shapes: Vec<Vec<usize>>,
-    shape: Vec<usize>,
+impl Node {
+    fn shape(&self) -> &[usize] {
+        match self {
+            Node::Param { shape, .. } | Node::Input { shape } | Node::Op { shape, .. } => shape,
+        }
+    }
 }
 
 /// A recording of one forward pass, for one backward pass.
@@ -95,33 +102,6 @@ pub struct Tape {
     bound_params: HashMap<ParamId, NodeId>,
     profile: Option<Profile>,
     finite_check: Option<FiniteCheck>,
-}
-
-/// What [`Tape::enable_finite_check`] has seen: ops so far, and the first op whose output was not finite.
-#[derive(Default, Debug)]
-struct FiniteCheck {
-    ops: usize,
-    first: Option<NonFinite>,
-}
-
-/// The first op whose output held a NaN or ±∞ (see [`Tape::enable_finite_check`]).
-#[derive(Clone, Debug, PartialEq)]
-pub struct NonFinite {
-    /// Position of the op in the forward pass, counting every op from 1.
-    pub op_index: usize,
-    pub op: &'static str,
-    pub shape: Vec<usize>,
-    pub input_shapes: Vec<Vec<usize>>,
-    /// The parameters among its inputs (a layer's weights name the layer).
-    pub params: Vec<ParamId>,
-}
-
-/// Time spent per op, forward and backward (see [`Tape::enable_profile`]).
-#[derive(Default, Debug)]
-struct Profile {
-    /// op name → (calls, forward seconds, backward seconds)
-    ops: BTreeMap<&'static str, (usize, f64, f64)>,
-    last: Option<std::time::Instant>,
 }
 
 impl Default for Tape {
@@ -194,52 +174,6 @@ impl Tape {
         self.bound_params.clear();
     }
 
-    /// Starts timing every recorded op: forward time is measured from the previous recorded op (so it
-    /// includes any glue code between ops), backward time around each op's `backward`. Accumulates over
-    /// steps until [`Tape::profile_report`].
-    pub fn enable_profile(&mut self) {
-        self.profile = Some(Profile { last: Some(std::time::Instant::now()), ..Profile::default() });
-    }
-
-    /// Books the time since the last recorded op (or mark) under `label` instead of the next op's forward:
-    /// for work done outside the tape, such as the optimizer step. Does nothing when profiling is off.
-    pub fn profile_mark(&mut self, label: &'static str) {
-        if let Some(profile) = self.profile.as_mut() {
-            let now = std::time::Instant::now();
-            let entry = profile.ops.entry(label).or_default();
-            entry.0 += 1;
-            entry.1 += profile.last.map_or(0.0, |t| (now - t).as_secs_f64());
-            profile.last = Some(now);
-        }
-    }
-
-    /// A table of the profiled time per op, largest total first, and resets the counts.
-    pub fn profile_report(&mut self) -> String {
-        let Some(profile) = self.profile.as_mut() else { return "profiling is off\n".into() };
-        let mut rows: Vec<_> = profile.ops.iter().map(|(name, &(n, f, b))| (name, n, f, b)).collect();
-        rows.sort_by(|x, y| (y.2 + y.3).total_cmp(&(x.2 + x.3)));
-        let total: f64 = rows.iter().map(|r| r.2 + r.3).sum();
-        let mut out =
-            format!("{:<30} {:>7} {:>11} {:>11} {:>6}\n", "op", "calls", "forward ms", "backward ms", "share");
-        for (name, n, f, b) in rows {
-            let share = 100.0 * (f + b) / total.max(1e-12);
-            let _ = writeln!(out, "{name:<30} {n:>7} {:>11.2} {:>11.2} {share:>5.1}%", f * 1e3, b * 1e3);
-        }
-        profile.ops.clear();
-        out
-    }
-
-    /// Starts checking every op's output for NaN or ±∞ (recorded or not); [`Tape::first_non_finite`] then
-    /// names the first op that produced one. A debugging aid: it reads every activation once more.
-    pub fn enable_finite_check(&mut self) {
-        self.finite_check = Some(FiniteCheck::default());
-    }
-
-    /// The first op whose output held a NaN or ±∞ since [`Tape::enable_finite_check`].
-    pub fn first_non_finite(&self) -> Option<&NonFinite> {
-        self.finite_check.as_ref().and_then(|c| c.first.as_ref())
-    }
-
     /// A value that requires no gradient; the same as [`Var::constant`].
     pub fn constant(&self, value: Tensor) -> Var {
         Var::constant(value)
@@ -247,7 +181,8 @@ impl Tape {
 
     /// A leaf whose gradient [`Tape::backward`] reports in [`Gradients::leaf`].
     pub fn leaf(&mut self, value: Tensor) -> Var {
-        self.push_leaf(value, Leaf::Input)
+        let shape = value.shape().to_vec();
+        self.push_leaf(value, Node::Input { shape })
     }
 
     /// Binds parameter `id` of `store` to this tape. Binding the same parameter twice returns the same node,
@@ -260,24 +195,18 @@ impl Tape {
         if let Some(&node) = self.bound_params.get(&id) {
             return Var { value, node: Some(node) };
         }
-        let var = self.push_leaf(value, Leaf::Param(id));
+        let shape = value.shape().to_vec();
+        let var = self.push_leaf(value, Node::Param { id, shape });
         self.bound_params.insert(id, var.node.expect("recording tape gives leaves a node"));
         var
     }
 
-    fn push_leaf(&mut self, value: Tensor, leaf: Leaf) -> Var {
+    fn push_leaf(&mut self, value: Tensor, leaf: Node) -> Var {
         if !self.recording {
             return Var::constant(value);
         }
-        let id = self.nodes.len();
-        self.nodes.push(Node {
-            op: None,
-            leaf: Some(leaf),
-            inputs: Vec::new(),
-            input_shapes: Vec::new(),
-            shape: value.shape().to_vec(),
-        });
-        Var { value, node: Some(id) }
+        self.nodes.push(leaf);
+        Var { value, node: Some(self.nodes.len() - 1) }
     }
 
     /// True when an op on these inputs must be recorded (some input requires a gradient and the tape is
@@ -288,46 +217,17 @@ impl Tape {
 
     /// Appends an op's node (when [`Tape::needs_grad`]) and wraps its output. Called by every op's forward.
     pub fn record(&mut self, op: impl Op + 'static, inputs: &[&Var], output: Tensor) -> Var {
-        if let Some(profile) = self.profile.as_mut() {
-            let now = std::time::Instant::now();
-            let spent = profile.last.map_or(0.0, |t| (now - t).as_secs_f64());
-            let entry = profile.ops.entry(op.name()).or_default();
-            entry.0 += 1;
-            entry.1 += spent;
-            profile.last = Some(now);
-        }
-        if let Some(check) = self.finite_check.as_mut() {
-            check.ops += 1;
-            if check.first.is_none() && !output.all_finite() {
-                let params = inputs
-                    .iter()
-                    .filter_map(|v| v.node)
-                    .filter_map(|n| match self.nodes[n].leaf {
-                        Some(Leaf::Param(id)) => Some(id),
-                        _ => None,
-                    })
-                    .collect();
-                check.first = Some(NonFinite {
-                    op_index: check.ops,
-                    op: op.name(),
-                    shape: output.shape().to_vec(),
-                    input_shapes: inputs.iter().map(|v| v.shape().to_vec()).collect(),
-                    params,
-                });
-            }
-        }
+        self.observe_forward(op.name(), inputs, &output); // profiling and finiteness checks, when enabled
         if !self.needs_grad(inputs) {
             return Var::constant(output);
         }
-        let id = self.nodes.len();
-        self.nodes.push(Node {
-            op: Some(Box::new(op)),
-            leaf: None,
+        self.nodes.push(Node::Op {
+            op: Box::new(op),
             inputs: inputs.iter().map(|v| v.node).collect(),
             input_shapes: inputs.iter().map(|v| v.shape().to_vec()).collect(),
             shape: output.shape().to_vec(),
         });
-        Var { value: output, node: Some(id) }
+        Var { value: output, node: Some(self.nodes.len() - 1) }
     }
 
     /// Reverse pass from a scalar loss: seeds ∂L/∂L = 1 and returns the gradients of every parameter and
@@ -367,40 +267,36 @@ impl Tape {
         while let Some(node) = self.nodes.pop() {
             let id = self.nodes.len();
             let Some(dout) = grads[id].take() else { continue };
-            match (&node.leaf, &node.op) {
+            match node {
                 // A leaf has exactly one node (parameters are bound once per tape), so every use has
                 // already been summed into `dout` by the time it is popped.
-                (Some(Leaf::Param(pid)), _) => {
-                    result.params.insert(*pid, dout);
+                Node::Param { id: pid, .. } => {
+                    result.params.insert(pid, dout);
                 }
-                (Some(Leaf::Input), _) => {
+                Node::Input { .. } => {
                     result.leaves.insert(id, dout);
                 }
-                (None, Some(op)) => {
-                    let wants: Vec<bool> = node.inputs.iter().map(Option::is_some).collect();
-                    let started = self.profile.is_some().then(std::time::Instant::now);
-                    let dinputs = op.backward(&dout, &wants);
-                    if let (Some(profile), Some(started)) = (self.profile.as_mut(), started) {
-                        profile.ops.entry(op.name()).or_default().2 += started.elapsed().as_secs_f64();
-                    }
+                Node::Op { op, inputs, input_shapes, .. } => {
+                    let wants: Vec<bool> = inputs.iter().map(Option::is_some).collect();
+                    let dinputs = self.timed_backward(op.name(), || op.backward(&dout, &wants));
                     assert!(
-                        dinputs.len() == node.inputs.len(),
+                        dinputs.len() == inputs.len(),
                         "{} backward returned {} gradients for {} inputs",
                         op.name(),
                         dinputs.len(),
-                        node.inputs.len()
+                        inputs.len()
                     );
-                    for (k, (input, dinput)) in node.inputs.iter().zip(dinputs).enumerate() {
+                    for (k, (input, dinput)) in inputs.iter().zip(dinputs).enumerate() {
                         let Some(input) = *input else { continue };
                         let dinput = dinput.unwrap_or_else(|| {
                             panic!("{} backward gave no gradient for input {k}, which needs one", op.name())
                         });
                         assert!(
-                            dinput.shape() == node.input_shapes[k],
+                            dinput.shape() == input_shapes[k],
                             "{} backward: gradient for input {k} has shape {:?}, the input has shape {:?}",
                             op.name(),
                             dinput.shape(),
-                            node.input_shapes[k]
+                            input_shapes[k]
                         );
                         match &mut grads[input] {
                             Some(g) => add_into(g, &dinput),
@@ -408,13 +304,10 @@ impl Tape {
                         }
                     }
                 }
-                (None, None) => unreachable!("a node is a leaf or an op"),
             }
         }
         self.bound_params.clear();
-        if let Some(profile) = self.profile.as_mut() {
-            profile.last = Some(std::time::Instant::now());
-        }
+        self.restart_profile_clock();
         result
     }
 
@@ -422,18 +315,16 @@ impl Tape {
     pub fn graph(&self) -> String {
         let mut out = String::new();
         for (id, node) in self.nodes.iter().enumerate() {
-            let what = match (&node.leaf, &node.op) {
-                (Some(Leaf::Param(p)), _) => format!("param #{}", p.0),
-                (Some(Leaf::Input), _) => "leaf".to_string(),
-                (None, Some(op)) => op.name().to_string(),
-                (None, None) => unreachable!(),
+            let what = match node {
+                Node::Param { id: p, .. } => format!("param #{}", p.0),
+                Node::Input { .. } => "leaf".to_string(),
+                Node::Op { op, .. } => op.name().to_string(),
             };
-            let _ = write!(out, "%{id:<3} {what:<16} {:?}", node.shape);
-            if !node.inputs.is_empty() {
-                let ins: Vec<String> = node
-                    .inputs
+            let _ = write!(out, "%{id:<3} {what:<16} {:?}", node.shape());
+            if let Node::Op { inputs, input_shapes, .. } = node {
+                let ins: Vec<String> = inputs
                     .iter()
-                    .zip(&node.input_shapes)
+                    .zip(input_shapes)
                     .map(|(i, s)| match i {
                         Some(i) => format!("%{i} {s:?}"),
                         None => format!("const {s:?}"),
