@@ -5,8 +5,10 @@
 //! cargo bench --bench conv2d
 //! ```
 //! Variants: `naive` (the reference loops, first-layer shape only: the others take seconds per call),
-//! `fast-1t` (what `conv2d` runs, on one thread: Winograd F(2×2, 3×3) forward and input gradient, the direct
-//! kernel for the weight gradient and for the 3-channel layer), `fast` (all threads), `direct` (the direct
+//! `fast-1t` (what `conv2d` runs, on one thread: Winograd F(2×2, 3×3) for the forward and both gradients of
+//! the 64- and 128-channel layers, the weight gradient in the Winograd domain too; for the 3-channel layer
+//! the direct kernel forward and im2col gradients; `autograd::ops::conv2d::forward_path` says which shape
+//! takes which path), `fast` (all threads), `direct` (the direct
 //! kernel on all threads, for comparison), `im2col` (im2col + matrix product on all threads, the path every
 //! other convolution takes).
 

@@ -202,14 +202,50 @@ pub fn conv2d_forward(x: &[f32], weight: &[f32], bias: Option<&[f32]>, s: &ConvS
     y
 }
 
-/// The path [`conv2d_forward`] takes for a shape: 0 Winograd with one channel's tiles in the lanes, 1
-/// channel-minor Winograd, 2 the direct kernel, 3 im2col + matrix product.
-pub fn forward_path(s: &ConvShape) -> usize {
+/// Which kernel computes a convolution's forward (and, for "same" convolutions, its input gradient), chosen
+/// by [`forward_path`] from the shape alone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Path {
+    /// A kernel that reads the weight rearranged for it ([`pack_forward_weight`]).
+    Packed(Packing),
+    /// Every other convolution (1×1, strided, unpadded): im2col + matrix product, on the weight as it is.
+    Im2col,
+}
+
+/// The kernels of "same" convolutions (stride 1, odd square kernel, padding (k−1)/2), each with the weight
+/// layout it reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Packing {
+    /// Winograd F(2×2, 3×3) with one channel's tiles in the vector lanes (`winograd.rs`): 3×3, 8 or more
+    /// channels in and out, maps of 24×24 and more.
+    Winograd,
+    /// Winograd with the channels in the lanes (`winograd_cm.rs`): the same convolutions on smaller maps,
+    /// where one channel has too few tiles to fill the lanes.
+    WinogradChannelMinor,
+    /// The register-tiled direct kernel (`direct.rs`): the other "same" convolutions (other kernel sizes,
+    /// or fewer than 8 channels, as the U-Net's first and last layers).
+    Direct,
+}
+
+impl Path {
+    /// A small number per path, for keys of cached weight layouts.
+    pub fn code(self) -> usize {
+        match self {
+            Path::Packed(Packing::Winograd) => 0,
+            Path::Packed(Packing::WinogradChannelMinor) => 1,
+            Path::Packed(Packing::Direct) => 2,
+            Path::Im2col => 3,
+        }
+    }
+}
+
+/// The path [`conv2d_forward`] takes for a shape.
+pub fn forward_path(s: &ConvShape) -> Path {
     match (winograd::is_winograd_conv(s), winograd::flat_layout(s), direct::is_same_conv(s)) {
-        (true, true, _) => 0,
-        (true, false, _) => 1,
-        (false, _, true) => 2,
-        _ => 3,
+        (true, true, _) => Path::Packed(Packing::Winograd),
+        (true, false, _) => Path::Packed(Packing::WinogradChannelMinor),
+        (false, _, true) => Path::Packed(Packing::Direct),
+        _ => Path::Im2col,
     }
 }
 
@@ -217,32 +253,34 @@ pub fn forward_path(s: &ConvShape) -> usize {
 /// im2col reads the weight as it is). It depends on the weight, the path and the level only, so a caller
 /// that runs the same weight many times (a sampler) can keep it ([`conv2d_forward_packed`]).
 pub fn pack_forward_weight(level: cpu::Simd, weight: &[f32], s: &ConvShape) -> Option<Vec<f32>> {
-    pack_for(level, forward_path(s), weight, s, false)
-}
-
-/// The weight rearranged for path 0, 1 or 2 of [`forward_path`] (`None` for im2col); with `rotate`, for the
-/// input gradient's convolution (kernel turned 180°, channel axes swapped).
-fn pack_for(level: cpu::Simd, path: usize, weight: &[f32], s: &ConvShape, rotate: bool) -> Option<Vec<f32>> {
-    let c = direct::forward_tile(level).0;
-    match path {
-        0 => Some(winograd::pack_weight(weight, s.c_out, s.c_in, c, rotate)),
-        1 => {
-            // The input gradient's "output" channels are c_in, its input channels c_out.
-            let (cpo, cpi) = if rotate { (s.c_in, s.c_out) } else { (s.c_out, s.c_in) };
-            let (cpo, cpi) = winograd_cm::padding(level, cpo, cpi);
-            Some(winograd_cm::pack_weight(weight, s.c_out, s.c_in, cpo, cpi, rotate))
-        }
-        2 => Some(direct::pack_weight(weight, s.c_out, s.c_in, s.kh * s.kw, c, rotate)),
-        _ => None,
+    match forward_path(s) {
+        Path::Packed(packing) => Some(pack_for(level, packing, weight, s, false)),
+        Path::Im2col => None,
     }
 }
 
-/// out [n, ch_out, h, w] = bias + the "same" convolution of input [n, ch_in, h, w] on path 0, 1 or 2 of
-/// [`forward_path`], with `packed` from [`pack_for`] (for the forward, or rotated for the input gradient).
+/// The weight rearranged for `packing`; with `rotate`, for the input gradient's convolution (kernel turned
+/// 180°, channel axes swapped).
+fn pack_for(level: cpu::Simd, packing: Packing, weight: &[f32], s: &ConvShape, rotate: bool) -> Vec<f32> {
+    let c = direct::forward_tile(level).0;
+    match packing {
+        Packing::Winograd => winograd::pack_weight(weight, s.c_out, s.c_in, c, rotate),
+        Packing::WinogradChannelMinor => {
+            // The input gradient's "output" channels are c_in, its input channels c_out.
+            let (cpo, cpi) = if rotate { (s.c_in, s.c_out) } else { (s.c_out, s.c_in) };
+            let (cpo, cpi) = winograd_cm::padding(level, cpo, cpi);
+            winograd_cm::pack_weight(weight, s.c_out, s.c_in, cpo, cpi, rotate)
+        }
+        Packing::Direct => direct::pack_weight(weight, s.c_out, s.c_in, s.kh * s.kw, c, rotate),
+    }
+}
+
+/// out [n, ch_out, h, w] = bias + the "same" convolution of input [n, ch_in, h, w] with `packing`'s kernel,
+/// with `packed` from [`pack_for`] (for the forward, or rotated for the input gradient).
 #[allow(clippy::too_many_arguments)]
 fn run_packed(
     level: cpu::Simd,
-    path: usize,
+    packing: Packing,
     input: &[f32],
     ch_in: usize,
     packed: &[f32],
@@ -250,25 +288,25 @@ fn run_packed(
     bias: Option<&[f32]>,
     s: &ConvShape,
 ) -> Vec<f32> {
-    match path {
-        0 => winograd_conv(level, input, ch_in, packed, ch_out, bias, s),
-        1 => winograd_cm_conv(level, input, ch_in, packed, ch_out, bias, s),
-        _ => direct_conv(level, input, ch_in, packed, ch_out, bias, s),
+    match packing {
+        Packing::Winograd => winograd_conv(level, input, ch_in, packed, ch_out, bias, s),
+        Packing::WinogradChannelMinor => winograd_cm_conv(level, input, ch_in, packed, ch_out, bias, s),
+        Packing::Direct => direct_conv(level, input, ch_in, packed, ch_out, bias, s),
     }
 }
 
-/// The forward on path 0, 1 or 2 of [`forward_path`], whatever the shape's own path: pack, run, give the
-/// packed weight back.
+/// The forward with `packing`'s kernel, whatever the shape's own path: pack, run, give the packed weight
+/// back.
 fn forward_on(
     level: cpu::Simd,
-    path: usize,
+    packing: Packing,
     x: &[f32],
     weight: &[f32],
     bias: Option<&[f32]>,
     s: &ConvShape,
 ) -> Vec<f32> {
-    let packed = pack_for(level, path, weight, s, false).expect("paths 0 to 2 pack their weight");
-    let y = run_packed(level, path, x, s.c_in, &packed, s.c_out, bias, s);
+    let packed = pack_for(level, packing, weight, s, false);
+    let y = run_packed(level, packing, x, s.c_in, &packed, s.c_out, bias, s);
     crate::pool::give(packed);
     y
 }
@@ -283,10 +321,9 @@ pub fn conv2d_forward_packed(
     bias: Option<&[f32]>,
     s: &ConvShape,
 ) -> Vec<f32> {
-    let path = forward_path(s);
-    match packed.filter(|_| path < 3) {
-        Some(packed) => run_packed(level, path, x, s.c_in, packed, s.c_out, bias, s),
-        None => conv2d_forward_im2col(x, weight, bias, s),
+    match (forward_path(s), packed) {
+        (Path::Packed(packing), Some(packed)) => run_packed(level, packing, x, s.c_in, packed, s.c_out, bias, s),
+        _ => conv2d_forward_im2col(x, weight, bias, s),
     }
 }
 
@@ -308,7 +345,7 @@ pub fn conv2d_forward_direct(
     s: &ConvShape,
 ) -> Vec<f32> {
     assert!(direct::is_same_conv(s), "conv2d_forward_direct: not a same convolution: {s:?}");
-    forward_on(level, 2, x, weight, bias, s)
+    forward_on(level, Packing::Direct, x, weight, bias, s)
 }
 
 /// out [n, c_out, h, w] = the direct "same" convolution of input [n, c_in, h, w] with `packed` (from
@@ -365,7 +402,7 @@ pub fn conv2d_forward_winograd(
     s: &ConvShape,
 ) -> Vec<f32> {
     assert!(direct::is_same_conv(s) && s.kh == 3, "conv2d_forward_winograd: not a 3×3 same convolution: {s:?}");
-    forward_on(level, 0, x, weight, bias, s)
+    forward_on(level, Packing::Winograd, x, weight, bias, s)
 }
 
 /// The channel-minor Winograd convolution (see `winograd_cm.rs`), for 3×3 "same" convolutions on small maps:
@@ -379,7 +416,7 @@ pub fn conv2d_forward_winograd_cm(
     s: &ConvShape,
 ) -> Vec<f32> {
     assert!(direct::is_same_conv(s) && s.kh == 3, "conv2d_forward_winograd_cm: not a 3×3 same convolution: {s:?}");
-    forward_on(level, 1, x, weight, bias, s)
+    forward_on(level, Packing::WinogradChannelMinor, x, weight, bias, s)
 }
 
 /// out [n, ch_out, h, w] = bias + the channel-minor Winograd convolution of input [n, ch_in, h, w] with
@@ -608,9 +645,9 @@ pub fn conv2d_backward_direct(
     let (image, out_image, wsize) = (s.c_in * s.h * s.w, s.c_out * s.ohw(), s.c_out * s.ckk());
     let dx = want_dx.then(|| {
         // The forward's path (a "same" convolution: Winograd or direct), with the rotated kernel.
-        let path = forward_path(s);
-        let rotated = pack_for(level, path, weight, s, true).expect("a same convolution's path packs its weight");
-        let dx = run_packed(level, path, dy, s.c_out, &rotated, s.c_in, None, s);
+        let Path::Packed(packing) = forward_path(s) else { unreachable!("a same convolution packs its weight") };
+        let rotated = pack_for(level, packing, weight, s, true);
+        let dx = run_packed(level, packing, dy, s.c_out, &rotated, s.c_in, None, s);
         crate::pool::give(rotated);
         dx
     });

@@ -13,7 +13,7 @@ pub use kernels::{
     block_rows, col2im, col2im_rows, conv2d_backward, conv2d_backward_bias, conv2d_backward_direct,
     conv2d_backward_im2col, conv2d_backward_naive, conv2d_forward, conv2d_forward_direct, conv2d_forward_im2col,
     conv2d_forward_naive, conv2d_forward_packed, conv2d_forward_winograd, conv2d_forward_winograd_cm, forward_path,
-    im2col, im2col_rows, pack_forward_weight, ConvShape,
+    im2col, im2col_rows, pack_forward_weight, ConvShape, Packing, Path,
 };
 
 use crate::tape::{Op, Tape, Var};
@@ -49,7 +49,7 @@ impl Tape {
             // Not training: the weight will likely be run again unchanged (a sampler calls the network 50
             // times), so its rearranged copy is kept with it (the same bits as rearranging it every time).
             let level = crate::cpu::simd();
-            let key = ("conv2d_forward_packed", [forward_path(&s), level as usize, s.h, s.w]);
+            let key = ("conv2d_forward_packed", [forward_path(&s).code(), level as usize, s.h, s.w]);
             let packed = weight.value().derived(key, || pack_forward_weight(level, wv, &s).unwrap_or_default());
             conv2d_forward_packed(level, xv, wv, Some(&packed[..]).filter(|p| !p.is_empty()), bv, &s)
         };

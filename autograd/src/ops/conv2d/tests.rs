@@ -231,3 +231,21 @@ fn inference_reuses_the_packed_weight_with_the_same_result() {
         }
     }
 }
+
+/// The U-Net's convolutions, each on the path the dispatch doc says it takes.
+#[test]
+fn each_shape_takes_its_documented_path() {
+    let path = |x: [usize; 4], c_out: usize, k: usize, stride: usize, padding: usize| {
+        forward_path(&ConvShape::new(&x, &[c_out, x[1], k, k], stride, padding).unwrap())
+    };
+    let packed = Path::Packed;
+    assert_eq!(path([32, 64, 28, 28], 64, 3, 1, 1), packed(Packing::Winograd));
+    assert_eq!(path([32, 128, 7, 7], 128, 3, 1, 1), packed(Packing::WinogradChannelMinor));
+    assert_eq!(path([32, 64, 14, 14], 64, 3, 1, 1), packed(Packing::WinogradChannelMinor));
+    assert_eq!(path([32, 1, 28, 28], 32, 3, 1, 1), packed(Packing::Direct), "the first layer: 1 channel in");
+    assert_eq!(path([32, 32, 28, 28], 1, 3, 1, 1), packed(Packing::Direct), "the last layer: 1 channel out");
+    assert_eq!(path([32, 32, 28, 28], 32, 5, 1, 2), packed(Packing::Direct), "5×5 same");
+    assert_eq!(path([32, 32, 28, 28], 32, 3, 2, 1), Path::Im2col, "downsampling, stride 2");
+    assert_eq!(path([32, 128, 7, 7], 384, 1, 1, 0), Path::Im2col, "1×1 (attention's qkv)");
+    assert_eq!(path([2, 8, 9, 9], 8, 3, 1, 0), Path::Im2col, "unpadded");
+}
