@@ -73,7 +73,24 @@ impl Tape {
         let op = AddOp { a_shape: a.shape().to_vec(), b_shape: b.shape().to_vec() };
         self.record(op, &[a, b], out)
     }
+}
 
+struct AddOp {
+    a_shape: Vec<usize>,
+    b_shape: Vec<usize>,
+}
+impl Op for AddOp {
+    fn name(&self) -> &'static str {
+        "add"
+    }
+    // forward: out = a + b
+    // ∂out/∂a = ∂out/∂b = 1, so da = dout and db = dout, each summed over the axes it was broadcast along
+    fn backward(&self, dout: &Tensor, wants: &[bool]) -> Vec<Option<Tensor>> {
+        vec![wants[0].then(|| pass_through(dout, &self.a_shape)), wants[1].then(|| pass_through(dout, &self.b_shape))]
+    }
+}
+
+impl Tape {
     /// Elementwise difference with broadcasting.
     /// ```text
     /// # Shapes    a, b broadcast to out
@@ -90,7 +107,29 @@ impl Tape {
         let op = SubOp { a_shape: a.shape().to_vec(), b_shape: b.shape().to_vec() };
         self.record(op, &[a, b], out)
     }
+}
 
+struct SubOp {
+    a_shape: Vec<usize>,
+    b_shape: Vec<usize>,
+}
+impl Op for SubOp {
+    fn name(&self) -> &'static str {
+        "sub"
+    }
+    // forward: out = a − b
+    // ∂out/∂a = 1, ∂out/∂b = −1: da = sum_to(dout), db = −sum_to(dout)
+    fn backward(&self, dout: &Tensor, wants: &[bool]) -> Vec<Option<Tensor>> {
+        let da = wants[0].then(|| pass_through(dout, &self.a_shape));
+        let db = wants[1].then(|| {
+            let neg = crate::pool::collect(dout.numel(), dout.data().iter().map(|g| -g));
+            reduce_to(neg, dout.shape(), &self.b_shape)
+        });
+        vec![da, db]
+    }
+}
+
+impl Tape {
     /// Elementwise product with broadcasting.
     /// ```text
     /// # Shapes    a, b broadcast to out
@@ -111,7 +150,33 @@ impl Tape {
         let op = MulOp { a: a.value().clone(), b: b.value().clone() };
         self.record(op, &[a, b], out)
     }
+}
 
+struct MulOp {
+    a: Tensor,
+    b: Tensor,
+}
+impl Op for MulOp {
+    fn name(&self) -> &'static str {
+        "mul"
+    }
+    // forward: out = a ⊙ b
+    // ∂out/∂a = b, ∂out/∂b = a: da = sum_to(dout ⊙ b), db = sum_to(dout ⊙ a)
+    fn backward(&self, dout: &Tensor, wants: &[bool]) -> Vec<Option<Tensor>> {
+        let grad = |other: &Tensor, own: &[usize]| {
+            if other.shape() == dout.shape() && own == dout.shape() {
+                Tensor::from_vec(own, mul_same(dout.data(), other.data()))
+            } else {
+                reduce_to(times(dout, other, |g, x| g * x), dout.shape(), own)
+            }
+        };
+        let da = wants[0].then(|| grad(&self.b, self.a.shape()));
+        let db = wants[1].then(|| grad(&self.a, self.b.shape()));
+        vec![da, db]
+    }
+}
+
+impl Tape {
     /// Elementwise quotient with broadcasting.
     /// ```text
     /// # Shapes    a, b broadcast to out
@@ -128,7 +193,33 @@ impl Tape {
         let op = DivOp { a_shape: a.shape().to_vec(), b: b.value().clone(), out: out.clone() };
         self.record(op, &[a, b], out)
     }
+}
 
+struct DivOp {
+    a_shape: Vec<usize>,
+    b: Tensor,
+    out: Tensor,
+}
+impl Op for DivOp {
+    fn name(&self) -> &'static str {
+        "div"
+    }
+    // forward: out = a / b
+    // ∂out/∂a = 1/b, ∂out/∂b = −a/b² = −out/b: da = sum_to(dout / b), db = sum_to(−dout ⊙ out / b)
+    fn backward(&self, dout: &Tensor, wants: &[bool]) -> Vec<Option<Tensor>> {
+        let da = wants[0].then(|| reduce_to(times(dout, &self.b, |g, b| g / b), dout.shape(), &self.a_shape));
+        let db = wants[1].then(|| {
+            // −dout ⊙ out / b, with out already of dout's shape.
+            let g_out =
+                crate::pool::collect(dout.numel(), dout.data().iter().zip(self.out.data()).map(|(g, o)| -g * o));
+            let g_out = Tensor::from_vec(dout.shape(), g_out);
+            reduce_to(times(&g_out, &self.b, |g, b| g / b), dout.shape(), self.b.shape())
+        });
+        vec![da, db]
+    }
+}
+
+impl Tape {
     /// Adds a constant to every element.
     /// ```text
     /// # Shapes    x → out, same shape
@@ -144,7 +235,21 @@ impl Tape {
         );
         self.record(AddScalarOp, &[x], out)
     }
+}
 
+struct AddScalarOp;
+impl Op for AddScalarOp {
+    fn name(&self) -> &'static str {
+        "add_scalar"
+    }
+    // forward: out = x + c
+    // ∂out/∂x = 1: dx = dout
+    fn backward(&self, dout: &Tensor, _wants: &[bool]) -> Vec<Option<Tensor>> {
+        vec![Some(dout.clone())]
+    }
+}
+
+impl Tape {
     /// Multiplies every element by a constant.
     /// ```text
     /// # Shapes    x → out, same shape
@@ -162,91 +267,6 @@ impl Tape {
     }
 }
 
-struct AddOp {
-    a_shape: Vec<usize>,
-    b_shape: Vec<usize>,
-}
-impl Op for AddOp {
-    fn name(&self) -> &'static str {
-        "add"
-    }
-    fn backward(&self, dout: &Tensor, wants: &[bool]) -> Vec<Option<Tensor>> {
-        vec![wants[0].then(|| pass_through(dout, &self.a_shape)), wants[1].then(|| pass_through(dout, &self.b_shape))]
-    }
-}
-
-struct SubOp {
-    a_shape: Vec<usize>,
-    b_shape: Vec<usize>,
-}
-impl Op for SubOp {
-    fn name(&self) -> &'static str {
-        "sub"
-    }
-    fn backward(&self, dout: &Tensor, wants: &[bool]) -> Vec<Option<Tensor>> {
-        let da = wants[0].then(|| pass_through(dout, &self.a_shape));
-        let db = wants[1].then(|| {
-            let neg = crate::pool::collect(dout.numel(), dout.data().iter().map(|g| -g));
-            reduce_to(neg, dout.shape(), &self.b_shape)
-        });
-        vec![da, db]
-    }
-}
-
-struct MulOp {
-    a: Tensor,
-    b: Tensor,
-}
-impl Op for MulOp {
-    fn name(&self) -> &'static str {
-        "mul"
-    }
-    fn backward(&self, dout: &Tensor, wants: &[bool]) -> Vec<Option<Tensor>> {
-        let grad = |other: &Tensor, own: &[usize]| {
-            if other.shape() == dout.shape() && own == dout.shape() {
-                Tensor::from_vec(own, mul_same(dout.data(), other.data()))
-            } else {
-                reduce_to(times(dout, other, |g, x| g * x), dout.shape(), own)
-            }
-        };
-        let da = wants[0].then(|| grad(&self.b, self.a.shape()));
-        let db = wants[1].then(|| grad(&self.a, self.b.shape()));
-        vec![da, db]
-    }
-}
-
-struct DivOp {
-    a_shape: Vec<usize>,
-    b: Tensor,
-    out: Tensor,
-}
-impl Op for DivOp {
-    fn name(&self) -> &'static str {
-        "div"
-    }
-    fn backward(&self, dout: &Tensor, wants: &[bool]) -> Vec<Option<Tensor>> {
-        let da = wants[0].then(|| reduce_to(times(dout, &self.b, |g, b| g / b), dout.shape(), &self.a_shape));
-        let db = wants[1].then(|| {
-            // −dout ⊙ out / b, with out already of dout's shape.
-            let g_out =
-                crate::pool::collect(dout.numel(), dout.data().iter().zip(self.out.data()).map(|(g, o)| -g * o));
-            let g_out = Tensor::from_vec(dout.shape(), g_out);
-            reduce_to(times(&g_out, &self.b, |g, b| g / b), dout.shape(), self.b.shape())
-        });
-        vec![da, db]
-    }
-}
-
-struct AddScalarOp;
-impl Op for AddScalarOp {
-    fn name(&self) -> &'static str {
-        "add_scalar"
-    }
-    fn backward(&self, dout: &Tensor, _wants: &[bool]) -> Vec<Option<Tensor>> {
-        vec![Some(dout.clone())]
-    }
-}
-
 struct MulScalarOp {
     c: f32,
 }
@@ -254,6 +274,8 @@ impl Op for MulScalarOp {
     fn name(&self) -> &'static str {
         "mul_scalar"
     }
+    // forward: out = c · x
+    // ∂out/∂x = c: dx = c · dout
     fn backward(&self, dout: &Tensor, _wants: &[bool]) -> Vec<Option<Tensor>> {
         let dx = crate::pool::collect(dout.numel(), dout.data().iter().map(|g| g * self.c));
         vec![Some(Tensor::from_vec(dout.shape(), dx))]
