@@ -8,13 +8,76 @@
 //! ceiling   real vs noise: n images of N(0, 1) noise clipped to [−1, 1] (what the sampler starts from)
 //! ```
 
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
 use autograd::{ParamStore, Tensor};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
 use crate::data::order::shuffle;
-use crate::eval::classifier::{select, Classifier, Judgement};
+use crate::error::{Error, Result};
+use crate::eval::classifier::{self, select, Classifier, Judgement};
 use crate::eval::fid::frechet_distance_of;
+use crate::model::unet::UNet;
+use crate::process::objective::Prediction;
+use crate::process::schedule::NoiseSchedule;
+use crate::sampling::sampler::{sample, Method, SamplerConfig, Spacing};
+
+/// Evaluation during training: the Fréchet distance of `count` samples' classifier features (DPM-Solver++,
+/// 10 steps) to real digits, with its floor and ceiling, and the classifier's confidence, printed and
+/// appended to `eval.csv`.
+pub struct DuringTraining {
+    classifier: Classifier,
+    params: ParamStore,
+    reference: Reference,
+    csv: PathBuf,
+}
+
+impl DuringTraining {
+    /// The classifier from `classifier` (example 05's), a reference set of `count` of `images` (at most half
+    /// of them), and a fresh `out/eval.csv`.
+    pub fn new(classifier: &Path, images: &Tensor, count: usize, out: &Path) -> Result<DuringTraining> {
+        if images.shape()[1..] != [1, 28, 28] {
+            return Err(Error::Usage("--eval-every judges 1×28×28 digits only".into()));
+        }
+        let count = count.min(images.shape()[0] / 2);
+        let (model, params) = classifier::load(classifier)
+            .map_err(|e| Error::Usage(format!("{e} (--eval-every needs example 05's classifier: run it first)")))?;
+        let reference = Reference::new(&model, &params, images, count, 0);
+        let csv = out.join("eval.csv");
+        std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+        let header = "step,frechet,floor,ceiling,confidence\n";
+        std::fs::write(&csv, header).map_err(|e| Error::io(&csv, e))?;
+        Ok(DuringTraining { classifier: model, params, reference, csv })
+    }
+
+    /// Samples from `weights` (seeded, the same noise every time), scores, prints and logs the row of `step`.
+    pub fn evaluate(
+        &self,
+        model: &UNet,
+        weights: &ParamStore,
+        schedule: &NoiseSchedule,
+        prediction: Prediction,
+        step: usize,
+    ) -> Result<()> {
+        let config =
+            SamplerConfig { method: Method::DpmSolver2M, steps: 10, spacing: Spacing::Linspace, clip_x0: Some(1.0) };
+        let shape = [self.reference.count, 1, 28, 28];
+        let images = sample(model, weights, schedule, prediction, &config, &shape, &mut StdRng::seed_from_u64(7));
+        let (score, _) = self.reference.score(&self.classifier, &self.params, &images);
+        println!(
+            "eval at step {step}: Fréchet distance {:.1} (floor {:.1}, ceiling {:.1}), confidence {:.3}",
+            score.frechet, self.reference.floor, self.reference.ceiling, score.confidence
+        );
+        let line = format!(
+            "{step},{:.4},{:.4},{:.4},{:.4}\n",
+            score.frechet, self.reference.floor, self.reference.ceiling, score.confidence
+        );
+        let mut file = std::fs::OpenOptions::new().append(true).open(&self.csv).map_err(|e| Error::io(&self.csv, e))?;
+        file.write_all(line.as_bytes()).map_err(|e| Error::io(&self.csv, e))
+    }
+}
 
 /// The real features samples are compared with, and the floor and ceiling of the distance.
 pub struct Reference {

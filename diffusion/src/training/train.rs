@@ -39,8 +39,11 @@ pub mod limits {
     pub const GRAD_CLIP: RangeInclusive<f32> = 0.0..=f32::MAX;
     /// Below 1: a decay of 1 would never move the average from the initial weights.
     pub const EMA_DECAY: RangeInclusive<f32> = 0.0..=0.999_999;
-    /// min-SNR-γ's γ (0 on the command line: uniform weighting).
+    /// min-SNR-γ's γ.
     pub const MIN_SNR_GAMMA: RangeInclusive<f64> = 1e-6..=1e6;
+    /// The command line's γ, where 0 means uniform weighting.
+    pub const MIN_SNR_FLAG: RangeInclusive<f64> = 0.0..=1e6;
+    pub const WARMUP: RangeInclusive<usize> = 0..=100_000_000;
     pub const LABEL_DROPOUT: RangeInclusive<f32> = 0.0..=1.0;
     pub const GRID_IMAGES: RangeInclusive<usize> = 1..=1024;
 }
@@ -175,7 +178,7 @@ impl TrainConfig {
         check_range("steps", &self.steps, &limits::STEPS)?;
         check_range("batch", &self.batch, &limits::BATCH)?;
         check_range("lr", &self.lr, &limits::LR)?;
-        check_range("warmup", &self.warmup, &(0..=*limits::STEPS.end()))?;
+        check_range("warmup", &self.warmup, &limits::WARMUP)?;
         check_range("min_lr_ratio", &self.min_lr_ratio, &limits::MIN_LR_RATIO)?;
         check_range("weight_decay", &self.weight_decay, &limits::WEIGHT_DECAY)?;
         check_range("grad_clip", &self.grad_clip, &limits::GRAD_CLIP)?;
