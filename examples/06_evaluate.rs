@@ -13,6 +13,7 @@
 //! cargo run --release --example 06_evaluate -- --quick
 //! ```
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::Instant;
 
@@ -22,7 +23,7 @@ use diffusion::data::idx::shipped_mnist_dir;
 use diffusion::eval::classifier::{self, split_idx, train_classifier, ClassifierTraining};
 use diffusion::eval::evaluate::Reference;
 use diffusion::plot::{image_grid, line_chart, Series};
-use diffusion::sampling::sampler::{sample, Method, SamplerConfig, Spacing};
+use diffusion::sampling::sampler::{Method, SamplerConfig, Spacing};
 use diffusion::training::checkpoint::Trained;
 use diffusion::{Error, Result};
 use rand::rngs::StdRng;
@@ -37,22 +38,15 @@ fn run() -> Result<()> {
     let quick = args.flag("quick", "an untrained model, a one-epoch classifier, few images and steps: for CI")?;
     let checkpoint = args.path("checkpoint", "out/03/model.safetensors", "weights or checkpoint from example 03")?;
     let classifier_path = args.path("classifier", "out/05/classifier.safetensors", "classifier from example 05")?;
-    let count: usize = args.value_in(
-        "count",
-        if quick { 16 } else { 256 },
-        2..=100_000,
-        "samples per sampler (and real images per reference set)",
-    )?;
+    let count =
+        args.value_in("count", if quick { 16 } else { 256 }, 2..=100_000, "samples per sampler and reference")?;
     let batch: usize = args.value_in("batch", 64, 1..=100_000, "samples drawn at once")?;
     let seed: u64 = args.value("seed", 0, "random seed")?;
     let out = args.out(quick, "06", "output directory")?;
     args.finish()?;
 
-    let split = split_idx(
-        &shipped_mnist_dir().join("images-idx3-ubyte.gz"),
-        &shipped_mnist_dir().join("labels-idx1-ubyte.gz"),
-        0,
-    )?;
+    let mnist = shipped_mnist_dir();
+    let split = split_idx(&mnist.join("images-idx3-ubyte.gz"), &mnist.join("labels-idx1-ubyte.gz"), 0)?;
     let real = split.train_images;
     let (judge, judge_params) = if quick {
         let few = autograd::Tensor::from_vec(&[256, 1, 28, 28], real.data()[..256 * 784].to_vec());
@@ -69,7 +63,6 @@ fn run() -> Result<()> {
     let trained = Trained::load_or_untrained(&checkpoint, quick, seed)?;
     trained.require_digits()?;
     trained.model.config.check_memory(batch, false).map_err(Error::Usage)?;
-    let Trained { model, params, prediction, schedule, .. } = trained;
 
     let started = Instant::now();
     let reference = Reference::new(&judge, &judge_params, &real, count, seed);
@@ -89,7 +82,7 @@ fn run() -> Result<()> {
         ]
     } else {
         vec![
-            (Method::Ddpm, schedule.steps()),
+            (Method::Ddpm, trained.schedule.steps()),
             (Method::Ddim { eta: 0.0 }, 10),
             (Method::Ddim { eta: 0.0 }, 20),
             (Method::Ddim { eta: 0.0 }, 50),
@@ -100,28 +93,16 @@ fn run() -> Result<()> {
     std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
     let mut csv = String::from("sampler,steps,frechet,floor,ceiling,confidence,seconds,histogram\n");
     println!("\n| sampler | steps | Fréchet distance | mean confidence | classes 0-9 | time for {count} |\n|---|---|---|---|---|---|");
-    let mut ddim = Vec::new();
-    let mut dpm = Vec::new();
-    let mut ddpm = Vec::new();
+    // (steps, distance) per sampler family, for the chart.
+    let mut lines: BTreeMap<&str, Vec<(f64, f64)>> = BTreeMap::new();
     for (method, steps) in runs {
         let config = SamplerConfig { method, steps, spacing: Spacing::Linspace, clip_x0: Some(1.0) };
         let mut rng = StdRng::seed_from_u64(seed + 1);
         let started = Instant::now();
-        let mut images = Vec::with_capacity(count * 784);
-        for start in (0..count).step_by(batch) {
-            let n = batch.min(count - start);
-            images.extend_from_slice(
-                sample(&model, &params, &schedule, prediction, &config, &[n, 1, 28, 28], &mut rng).data(),
-            );
-        }
+        let images = trained.sample_batched(&config, count, batch, &mut rng);
         let seconds = started.elapsed().as_secs_f64();
-        let images = Tensor::from_vec(&[count, 1, 28, 28], images);
         let (score, _) = reference.score(&judge, &judge_params, &images);
-        let name = match method {
-            Method::Ddpm => "ddpm",
-            Method::Ddim { .. } => "ddim",
-            Method::DpmSolver2M => "dpm-solver++",
-        };
+        let name = method.short_name();
         let histogram = score.histogram.iter().map(|h| h.to_string()).collect::<Vec<_>>().join(" ");
         println!(
             "| {name} | {steps} | {:.3} | {:.3} | {histogram} | {seconds:.1} s |",
@@ -135,29 +116,21 @@ fn run() -> Result<()> {
         let shown = 64.min(count);
         let grid = Tensor::from_vec(&[shown, 1, 28, 28], images.data()[..shown * 784].to_vec());
         image_grid(&grid, 8, 2).write_png(out.join(format!("{name}_{steps}.png")))?;
-        match method {
-            Method::Ddpm => ddpm.push((steps as f64, score.frechet)),
-            Method::Ddim { .. } => ddim.push((steps as f64, score.frechet)),
-            Method::DpmSolver2M => dpm.push((steps as f64, score.frechet)),
-        }
+        lines.entry(name).or_default().push((steps as f64, score.frechet));
     }
     let csv_path = out.join("evaluation.csv");
     std::fs::write(&csv_path, csv).map_err(|e| Error::io(&csv_path, e))?;
-    let all: Vec<f64> = ddim.iter().chain(&dpm).chain(&ddpm).map(|p| p.1).chain([reference.floor]).collect();
-    let y_max = all.iter().fold(0.0f64, |m, &v| m.max(v)) * 1.15;
-    let mut ticks: Vec<f64> = ddim.iter().chain(&dpm).chain(&ddpm).map(|p| p.0).collect();
+    let points = lines.values().flatten();
+    let y_max = points.clone().map(|p| p.1).fold(reference.floor, f64::max) * 1.15;
+    let mut ticks: Vec<f64> = points.map(|p| p.0).collect();
     ticks.sort_by(f64::total_cmp);
     ticks.dedup();
-    let chart = line_chart(
-        &[
-            Series { points: ddim, color: [31, 119, 180] },
-            Series { points: dpm, color: [255, 127, 14] },
-            Series { points: ddpm, color: [0, 0, 0] },
-        ],
-        &ticks,
-        y_max.max(1e-6),
-        &[(reference.floor, [150, 150, 150])],
-    );
+    let colors = [("ddim", [31, 119, 180]), ("dpm-solver++", [255, 127, 14]), ("ddpm", [0, 0, 0])];
+    let series: Vec<Series> = colors
+        .iter()
+        .map(|(name, color)| Series { points: lines.remove(name).unwrap_or_default(), color: *color })
+        .collect();
+    let chart = line_chart(&series, &ticks, y_max.max(1e-6), &[(reference.floor, [150, 150, 150])]);
     let chart_path = out.join("frechet_vs_steps.png");
     chart.write_png(&chart_path)?;
     println!(

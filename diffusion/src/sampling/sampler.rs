@@ -52,6 +52,15 @@ pub enum Method {
 }
 
 impl Method {
+    /// The family's name alone, for file names and tables: "ddpm", "ddim", "dpm-solver++".
+    pub fn short_name(&self) -> &'static str {
+        match self {
+            Method::Ddpm => "ddpm",
+            Method::Ddim { .. } => "ddim",
+            Method::DpmSolver2M => "dpm-solver++",
+        }
+    }
+
     pub fn name(&self) -> String {
         match self {
             Method::Ddpm => "ddpm".into(),
