@@ -20,3 +20,6 @@ pub mod reshape;
 pub mod softmax;
 pub mod unary;
 pub mod upsample_nearest2d;
+
+#[cfg(test)]
+mod torch_reference;
