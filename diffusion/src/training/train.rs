@@ -166,7 +166,8 @@ impl TrainConfig {
 
     /// What every file of a run records beside its tensors, checkpoints and the final weights alike: the
     /// optimization settings (`train.*`), the model config (`unet.*`) and the run's own entries
-    /// ([`TrainConfig::run_metadata`]: the schedule, the data). [`crate::training::checkpoint::Trained::load`] rebuilds the model from it.
+    /// ([`TrainConfig::run_metadata`]: the schedule, the data).
+    /// [`crate::training::checkpoint::Trained::load`] rebuilds the model from it.
     pub fn record(&self, model: &UNetConfig) -> BTreeMap<String, String> {
         self.to_metadata().into_iter().chain(model.to_metadata()).chain(self.run_metadata.clone()).collect()
     }
@@ -287,8 +288,8 @@ fn clock(seconds: f64) -> String {
 
 /// Trains `model` on `images` [N, C, H, W] (values in [−1, 1]) as configured, from scratch or from
 /// `resume`; writes `loss.csv`, `samples_step<k>.png` every `sample_every` steps, `samples.png` and
-/// `model.safetensors` (the EMA weights, which [`crate::training::checkpoint::Trained::load`] opens) at the end, and checkpoints into
-/// `out_dir/checkpoints`. Returns the EMA parameters (for sampling) and a report.
+/// `model.safetensors` (the EMA weights, which [`crate::training::checkpoint::Trained::load`] opens) at the
+/// end, and checkpoints into `out_dir/checkpoints`. Returns the EMA parameters (for sampling) and a report.
 ///
 /// A run resumed from the checkpoint of step k continues exactly as the uninterrupted run would have: the
 /// parameters, the EMA, Adam's moments, the data order and every random draw are restored or recomputed
