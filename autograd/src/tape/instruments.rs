@@ -45,7 +45,8 @@ impl Tape {
     }
 
     /// Books the time since the last recorded op (or mark) under `label` instead of the next op's forward:
-    /// for work done outside the tape, such as the optimizer step. Does nothing when profiling is off.
+    /// for work done outside the tape, such as the optimizer step. Does nothing when profiling is off. (Each
+    /// recorded op books its own forward the same way.)
     pub fn profile_mark(&mut self, label: &'static str) {
         if let Some(profile) = self.profile.as_mut() {
             let now = std::time::Instant::now();
@@ -85,13 +86,7 @@ impl Tape {
 
     /// Books an op's forward: the time since the last op (or mark), and whether its output is finite.
     pub(super) fn observe_forward(&mut self, name: &'static str, inputs: &[&Var], output: &Tensor) {
-        if let Some(profile) = self.profile.as_mut() {
-            let now = std::time::Instant::now();
-            let entry = profile.ops.entry(name).or_default();
-            entry.0 += 1;
-            entry.1 += profile.last.map_or(0.0, |t| (now - t).as_secs_f64());
-            profile.last = Some(now);
-        }
+        self.profile_mark(name);
         let Some(check) = self.finite_check.as_mut() else { return };
         check.ops += 1;
         if check.first.is_some() || output.all_finite() {
