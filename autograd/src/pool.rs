@@ -124,6 +124,53 @@ pub fn give(v: Vec<f32>) {
     }
 }
 
+/// Scratch space lent by the pool, handed back when it drops: `let mut col = pool::scratch(len);` and
+/// nothing to remember at the end of the scope. Its values are unspecified at first, as [`take_dirty`]'s.
+pub struct Scratch(Vec<f32>);
+
+/// [`take_dirty`] as a [`Scratch`]: `len` floats of unspecified value, given back on drop.
+pub fn scratch(len: usize) -> Scratch {
+    Scratch(take_dirty(len))
+}
+
+/// [`take_filled`] as a [`Scratch`]: `len` copies of `value`, given back on drop.
+pub fn scratch_filled(len: usize, value: f32) -> Scratch {
+    Scratch(take_filled(len, value))
+}
+
+impl Scratch {
+    /// The buffer itself, to keep (as a kernel's output): it is no longer given back on drop.
+    pub fn into_vec(mut self) -> Vec<f32> {
+        std::mem::take(&mut self.0)
+    }
+}
+
+impl From<Vec<f32>> for Scratch {
+    /// A buffer (a packed weight, say) to give back to the pool when it drops.
+    fn from(v: Vec<f32>) -> Scratch {
+        Scratch(v)
+    }
+}
+
+impl std::ops::Deref for Scratch {
+    type Target = [f32];
+    fn deref(&self) -> &[f32] {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Scratch {
+    fn deref_mut(&mut self) -> &mut [f32] {
+        &mut self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        give(std::mem::take(&mut self.0));
+    }
+}
+
 /// Bytes the pool holds, free for the taking.
 pub fn pooled_bytes() -> usize {
     lock().as_ref().map_or(0, |p| p.bytes)
@@ -167,5 +214,19 @@ mod tests {
         assert!(pooled_bytes() >= before);
         let mut guard = lock();
         assert_eq!(guard.as_mut().unwrap().free.get(&len).map_or(0, Vec::len), 1);
+    }
+
+    #[test]
+    fn scratch_goes_back_when_it_drops_and_into_vec_keeps_it() {
+        let len = MIN_POOLED * 7 + 5; // a size no other test uses
+        let ptr = {
+            let s = scratch_filled(len, 3.0);
+            assert!(s.iter().all(|&x| x == 3.0));
+            s.as_ptr()
+        };
+        let kept = scratch(len).into_vec();
+        assert_eq!(kept.as_ptr(), ptr, "the dropped scratch was lent again");
+        let other = scratch(len);
+        assert_ne!(other.as_ptr(), ptr, "a buffer kept by into_vec is not lent twice");
     }
 }

@@ -1,7 +1,7 @@
 //! Direct convolution for "same" convolutions (stride 1, odd square kernel k, padding (k − 1)/2): the 3×3
 //! convolutions that make up most of a U-Net. No im2col matrix is built.
 //!
-//! Legend as in `kernels.rs`, plus: `wp` = w + 2·padding (a padded row), `q` a position in the *flat padded*
+//! Legend as in `shape.rs`, plus: `wp` = w + 2·padding (a padded row), `q` a position in the *flat padded*
 //! output, `qr` the number of such positions computed (rounded up to whole tiles), `plane` the length of one
 //! padded channel in memory, `kk` = k·k taps, `C` output channels and `L` = NV vectors of positions per
 //! register tile, `cp` output channels rounded up to the weight gradient's tile.
@@ -37,10 +37,11 @@
 //!
 //! Every result must equal `conv2d_forward_naive` / `conv2d_backward_naive` up to rounding.
 
+use super::parallel::per_image;
+use super::shape::{ConvShape, SameConv};
 use crate::cpu::Simd;
+use crate::pool::Scratch;
 use crate::vector::{self, F32Vector};
-
-use super::shape::ConvShape;
 
 /// True for the convolutions this file handles: stride 1, an odd square kernel, padding (k − 1)/2, bigger than
 /// 1×1 (a 1×1 convolution is a matrix product already).
@@ -74,7 +75,7 @@ impl Flat {
     }
 
     /// Tap t = ky·k + kx reads input q + ky·wp + kx.
-    fn taps(&self) -> Vec<usize> {
+    pub(super) fn taps(&self) -> Vec<usize> {
         (0..self.k * self.k).map(|t| (t / self.k) * self.wp + t % self.k).collect()
     }
 
@@ -137,20 +138,22 @@ pub fn forward_flat(level: Simd, s: &ConvShape) -> Flat {
     Flat::new(s, nv * lanes)
 }
 
+/// One image's direct convolution: what [`direct_image`] reads and writes.
+pub struct DirectImage<'a> {
+    pub xpad: &'a [f32],
+    pub flat: &'a Flat,
+    pub c_in: usize,
+    pub packed: &'a [f32],
+    pub c_out: usize,
+    pub bias: Option<&'a [f32]>,
+    pub y: &'a mut [f32],
+}
+
 /// y [c_out, h, w] = bias + the direct convolution of xpad [c_in, plane] with `packed` (from
 /// [`pack_weight`] with this level's C), for a layout from [`forward_flat`]. The same loop computes the
 /// forward (weight packed as is) and the input gradient (weight rotated, dy as xpad).
-#[allow(clippy::too_many_arguments)]
-pub fn direct_image(
-    level: Simd,
-    xpad: &[f32],
-    flat: &Flat,
-    c_in: usize,
-    packed: &[f32],
-    c_out: usize,
-    bias: Option<&[f32]>,
-    y: &mut [f32],
-) {
+pub fn direct_image(level: Simd, job: DirectImage) {
+    let DirectImage { xpad, flat, c_in, packed, c_out, bias, y } = job;
     crate::cpu::check_supported(level);
     let taps = flat.taps();
     let (c, lanes) = forward_tile(level);
@@ -161,42 +164,40 @@ pub fn direct_image(
     assert!(flat.plane >= flat.qr + taps[taps.len() - 1] && xpad.len() >= c_in * flat.plane);
     assert!(packed.len() >= c_out.div_ceil(c) * c * c_in * taps.len() && y.len() >= c_out * flat.h * flat.w);
     assert!(bias.is_none_or(|b| b.len() >= c_out));
-    let args = (xpad, flat, &taps[..], c_in, packed, c_out, bias, y);
+    let args = DirectImage { xpad, flat, c_in, packed, c_out, bias, y };
     // SAFETY: the level is supported (checked above), and the asserts cover every access of the tiles.
     unsafe {
         match (level, nv) {
             #[cfg(target_arch = "x86_64")]
-            (Simd::Avx512, 2) => direct_avx512::<2>(args),
+            (Simd::Avx512, 2) => direct_avx512::<2>(args, &taps),
             #[cfg(target_arch = "x86_64")]
-            (Simd::Avx512, _) => direct_avx512::<3>(args),
+            (Simd::Avx512, _) => direct_avx512::<3>(args, &taps),
             #[cfg(target_arch = "x86_64")]
-            (Simd::Avx2, 2) => direct_avx2::<2>(args),
+            (Simd::Avx2, 2) => direct_avx2::<2>(args, &taps),
             #[cfg(target_arch = "x86_64")]
-            (Simd::Avx2, _) => direct_avx2::<3>(args),
+            (Simd::Avx2, _) => direct_avx2::<3>(args, &taps),
             #[cfg(target_arch = "aarch64")]
-            (_, 2) => direct_tiles::<vector::Neon, 8, 2>(args),
+            (_, 2) => direct_tiles::<vector::Neon, 8, 2>(args, &taps),
             #[cfg(target_arch = "aarch64")]
-            _ => direct_tiles::<vector::Neon, 8, 3>(args),
+            _ => direct_tiles::<vector::Neon, 8, 3>(args, &taps),
             #[cfg(not(target_arch = "aarch64"))]
-            (_, 2) => direct_tiles::<vector::Portable, 4, 2>(args),
+            (_, 2) => direct_tiles::<vector::Portable, 4, 2>(args, &taps),
             #[cfg(not(target_arch = "aarch64"))]
-            _ => direct_tiles::<vector::Portable, 4, 3>(args),
+            _ => direct_tiles::<vector::Portable, 4, 3>(args, &taps),
         }
     }
 }
 
-type DirectArgs<'a> = (&'a [f32], &'a Flat, &'a [usize], usize, &'a [f32], usize, Option<&'a [f32]>, &'a mut [f32]);
-
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn direct_avx512<const NV: usize>(args: DirectArgs) {
-    direct_tiles::<vector::Avx512, 8, NV>(args)
+unsafe fn direct_avx512<const NV: usize>(args: DirectImage, taps: &[usize]) {
+    direct_tiles::<vector::Avx512, 8, NV>(args, taps)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn direct_avx2<const NV: usize>(args: DirectArgs) {
-    direct_tiles::<vector::Avx2, 4, NV>(args)
+unsafe fn direct_avx2<const NV: usize>(args: DirectImage, taps: &[usize]) {
+    direct_tiles::<vector::Avx2, 4, NV>(args, taps)
 }
 
 /// The tile loop: for each L = NV·lanes positions q0.., for each block of C output channels, the register
@@ -207,7 +208,8 @@ unsafe fn direct_avx2<const NV: usize>(args: DirectArgs) {
 /// V's instruction set is available, and [`direct_image`]'s asserts hold.
 #[inline(always)]
 unsafe fn direct_tiles<V: F32Vector, const C: usize, const NV: usize>(
-    (xpad, flat, taps, c_in, packed, c_out, bias, y): DirectArgs,
+    DirectImage { xpad, flat, c_in, packed, c_out, bias, y }: DirectImage,
+    taps: &[usize],
 ) {
     let l = NV * V::LANES;
     let block = c_in * taps.len() * C; // one block of C channels in `packed`
@@ -288,137 +290,37 @@ impl Runs {
     }
 }
 
-/// Output channels per weight-gradient tile at each SIMD level: the channel axis of dyᵀ is padded to a
-/// multiple of this.
-pub fn dweight_channels(level: Simd) -> usize {
-    match level {
-        Simd::Avx512 => 32,
-        Simd::Avx2 => 16,
-        Simd::Baseline => 8,
-    }
+/// The direct convolution: y_n = the valid columns of bias + direct(pad(x_n), weight), in parallel over
+/// images and, when there are fewer images than threads, over blocks of output channels too (each output
+/// is computed by the same operations either way). Must equal `conv2d_forward_naive` up to rounding.
+/// `level`: the SIMD level (the op passes `cpu::simd()`; tests run every level).
+pub fn conv2d_forward_direct(level: Simd, x: &[f32], weight: &[f32], bias: Option<&[f32]>, s: &ConvShape) -> Vec<f32> {
+    assert!(is_same_conv(s), "conv2d_forward_direct: not a same convolution: {s:?}");
+    let packed = Scratch::from(pack(level, weight, s, false));
+    conv(level, SameConv { input: x, ch_in: s.c_in, packed: &packed, ch_out: s.c_out, bias, shape: s })
 }
 
-/// dyᵀ [qr, cp] for one image: dy_n [c_out, h, w] transposed into the flat layout, position-major,
-/// dyᵀ[oy·wp + ox, co] = dy_n[co, oy, ox], zeros in the junk columns, after the last row and in channels
-/// c_out..cp (cp = c_out rounded up to [`dweight_channels`]).
-pub fn transpose_dy(dy_n: &[f32], c_out: usize, cp: usize, flat: &Flat, dyt: &mut [f32]) {
-    const B: usize = 8; // channels per block: 8 input rows read side by side, 8 contiguous floats written
-    let hw = flat.h * flat.w;
-    dyt[..flat.qr * cp].fill(0.0);
-    for oy in 0..flat.h {
-        let out_row = &mut dyt[oy * flat.wp * cp..][..flat.w * cp]; // [w, cp]
-        for c0 in (0..c_out).step_by(B) {
-            if c0 + B <= c_out {
-                let rows: [&[f32]; B] = std::array::from_fn(|c| &dy_n[(c0 + c) * hw + oy * flat.w..][..flat.w]);
-                for (ox, out) in out_row.chunks_exact_mut(cp).enumerate() {
-                    let block: &mut [f32; B] = (&mut out[c0..c0 + B]).try_into().unwrap();
-                    *block = std::array::from_fn(|c| rows[c][ox]);
-                }
-            } else {
-                for co in c0..c_out {
-                    let row = &dy_n[co * hw + oy * flat.w..][..flat.w];
-                    for (out, &v) in out_row.chunks_exact_mut(cp).zip(row) {
-                        out[co] = v;
-                    }
-                }
-            }
-        }
-    }
+/// The weight packed for [`conv`] at this level; with `rotate`, for the input gradient.
+pub fn pack(level: Simd, weight: &[f32], s: &ConvShape, rotate: bool) -> Vec<f32> {
+    pack_weight(weight, s.c_out, s.c_in, s.kh * s.kw, forward_tile(level).0, rotate)
 }
 
-/// dweightᵀ [c_in·k·k, cp] = Σ_n Σ_q xpad[n, ci, q + tap] · dyᵀ[n, q, co] over `images` images, with
-/// dyᵀ [images, qr, cp] from [`transpose_dy`] and xpad [images, c_in, plane].
-///
-/// This is the forward's loop turned around: the sum runs over positions q, so the register tile holds
-/// R rows r = (ci, tap) × the cp channels of one position, as vectors; each step broadcasts R inputs and
-/// loads the channel vectors of dyᵀ[q] once. Nothing is summed across lanes.
-#[allow(clippy::too_many_arguments)]
-pub fn dweight_images(
-    level: Simd,
-    dyt: &[f32],
-    cp: usize,
-    xpad: &[f32],
-    images: usize,
-    flat: &Flat,
-    c_in: usize,
-    dweight_t: &mut [f32],
-) {
-    crate::cpu::check_supported(level);
-    let taps = flat.taps();
-    assert!(cp.is_multiple_of(dweight_channels(level)) && flat.plane >= flat.qr + taps[taps.len() - 1]);
-    assert!(dyt.len() >= images * flat.qr * cp && xpad.len() >= images * c_in * flat.plane);
-    assert!(dweight_t.len() >= c_in * taps.len() * cp);
-    let args = (dyt, cp, xpad, images, flat, &taps[..], c_in, dweight_t);
-    // SAFETY: the level is supported (checked above), and the asserts cover every access of the tiles.
-    unsafe {
-        match level {
-            #[cfg(target_arch = "x86_64")]
-            Simd::Avx512 => dweight_avx512(args),
-            #[cfg(target_arch = "x86_64")]
-            Simd::Avx2 => dweight_avx2(args),
-            #[cfg(target_arch = "aarch64")]
-            _ => dweight_tiles::<vector::Neon, 12, 2>(args),
-            #[cfg(not(target_arch = "aarch64"))]
-            _ => dweight_tiles::<vector::Portable, 6, 2>(args),
-        }
-    }
-}
-
-type DweightArgs<'a> = (&'a [f32], usize, &'a [f32], usize, &'a Flat, &'a [usize], usize, &'a mut [f32]);
-
-/// R = 12 rows × 2 vectors of 16 channels: 24 accumulators, 2 channel vectors and a broadcast in 32
-/// registers.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn dweight_avx512(args: DweightArgs) {
-    dweight_tiles::<vector::Avx512, 12, 2>(args)
-}
-
-/// R = 6 rows × 2 vectors of 8 channels: 12 accumulators, 2 channel vectors and a broadcast in 16.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn dweight_avx2(args: DweightArgs) {
-    dweight_tiles::<vector::Avx2, 6, 2>(args)
-}
-
-/// The weight-gradient tile loop: for R rows r = (ci, tap) × NV vectors of channels, acc [R][NV] gathers
-/// Σ over images and positions q of xpad[n, ci, q + tap] (broadcast) · dyᵀ[n, q, channels]; then it is
-/// stored to dweightᵀ. Rows past c_in·k·k are computed on a repeated last row and not stored.
-///
-/// # Safety
-/// V's instruction set is available, and [`dweight_images`]'s asserts hold.
-#[inline(always)]
-unsafe fn dweight_tiles<V: F32Vector, const R: usize, const NV: usize>(
-    (dyt, cp, xpad, images, flat, taps, c_in, dweight_t): DweightArgs,
-) {
-    let kk = taps.len();
-    let ckk = c_in * kk;
-    let (dy_image, x_image) = (flat.qr * cp, c_in * flat.plane);
-    for rb in 0..ckk.div_ceil(R) {
-        let x_rows: [*const f32; R] = std::array::from_fn(|r| {
-            let r = (rb * R + r).min(ckk - 1);
-            unsafe { xpad.as_ptr().add((r / kk) * flat.plane + taps[r % kk]) }
-        });
-        for c0 in (0..cp).step_by(NV * V::LANES) {
-            let mut acc = [[V::zero(); NV]; R];
-            for n in 0..images {
-                let d_n = dyt.as_ptr().add(n * dy_image + c0);
-                for q in 0..flat.qr {
-                    let d: [V; NV] = std::array::from_fn(|v| unsafe { V::load(d_n.add(q * cp + v * V::LANES)) });
-                    for (row, acc_r) in x_rows.iter().zip(acc.iter_mut()) {
-                        let x = V::splat(*row.add(n * x_image + q));
-                        for v in 0..NV {
-                            acc_r[v] = x.mul_add(d[v], acc_r[v]);
-                        }
-                    }
-                }
-            }
-            for (r, acc_r) in acc.iter().enumerate().take(ckk - rb * R) {
-                let out = dweight_t.as_mut_ptr().add((rb * R + r) * cp + c0);
-                for (v, lanes) in acc_r.iter().enumerate() {
-                    lanes.store(out.add(v * V::LANES));
-                }
-            }
-        }
-    }
+/// The direct "same" convolution of `job` (its weight from [`pack`]), per image: pad, then [`direct_image`].
+pub fn conv(level: Simd, job: SameConv) -> Vec<f32> {
+    let SameConv { input, ch_in, packed, ch_out, bias, shape: s } = job;
+    debug_assert!(is_same_conv(s));
+    let flat = forward_flat(level, s);
+    let (hw, c) = (s.h * s.w, forward_tile(level).0);
+    let block_len = ch_in * s.kh * s.kw * c; // one block of c channels in `packed`
+    per_image(s.n, ch_out, hw, c, |n, co0, out_part| {
+        let count = out_part.len() / hw;
+        let mut xpad = crate::pool::scratch(ch_in * flat.plane); // [ch_in, plane]
+        flat.pad(&input[n * ch_in * hw..][..ch_in * hw], ch_in, &mut xpad);
+        let bias = bias.map(|b| &b[co0..co0 + count]);
+        let packed = &packed[co0 / c * block_len..];
+        direct_image(
+            level,
+            DirectImage { xpad: &xpad, flat: &flat, c_in: ch_in, packed, c_out: count, bias, y: out_part },
+        );
+    })
 }

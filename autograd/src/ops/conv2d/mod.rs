@@ -1,23 +1,44 @@
 //! `conv2d`: 2-D convolution (cross-correlation, as every framework computes it), NCHW, any kernel size,
 //! stride and zero padding. The U-Net spends most of its time here.
+//!
+//! The files, in reading order:
+//! - `shape.rs`: the sizes of one convolution, checked at the op's entry.
+//! - `naive.rs`: the definition as loops, the reference every other path is tested against.
+//! - `path.rs`: which path computes which shape, and why, in one screen (`enum Path`).
+//! - `im2col.rs`: im2col + matrix product, for 1×1, strided and unpadded convolutions.
+//! - `direct.rs`: the register-tiled direct kernel of "same" convolutions; `direct_dweight.rs` its
+//!   weight gradient.
+//! - `winograd.rs`: Winograd F(2×2, 3×3) for 3×3 "same" convolutions on large maps; `winograd_cm.rs` the
+//!   same with channels in the vector lanes, for small maps; `winograd_dweight.rs` the weight gradient in
+//!   the Winograd domain; `transpose.rs` the channel-minor transposes the last two need.
+//! - `parallel.rs`: how the paths split work over threads so that no result depends on their number.
 
 mod direct;
-mod kernels;
+mod direct_dweight;
+mod im2col;
+mod naive;
+mod parallel;
+mod path;
 mod shape;
 #[cfg(test)]
 mod tests;
+mod transpose;
 mod winograd;
 mod winograd_cm;
-
-pub use kernels::{
-    block_rows, col2im, col2im_rows, conv2d_backward, conv2d_backward_bias, conv2d_backward_direct,
-    conv2d_backward_im2col, conv2d_backward_naive, conv2d_forward, conv2d_forward_direct, conv2d_forward_im2col,
-    conv2d_forward_naive, conv2d_forward_packed, conv2d_forward_winograd, conv2d_forward_winograd_cm, forward_path,
-    im2col, im2col_rows, pack_forward_weight, ConvShape, Packing, Path,
-};
+mod winograd_dweight;
 
 use crate::tape::{Op, Tape, Var};
 use crate::tensor::Tensor;
+pub use direct::conv2d_forward_direct;
+pub use im2col::{conv2d_backward_im2col, conv2d_forward_im2col};
+pub use naive::{conv2d_backward_naive, conv2d_forward_naive};
+pub use path::{
+    conv2d_backward, conv2d_backward_direct, conv2d_forward, conv2d_forward_packed, forward_path, pack_forward_weight,
+    Packing, Path,
+};
+pub use shape::ConvShape;
+pub use winograd::conv2d_forward_winograd;
+pub use winograd_cm::conv2d_forward_winograd_cm;
 
 impl Tape {
     /// 2-D convolution with zero padding.

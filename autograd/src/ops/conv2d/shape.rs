@@ -88,3 +88,15 @@ impl ConvShape {
         (o * self.stride + k).checked_sub(self.padding).filter(|&i| i < size)
     }
 }
+
+/// One "same" convolution for a kernel that reads its weight packed (the direct and Winograd paths): the
+/// forward (x, the weight packed as it is, bias) or the input gradient (dy, the weight packed turned 180°
+/// with its channel axes swapped, no bias). out [n, ch_out, h, w] = bias + conv(input [n, ch_in, h, w]).
+pub struct SameConv<'a> {
+    pub input: &'a [f32],
+    pub ch_in: usize,
+    pub packed: &'a [f32],
+    pub ch_out: usize,
+    pub bias: Option<&'a [f32]>,
+    pub shape: &'a ConvShape,
+}

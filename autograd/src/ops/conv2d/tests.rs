@@ -1,3 +1,4 @@
+use super::im2col::{col2im, im2col};
 use super::*;
 use crate::gradcheck::gradcheck;
 

@@ -62,8 +62,10 @@
 //! `conv2d_forward_naive` with the same bound as every other path.
 
 use super::direct::{forward_tile, is_same_conv, Runs};
-use super::shape::ConvShape;
+use super::parallel::per_image;
+use super::shape::{ConvShape, SameConv};
 use crate::cpu::Simd;
+use crate::pool::Scratch;
 use crate::vector::{self, F32Vector};
 
 /// True for the convolutions computed with Winograd's transforms: 3×3 "same", at least
@@ -206,7 +208,7 @@ unsafe fn input_1d<V: F32Vector>(x: [V; 4]) -> [V; 4] {
 
 /// V = Bᵀ d B, d and V row-major [4 × 4].
 #[inline(always)]
-unsafe fn input_transform<V: F32Vector>(d: [V; 16]) -> [V; 16] {
+pub(super) unsafe fn input_transform<V: F32Vector>(d: [V; 16]) -> [V; 16] {
     let columns: [[V; 4]; 4] = std::array::from_fn(|c| unsafe { input_1d([d[c], d[4 + c], d[8 + c], d[12 + c]]) });
     let rows: [[V; 4]; 4] =
         std::array::from_fn(|u| unsafe { input_1d([columns[0][u], columns[1][u], columns[2][u], columns[3][u]]) });
@@ -246,22 +248,24 @@ pub(super) fn spread(floats: usize) -> usize {
     floats + 16
 }
 
+/// One image's Winograd convolution: what [`winograd_image`] reads and writes.
+pub struct WinogradImage<'a> {
+    pub phases: &'a [f32],
+    pub tiles: &'a Tiles,
+    pub c_in: usize,
+    pub packed: &'a [f32],
+    pub c_out: usize,
+    pub bias: Option<&'a [f32]>,
+    pub y: &'a mut [f32],
+    pub scratch: &'a mut [f32],
+}
+
 /// y [c_out, h, w] = bias + the 3×3 "same" convolution of one image, from its phases [c_in, 4, plane]
 /// (from [`Tiles::split`]) and `packed` (from [`pack_weight`] with this level's C), for a layout from
 /// [`Tiles::for_level`]. `scratch`: [`scratch_len`] floats. The same loop computes the input gradient (the
 /// weight packed rotated, dy's phases as input, no bias).
-#[allow(clippy::too_many_arguments)]
-pub fn winograd_image(
-    level: Simd,
-    phases: &[f32],
-    tiles: &Tiles,
-    c_in: usize,
-    packed: &[f32],
-    c_out: usize,
-    bias: Option<&[f32]>,
-    y: &mut [f32],
-    scratch: &mut [f32],
-) {
+pub fn winograd_image(level: Simd, job: WinogradImage) {
+    let WinogradImage { phases, tiles, c_in, packed, c_out, bias, y, scratch } = job;
     crate::cpu::check_supported(level);
     let (c, lanes) = forward_tile(level);
     let nv = tiles.tile / lanes;
@@ -270,7 +274,7 @@ pub fn winograd_image(
     assert!(tiles.plane > tiles.qr + tiles.row && phases.len() >= c_in * 4 * tiles.plane);
     assert!(packed.len() >= 16 * c_out.div_ceil(c) * spread(c * c_in) && y.len() >= c_out * tiles.h * tiles.w);
     assert!(bias.is_none_or(|b| b.len() >= c_out) && scratch.len() >= scratch_len(tiles, c_in, c_out, c));
-    let args = (phases, tiles, c_in, packed, c_out, bias, y, scratch);
+    let args = WinogradImage { phases, tiles, c_in, packed, c_out, bias, y, scratch };
     // SAFETY: the level is supported (checked above), and the asserts cover every access of the tiles.
     unsafe {
         match (level, nv) {
@@ -294,18 +298,15 @@ pub fn winograd_image(
     }
 }
 
-type WinogradArgs<'a> =
-    (&'a [f32], &'a Tiles, usize, &'a [f32], usize, Option<&'a [f32]>, &'a mut [f32], &'a mut [f32]);
-
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn winograd_avx512<const NV: usize>(args: WinogradArgs) {
+unsafe fn winograd_avx512<const NV: usize>(args: WinogradImage) {
     winograd_tiles::<vector::Avx512, 8, NV>(args)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn winograd_avx2<const NV: usize>(args: WinogradArgs) {
+unsafe fn winograd_avx2<const NV: usize>(args: WinogradImage) {
     winograd_tiles::<vector::Avx2, 4, NV>(args)
 }
 
@@ -319,7 +320,7 @@ unsafe fn winograd_avx2<const NV: usize>(args: WinogradArgs) {
 /// V's instruction set is available, and [`winograd_image`]'s asserts hold.
 #[inline(always)]
 unsafe fn winograd_tiles<V: F32Vector, const C: usize, const NV: usize>(
-    (phases, tiles, c_in, packed, c_out, bias, y, scratch): WinogradArgs,
+    WinogradImage { phases, tiles, c_in, packed, c_out, bias, y, scratch }: WinogradImage,
 ) {
     let (lanes, l) = (V::LANES, NV * V::LANES);
     let (h, w, row, plane) = (tiles.h, tiles.w, tiles.row, tiles.plane);
@@ -400,270 +401,6 @@ unsafe fn winograd_tiles<V: F32Vector, const C: usize, const NV: usize>(
     }
 }
 
-// ---------------------------------------------------------------------------------------------------------
-// The weight gradient.
-// ---------------------------------------------------------------------------------------------------------
-
-/// Weight-gradient tile at each SIMD level: R output channels (broadcast) × 2 vectors of input channels.
-/// The channel axes are padded with zeros to multiples of these ([`dweight_padding`]).
-fn dweight_tile(level: Simd) -> (usize, usize) {
-    match level {
-        Simd::Avx512 => (8, 16),
-        Simd::Avx2 => (4, 8),
-        Simd::Baseline if cfg!(target_arch = "aarch64") => (8, 4),
-        Simd::Baseline => (4, 4),
-    }
-}
-
-/// (cpo, cpi): c_out rounded up to the weight gradient's register tile and to whole vectors (dy's transform
-/// runs on vectors of output channels), c_in to the tile's two vectors.
-pub fn dweight_padding(level: Simd, c_out: usize, c_in: usize) -> (usize, usize) {
-    let (r, lanes) = dweight_tile(level);
-    (c_out.next_multiple_of(r.max(lanes)), c_in.next_multiple_of(2 * lanes))
-}
-
-/// dst [rows, cols, cp] ← src [c, h, w], channel-minor: dst[(y + off)·cols + x + off, ch] = src[ch, y, x],
-/// zeros everywhere else (the border, past the image, channels c..cp). Blocks of LANES channels × LANES
-/// pixels are transposed in registers ([`transpose_square`]); the channels and pixels left over one by one.
-#[allow(clippy::too_many_arguments)]
-pub fn transpose_into(
-    level: Simd,
-    src: &[f32],
-    c: usize,
-    h: usize,
-    w: usize,
-    off: usize,
-    cols: usize,
-    cp: usize,
-    dst: &mut [f32],
-) {
-    crate::cpu::check_supported(level);
-    let line = cols * cp; // one row of pixels
-    assert!(src.len() >= c * h * w && c <= cp && w + off <= cols && dst.len() >= (h + off) * line);
-    // The zeros: rows above and below, pixels left and right, channels past c.
-    dst[..off * line].fill(0.0);
-    dst[(h + off) * line..].fill(0.0);
-    for row in dst[off * line..(h + off) * line].chunks_exact_mut(line) {
-        row[..off * cp].fill(0.0);
-        row[(off + w) * cp..].fill(0.0);
-        if c < cp {
-            row[off * cp..(off + w) * cp].chunks_exact_mut(cp).for_each(|px| px[c..].fill(0.0));
-        }
-    }
-    let args = (src, c, h, w, off, cols, cp, dst);
-    // SAFETY: the level is supported (checked above), and the assert covers every access.
-    unsafe {
-        match level {
-            #[cfg(target_arch = "x86_64")]
-            Simd::Avx512 => transpose_avx512(args),
-            #[cfg(target_arch = "x86_64")]
-            Simd::Avx2 => transpose_avx2(args),
-            #[cfg(target_arch = "aarch64")]
-            _ => transpose_blocks::<vector::Neon>(args),
-            #[cfg(not(target_arch = "aarch64"))]
-            _ => transpose_blocks::<vector::Portable>(args),
-        }
-    }
-}
-
-type TransposeArgs<'a> = (&'a [f32], usize, usize, usize, usize, usize, usize, &'a mut [f32]);
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn transpose_avx512(args: TransposeArgs) {
-    transpose_blocks::<vector::Avx512>(args)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn transpose_avx2(args: TransposeArgs) {
-    transpose_blocks::<vector::Avx2>(args)
-}
-
-/// rows[..LANES] (row k = lanes of one vector) becomes its transpose: after log₂ LANES rounds of
-/// interleaving row i with row i + LANES/2, row k holds lane k of every original row. (With 2×2:
-/// zip([a₀ a₁], [b₀ b₁]) = [a₀ b₀], [a₁ b₁].)
-#[inline(always)]
-pub(super) unsafe fn transpose_square<V: F32Vector>(rows: &mut [V; 16]) {
-    let n = V::LANES;
-    for _round in 0..n.trailing_zeros() {
-        let mut next = *rows;
-        for i in 0..n / 2 {
-            let (lo, hi) = rows[i].zip(rows[i + n / 2]);
-            next[2 * i] = lo;
-            next[2 * i + 1] = hi;
-        }
-        *rows = next;
-    }
-}
-
-/// # Safety
-/// V's instruction set is available, and [`transpose_into`]'s assert holds.
-#[inline(always)]
-unsafe fn transpose_blocks<V: F32Vector>((src, c, h, w, off, cols, cp, dst): TransposeArgs) {
-    let (n, hw) = (V::LANES, h * w);
-    // Blocks of n consecutive pixels of the plane (rows run on into the next, so 7×7 and 14×14 maps are
-    // blocked too): every whole block, then one that ends at the plane's end, overlapping the one before
-    // (it rewrites a few pixels with the same values); planes smaller than a vector go one pixel at a time.
-    let (full_c, full_p) = (c - c % n, if hw >= n { hw } else { 0 });
-    let starts = (0..full_p.saturating_sub(n - 1)).step_by(n).chain((full_p % n != 0).then(|| full_p - n));
-    let out = dst.as_mut_ptr();
-    let at = |p: usize| ((p / w + off) * cols + p % w + off) * cp; // pixel p of the plane in dst
-                                                                   // Channel blocks outermost: the block's n input planes are then read front to back, n sequential streams
-                                                                   // that the hardware prefetcher follows (row by row across all channels instead, the whole weight
-                                                                   // gradient of [32, 96, 28, 28] → 32 on one thread took 11.3–12.0 ms instead of 10.2–11.0).
-    for c0 in (0..full_c).step_by(n) {
-        for p0 in starts.clone() {
-            let mut rows = [V::zero(); 16];
-            for (k, r) in rows.iter_mut().enumerate().take(n) {
-                *r = V::load(src.as_ptr().add((c0 + k) * hw + p0));
-            }
-            transpose_square(&mut rows);
-            for (i, r) in rows.iter().enumerate().take(n) {
-                r.store(out.add(at(p0 + i) + c0));
-            }
-        }
-        for p in full_p..hw {
-            for ch in c0..c0 + n {
-                dst[at(p) + ch] = src[ch * hw + p];
-            }
-        }
-    }
-    for ch in full_c..c {
-        for p in 0..hw {
-            dst[at(p) + ch] = src[ch * hw + p];
-        }
-    }
-}
-
-/// The layouts [`dweight_images`] reads for an h×w image: (xᵀ [2·th + 2, 2·tw + 2, cpi] from
-/// [`transpose_into`] with off = 1, its row length; dyᵀ [2·th, 2·tw, cpo] with off = 0, its row length).
-pub fn dweight_layouts(h: usize, w: usize) -> ((usize, usize), (usize, usize)) {
-    let (th, tw) = (h.div_ceil(2), w.div_ceil(2));
-    ((2 * th + 2, 2 * tw + 2), (2 * th, 2 * tw))
-}
-
-/// Scratch floats [`dweight_images`] needs: V [16, T, cpi] and W [16, T, cpo] for a chunk of T tiles.
-pub fn dweight_scratch_len(images: usize, h: usize, w: usize, cpo: usize, cpi: usize) -> usize {
-    let chunk = dweight_chunk_tiles(cpo, cpi, images * h.div_ceil(2) * w.div_ceil(2));
-    16 * (spread(chunk * cpi) + spread(chunk * cpo))
-}
-
-/// Images per [`dweight_images`] call: enough for about 64 tiles, so that small maps (7×7 has 16 tiles)
-/// still sum over long runs of tiles between loading and storing their accumulators.
-pub fn dweight_images_per_call(h: usize, w: usize) -> usize {
-    64usize.div_ceil(h.div_ceil(2) * w.div_ceil(2))
-}
-
-/// du [16, cpo, cpi] += the transformed weight gradient of `images` images:
-/// du_ξ[co, ci] += Σ_tiles W_ξ[tile, co] · V_ξ[tile, ci], with V = Bᵀ d B of the input tiles (from xᵀ
-/// [images, …]) and W = A dY Aᵀ of the 2×2 blocks of dy (from dyᵀ [images, …]), in image order. See "The
-/// weight gradient" in the module doc.
-#[allow(clippy::too_many_arguments)]
-pub fn dweight_images(
-    level: Simd,
-    xt: &[f32],
-    dyt: &[f32],
-    images: usize,
-    h: usize,
-    w: usize,
-    cpo: usize,
-    cpi: usize,
-    scratch: &mut [f32],
-    du: &mut [f32],
-) {
-    crate::cpu::check_supported(level);
-    let (r, lanes) = dweight_tile(level);
-    let ((xr, xc), (yr, yc)) = dweight_layouts(h, w);
-    assert!(cpo.is_multiple_of(r) && cpo.is_multiple_of(lanes) && cpi.is_multiple_of(2 * lanes));
-    assert!(xt.len() >= images * xr * xc * cpi && dyt.len() >= images * yr * yc * cpo);
-    assert!(du.len() >= 16 * cpo * cpi && scratch.len() >= dweight_scratch_len(images, h, w, cpo, cpi));
-    let args = (xt, dyt, images, h, w, cpo, cpi, scratch, du);
-    // SAFETY: the level is supported (checked above), and the asserts cover every access.
-    unsafe {
-        match level {
-            #[cfg(target_arch = "x86_64")]
-            Simd::Avx512 => dweight_avx512(args),
-            #[cfg(target_arch = "x86_64")]
-            Simd::Avx2 => dweight_avx2(args),
-            #[cfg(target_arch = "aarch64")]
-            _ => dweight_tiles::<vector::Neon, 8>(args),
-            #[cfg(not(target_arch = "aarch64"))]
-            _ => dweight_tiles::<vector::Portable, 4>(args),
-        }
-    }
-}
-
-type DweightArgs<'a> = (&'a [f32], &'a [f32], usize, usize, usize, usize, usize, &'a mut [f32], &'a mut [f32]);
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn dweight_avx512(args: DweightArgs) {
-    dweight_tiles::<vector::Avx512, 8>(args)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn dweight_avx2(args: DweightArgs) {
-    dweight_tiles::<vector::Avx2, 4>(args)
-}
-
-/// A y for one column (or row) of a 2×2 block: [y₀, y₀ + y₁, y₀ − y₁, −y₁].
-#[inline(always)]
-unsafe fn output_adjoint_1d<V: F32Vector>(y: [V; 2]) -> [V; 4] {
-    [y[0], y[0].add(y[1]), y[0].sub(y[1]), V::zero().sub(y[1])]
-}
-
-/// W = A dY Aᵀ, dY [2][2] → W row-major [4 × 4]: the transpose of the output transform.
-#[inline(always)]
-unsafe fn output_adjoint<V: F32Vector>(dy: [[V; 2]; 2]) -> [V; 16] {
-    let columns: [[V; 4]; 2] = std::array::from_fn(|b| unsafe { output_adjoint_1d([dy[0][b], dy[1][b]]) });
-    std::array::from_fn(|xi| unsafe { output_adjoint_1d([columns[0][xi / 4], columns[1][xi / 4]])[xi % 4] })
-}
-
-/// 1. V_ξ[t, ci] and W_ξ[t, co] for every tile t = i·tw + j, vectors over channels, into scratch;
-/// 2. for each ξ, block of NV = 2 vectors of input channels, block of R output channels: acc [R][2] starts
-///    from du, gathers W_ξ[t, co] (broadcast) · V_ξ[t, ci..] over every tile, and goes back to du.
-///
-/// # Safety
-/// V's instruction set is available, and [`dweight_image`]'s asserts hold.
-#[inline(always)]
-unsafe fn dweight_tiles<V: F32Vector, const R: usize>((xt, dyt, images, h, w, cpo, cpi, scratch, du): DweightArgs) {
-    let lanes = V::LANES;
-    let ((xr, xc), (yr, yc)) = dweight_layouts(h, w);
-    let tw = w.div_ceil(2);
-    let per_image = h.div_ceil(2) * tw;
-    let tiles = images * per_image;
-    let chunk = dweight_chunk_tiles(cpo, cpi, tiles);
-    let (v_plane, w_plane) = (spread(chunk * cpi), spread(chunk * cpo));
-    let (vbuf, wbuf) = scratch.split_at_mut(16 * v_plane);
-    let (vbuf, wbuf) = (vbuf.as_mut_ptr(), wbuf.as_mut_ptr());
-    for t0 in (0..tiles).step_by(chunk) {
-        let count = chunk.min(tiles - t0);
-        // The transforms of this chunk's tiles, V [16, count, cpi] and W [16, count, cpo]. Input (rr, cc) of
-        // tile (i, j) of image n is xᵀ_n pixel (2i + rr, 2j + cc); dy (a, b) is dyᵀ_n pixel (2i + a, 2j + b).
-        transform_inputs_cm::<V>(xt, (xr, xc), cpi, (per_image, tw), t0, count, vbuf, v_plane);
-        for t in 0..count {
-            let (n, tile) = ((t0 + t) / per_image, (t0 + t) % per_image);
-            let (i, j) = (tile / tw, tile % tw);
-            let y0 = dyt.as_ptr().add(((n * yr + 2 * i) * yc + 2 * j) * cpo);
-            for k in (0..cpo).step_by(lanes) {
-                let dy: [[V; 2]; 2] = std::array::from_fn(|a| {
-                    std::array::from_fn(|b| unsafe { V::load(y0.add((a * yc + b) * cpo + k)) })
-                });
-                for (xi, value) in output_adjoint(dy).into_iter().enumerate() {
-                    value.store(wbuf.add(xi * w_plane + t * cpo + k));
-                }
-            }
-        }
-        for xi in 0..16 {
-            let v_xi = vbuf.add(xi * v_plane) as *const f32;
-            let w_xi = wbuf.add(xi * w_plane) as *const f32;
-            dweight_chunk::<V, R>(v_xi, w_xi, count, cpo, cpi, du.as_mut_ptr().add(xi * cpo * cpi));
-        }
-    }
-}
-
 /// V [16, ·, cpi] (planes `stride` floats apart, rows 0..count) = Bᵀ d B for tiles t0..t0 + count of images
 /// laid out channel-minor,
 /// xᵀ [images, xr, xc, cpi] (from [`transpose_into`] with off = 1): input (rr, cc) of tile (i, j) of image n
@@ -696,74 +433,52 @@ pub(super) unsafe fn transform_inputs_cm<V: F32Vector>(
     }
 }
 
-/// Tiles per chunk of the weight gradient, for an image of `tiles` tiles: few enough that the slices the
-/// products read again and again stay in L1 (one ξ's W, count·cpo floats, and one block of 2 vectors of
-/// input channels of its V, count·2·lanes, at most 32 KB), and all 16 ξ of V and W (at most 1 MB) in L2
-/// between the transforms writing them and the products reading them; and chunks of equal size.
-fn dweight_chunk_tiles(cpo: usize, cpi: usize, tiles: usize) -> usize {
-    let most = (8192 / (cpo + 32)).min(16384 / (cpi + cpo)).max(8);
-    tiles.div_ceil(tiles.div_ceil(most))
+/// The Winograd F(2×2, 3×3) convolution (see the module doc): y_n = bias + the 3×3 "same" convolution of
+/// x_n, in parallel as `conv2d_forward_direct`. Must equal `conv2d_forward_naive` up to rounding.
+/// `level`: the SIMD level (the op passes `cpu::simd()`; tests run every level).
+pub fn conv2d_forward_winograd(
+    level: Simd,
+    x: &[f32],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    s: &ConvShape,
+) -> Vec<f32> {
+    assert!(is_same_conv(s) && s.kh == 3, "conv2d_forward_winograd: not a 3×3 same convolution: {s:?}");
+    let packed = Scratch::from(pack(level, weight, s, false));
+    conv(level, SameConv { input: x, ch_in: s.c_in, packed: &packed, ch_out: s.c_out, bias, shape: s })
 }
 
-/// du [cpo, cpi] += Σ over `count` tiles of w [tile, cpo] ⊗ v [tile, cpi], register tile by register tile.
-///
-/// # Safety
-/// As [`dweight_tiles`]; `v`, `w` hold `count` rows.
-#[inline(always)]
-unsafe fn dweight_chunk<V: F32Vector, const R: usize>(
-    v_xi: *const f32,
-    w_xi: *const f32,
-    count: usize,
-    cpo: usize,
-    cpi: usize,
-    du: *mut f32,
-) {
-    const NV: usize = 2;
-    let lanes = V::LANES;
-    {
-        for ci0 in (0..cpi).step_by(NV * lanes) {
-            for co0 in (0..cpo).step_by(R) {
-                let out = du.add(co0 * cpi + ci0);
-                let mut acc: [[V; NV]; R] =
-                    std::array::from_fn(|c| std::array::from_fn(|v| unsafe { V::load(out.add(c * cpi + v * lanes)) }));
-                let (mut vp, mut wp) = (v_xi.add(ci0), w_xi.add(co0));
-                for _ in 0..count {
-                    let x: [V; NV] = std::array::from_fn(|v| unsafe { V::load(vp.add(v * lanes)) });
-                    for (c, acc_c) in acc.iter_mut().enumerate() {
-                        let w_c = V::splat(*wp.add(c));
-                        for v in 0..NV {
-                            acc_c[v] = w_c.mul_add(x[v], acc_c[v]);
-                        }
-                    }
-                    vp = vp.add(cpi);
-                    wp = wp.add(cpo);
-                }
-                let finished = acc;
-                for (c, vectors) in finished.iter().enumerate() {
-                    for (v, vector) in vectors.iter().enumerate() {
-                        vector.store(out.add(c * cpi + v * lanes));
-                    }
-                }
-            }
-        }
-    }
+/// The weight packed for [`conv`] at this level; with `rotate`, for the input gradient.
+pub fn pack(level: Simd, weight: &[f32], s: &ConvShape, rotate: bool) -> Vec<f32> {
+    pack_weight(weight, s.c_out, s.c_in, forward_tile(level).0, rotate)
 }
 
-/// dweight [c_out, c_in, 3, 3] = Gᵀ du G per (co, ci), from du [16, cpo, cpi] (the transposed kernel
-/// transform: U = G g Gᵀ, so ∂L/∂g = Gᵀ (∂L/∂U) G).
-pub fn dweight_from_transformed(du: &[f32], c_out: usize, c_in: usize, cpo: usize, cpi: usize, dweight: &mut [f32]) {
-    // Gᵀ u for one column (or row) of four: [u₀ + (u₁ + u₂)/2, (u₁ − u₂)/2, (u₁ + u₂)/2 + u₃].
-    let gt = |u: [f32; 4]| [u[0] + 0.5 * (u[1] + u[2]), 0.5 * (u[1] - u[2]), 0.5 * (u[1] + u[2]) + u[3]];
-    for (co, dw_co) in dweight.chunks_exact_mut(c_in * 9).enumerate().take(c_out) {
-        for (ci, g) in dw_co.chunks_exact_mut(9).enumerate() {
-            let u = |xi: usize| du[(xi * cpo + co) * cpi + ci];
-            let columns: [[f32; 3]; 4] = std::array::from_fn(|v| gt([u(v), u(4 + v), u(8 + v), u(12 + v)]));
-            for ky in 0..3 {
-                let row = gt([columns[0][ky], columns[1][ky], columns[2][ky], columns[3][ky]]);
-                g[ky * 3..ky * 3 + 3].copy_from_slice(&row);
-            }
-        }
-    }
+/// The Winograd "same" convolution of `job` (its weight from [`pack`]), per image: split into phases, then
+/// [`winograd_image`].
+pub fn conv(level: Simd, job: SameConv) -> Vec<f32> {
+    let SameConv { input, ch_in, packed, ch_out, bias, shape: s } = job;
+    let tiles = Tiles::for_level(level, s.h, s.w);
+    let (hw, c) = (s.h * s.w, forward_tile(level).0);
+    per_image(s.n, ch_out, hw, c, |n, co0, out_part| {
+        let count = out_part.len() / hw;
+        let mut phases = crate::pool::scratch(ch_in * 4 * tiles.plane);
+        tiles.split(&input[n * ch_in * hw..][..ch_in * hw], ch_in, &mut phases);
+        let mut scratch = crate::pool::scratch(scratch_len(&tiles, ch_in, count, c));
+        let bias = bias.map(|b| &b[co0..co0 + count]);
+        let packed = &packed[co0 / c * 16 * spread(ch_in * c)..]; // packed [blocks, 16, ch_in, c]
+        let scratch = &mut scratch;
+        let image = WinogradImage {
+            phases: &phases,
+            tiles: &tiles,
+            c_in: ch_in,
+            packed,
+            c_out: count,
+            bias,
+            y: out_part,
+            scratch,
+        };
+        winograd_image(level, image);
+    })
 }
 
 #[cfg(test)]
@@ -791,26 +506,6 @@ mod tests {
                 let mut got = [0.0f32; 4];
                 unsafe { y[a][b].store(got.as_mut_ptr()) };
                 assert!((got[0] - want).abs() < 1e-5, "Y[{a}][{b}] = {} want {want}", got[0]);
-            }
-        }
-    }
-
-    /// transpose_into at every SIMD level: whole register blocks and the channels and pixels left over.
-    #[test]
-    fn transpose_into_moves_every_value_and_zeros_the_rest() {
-        for (c, h, w, off, cp) in [(17, 3, 19, 1, 32), (16, 2, 16, 0, 16), (5, 4, 3, 1, 8), (33, 1, 40, 0, 48)] {
-            let src: Vec<f32> = (0..c * h * w).map(|i| i as f32 + 1.0).collect();
-            let cols = w + 2 * off;
-            for level in crate::cpu::available() {
-                let mut dst = vec![f32::NAN; (h + 2 * off) * cols * cp];
-                transpose_into(level, &src, c, h, w, off, cols, cp, &mut dst);
-                for (i, &v) in dst.iter().enumerate() {
-                    let (pixel, ch) = (i / cp, i % cp);
-                    let (py, px) = (pixel / cols, pixel % cols);
-                    let inside = ch < c && (off..off + h).contains(&py) && (off..off + w).contains(&px);
-                    let want = if inside { src[(ch * h + py - off) * w + px - off] } else { 0.0 };
-                    assert_eq!(v, want, "c {c} h {h} w {w} at {level:?}: pixel ({py}, {px}) channel {ch}");
-                }
             }
         }
     }

@@ -21,8 +21,13 @@
 //! 64 positions × 9: 2.25× fewer, paid for with the two transposes. Must equal `conv2d_forward_naive` up to
 //! rounding (tested with the other Winograd paths).
 
-use super::winograd::{output_transform, spread, transform_inputs_cm, transpose_square};
+use rayon::prelude::*;
+
+use super::shape::{ConvShape, SameConv};
+use super::transpose::{transpose_from, transpose_into, FromChannelMinor, ToChannelMinor};
+use super::winograd::{output_transform, spread, transform_inputs_cm};
 use crate::cpu::Simd;
+use crate::pool::Scratch;
 use crate::vector::{self, F32Vector};
 
 /// The register tile at each SIMD level: R tiles × NV vectors of output channels (R·NV accumulators, NV
@@ -84,7 +89,8 @@ pub fn pack_weight(weight: &[f32], c_out: usize, c_in: usize, cpo: usize, cpi: u
 /// The layouts of `images` images: (xᵀ rows, columns) as `transpose_into` fills them with off = 1, and
 /// (yᵀ rows, columns) = (2·th, 2·tw), the outputs of whole tiles.
 pub fn layouts(h: usize, w: usize) -> ((usize, usize), (usize, usize)) {
-    super::winograd::dweight_layouts(h, w)
+    let (th, tw) = (h.div_ceil(2), w.div_ceil(2));
+    ((2 * th + 2, 2 * tw + 2), (2 * th, 2 * tw))
 }
 
 /// Images per call of [`conv_images`]: enough for about 64 tiles.
@@ -103,29 +109,31 @@ fn padded_tiles(level: Simd, images: usize, h: usize, w: usize) -> usize {
     (images * h.div_ceil(2) * w.div_ceil(2)).next_multiple_of(tile(level).0)
 }
 
+/// The channel-minor Winograd convolution of a group of images: what [`conv_images`] reads and writes.
+pub struct ConvImages<'a> {
+    pub xt: &'a [f32],
+    pub images: usize,
+    pub h: usize,
+    pub w: usize,
+    pub cpi: usize,
+    pub packed: &'a [f32],
+    pub cpo: usize,
+    pub bias: &'a [f32],
+    pub yt: &'a mut [f32],
+    pub scratch: &'a mut [f32],
+}
+
 /// yᵀ [images, 2·th, 2·tw, cpo] = bias + the 3×3 "same" convolution of xᵀ [images, 2·th + 2, 2·tw + 2, cpi]
 /// (channel-minor, zero border) with `packed` (from [`pack_weight`]); `bias` [cpo] (padded with zeros).
-#[allow(clippy::too_many_arguments)]
-pub fn conv_images(
-    level: Simd,
-    xt: &[f32],
-    images: usize,
-    h: usize,
-    w: usize,
-    cpi: usize,
-    packed: &[f32],
-    cpo: usize,
-    bias: &[f32],
-    yt: &mut [f32],
-    scratch: &mut [f32],
-) {
+pub fn conv_images(level: Simd, job: ConvImages) {
+    let ConvImages { xt, images, h, w, cpi, packed, cpo, bias, yt, scratch } = job;
     crate::cpu::check_supported(level);
     let ((xr, xc), (yr, yc)) = layouts(h, w);
     let (_, nv, lanes) = tile(level);
     assert!(cpo.is_multiple_of(nv * lanes) && cpi.is_multiple_of(lanes) && bias.len() >= cpo);
     assert!(xt.len() >= images * xr * xc * cpi && yt.len() >= images * yr * yc * cpo);
     assert!(packed.len() >= 16 * spread(cpi * cpo) && scratch.len() >= scratch_len(level, images, h, w, cpo, cpi));
-    let args = (xt, images, h, w, cpi, packed, cpo, bias, yt, scratch);
+    let args = ConvImages { xt, images, h, w, cpi, packed, cpo, bias, yt, scratch };
     // SAFETY: the level is supported (checked above), and the asserts cover every access.
     unsafe {
         match level {
@@ -141,17 +149,15 @@ pub fn conv_images(
     }
 }
 
-type ConvArgs<'a> = (&'a [f32], usize, usize, usize, usize, &'a [f32], usize, &'a [f32], &'a mut [f32], &'a mut [f32]);
-
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn conv_avx512(args: ConvArgs) {
+unsafe fn conv_avx512(args: ConvImages) {
     conv_tiles::<vector::Avx512, 6, 4>(args)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn conv_avx2(args: ConvArgs) {
+unsafe fn conv_avx2(args: ConvImages) {
     conv_tiles::<vector::Avx2, 4, 3>(args)
 }
 
@@ -164,7 +170,7 @@ unsafe fn conv_avx2(args: ConvArgs) {
 /// V's instruction set is available, and [`conv_images`]'s asserts hold.
 #[inline(always)]
 unsafe fn conv_tiles<V: F32Vector, const R: usize, const NV: usize>(
-    (xt, images, h, w, cpi, packed, cpo, bias, yt, scratch): ConvArgs,
+    ConvImages { xt, images, h, w, cpi, packed, cpo, bias, yt, scratch }: ConvImages,
 ) {
     let lanes = V::LANES;
     let ((xr, xc), (yr, yc)) = layouts(h, w);
@@ -226,98 +232,63 @@ unsafe fn conv_tiles<V: F32Vector, const R: usize, const NV: usize>(
     }
 }
 
-/// dst [c, h, w] ← the first c channels of src [rows, cols, cp] (channel-minor, pixel (y, x) at
-/// y·cols + x): the inverse of `transpose_into` with off = 0. Blocks of LANES pixels × LANES channels are
-/// transposed in registers, the channels and pixels left over one by one.
-#[allow(clippy::too_many_arguments)]
-pub fn transpose_from(level: Simd, src: &[f32], c: usize, h: usize, w: usize, cols: usize, cp: usize, dst: &mut [f32]) {
-    crate::cpu::check_supported(level);
-    assert!(c <= cp && w <= cols && src.len() >= ((h.max(1) - 1) * cols + w) * cp && dst.len() >= c * h * w);
-    let args = (src, c, h, w, cols, cp, dst);
-    // SAFETY: the level is supported (checked above), and the assert covers every access.
-    unsafe {
-        match level {
-            #[cfg(target_arch = "x86_64")]
-            Simd::Avx512 => from_avx512(args),
-            #[cfg(target_arch = "x86_64")]
-            Simd::Avx2 => from_avx2(args),
-            #[cfg(target_arch = "aarch64")]
-            _ => from_blocks::<vector::Neon>(args),
-            #[cfg(not(target_arch = "aarch64"))]
-            _ => from_blocks::<vector::Portable>(args),
-        }
-    }
+/// The channel-minor Winograd convolution, for 3×3 "same" convolutions on small maps: in parallel over
+/// groups of [`images_per_call`] images. Must equal `conv2d_forward_naive` up to rounding. `level`: the SIMD
+/// level (the op passes `cpu::simd()`; tests run every level).
+pub fn conv2d_forward_winograd_cm(
+    level: Simd,
+    x: &[f32],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    s: &ConvShape,
+) -> Vec<f32> {
+    assert!(
+        s.kh == 3 && s.kw == 3 && s.stride == 1 && s.padding == 1,
+        "conv2d_forward_winograd_cm: not a 3×3 same convolution: {s:?}"
+    );
+    let packed = Scratch::from(pack(level, weight, s, false));
+    conv(level, SameConv { input: x, ch_in: s.c_in, packed: &packed, ch_out: s.c_out, bias, shape: s })
 }
 
-type FromArgs<'a> = (&'a [f32], usize, usize, usize, usize, usize, &'a mut [f32]);
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn from_avx512(args: FromArgs) {
-    from_blocks::<vector::Avx512>(args)
+/// The weight packed for [`conv`] at this level, its channels padded to this level's vectors; with
+/// `rotate`, for the input gradient (whose "output" channels are c_in and input channels c_out).
+pub fn pack(level: Simd, weight: &[f32], s: &ConvShape, rotate: bool) -> Vec<f32> {
+    let (ch_out, ch_in) = if rotate { (s.c_in, s.c_out) } else { (s.c_out, s.c_in) };
+    let (cpo, cpi) = padding(level, ch_out, ch_in);
+    pack_weight(weight, s.c_out, s.c_in, cpo, cpi, rotate)
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn from_avx2(args: FromArgs) {
-    from_blocks::<vector::Avx2>(args)
-}
-
-/// # Safety
-/// V's instruction set is available, and [`transpose_from`]'s assert holds.
-#[inline(always)]
-unsafe fn from_blocks<V: F32Vector>((src, c, h, w, cols, cp, dst): FromArgs) {
-    let (n, hw) = (V::LANES, h * w);
-    // As `transpose_into`: blocks of n consecutive pixels, the last one overlapping the one before.
-    let (full_c, full_p) = (c - c % n, if hw >= n { hw } else { 0 });
-    let starts = (0..full_p.saturating_sub(n - 1)).step_by(n).chain((full_p % n != 0).then(|| full_p - n));
-    let at = |p: usize| ((p / w) * cols + p % w) * cp; // pixel p of the plane in src
-    let out = dst.as_mut_ptr();
-    for c0 in (0..full_c).step_by(n) {
-        for p0 in starts.clone() {
-            let mut rows = [V::zero(); 16];
-            for (i, r) in rows.iter_mut().enumerate().take(n) {
-                *r = V::load(src.as_ptr().add(at(p0 + i) + c0));
-            }
-            transpose_square(&mut rows);
-            for (k, r) in rows.iter().enumerate().take(n) {
-                r.store(out.add((c0 + k) * hw + p0));
-            }
-        }
-        for p in full_p..hw {
-            for ch in c0..c0 + n {
-                dst[ch * hw + p] = src[at(p) + ch];
-            }
-        }
+/// The channel-minor Winograd convolution of `job` (its weight from [`pack`]): per group of images, x
+/// transposed in, the tiles ([`conv_images`]), y transposed out.
+pub fn conv(level: Simd, job: SameConv) -> Vec<f32> {
+    let SameConv { input, ch_in, packed, ch_out, bias, shape: s } = job;
+    let (cpo, cpi) = padding(level, ch_out, ch_in);
+    let (h, w, hw) = (s.h, s.w, s.h * s.w);
+    let ((xr, xc), (yr, yc)) = layouts(h, w);
+    let (x_image, y_image) = (xr * xc * cpi, yr * yc * cpo);
+    let per_call = images_per_call(h, w).min(s.n.max(1));
+    let mut bias_padded = vec![0.0; cpo];
+    if let Some(b) = bias {
+        bias_padded[..ch_out].copy_from_slice(&b[..ch_out]);
     }
-    for ch in full_c..c {
-        for p in 0..hw {
-            dst[ch * hw + p] = src[at(p) + ch];
+    let mut out = crate::pool::take_dirty(s.n * ch_out * hw);
+    out.par_chunks_mut(per_call * ch_out * hw).enumerate().for_each(|(g, out_g)| {
+        let images = out_g.len() / (ch_out * hw);
+        let mut xt = crate::pool::scratch(images * x_image);
+        for (j, dst) in xt.chunks_exact_mut(x_image).enumerate() {
+            let src = &input[(g * per_call + j) * ch_in * hw..][..ch_in * hw];
+            transpose_into(level, ToChannelMinor { src, c: ch_in, h, w, off: 1, cols: xc, cp: cpi, dst });
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// transpose_from at every SIMD level undoes a channel-minor layout, whole blocks and leftovers.
-    #[test]
-    fn transpose_from_reads_every_value_back() {
-        for (c, h, w, cols, cp) in [(17, 3, 19, 20, 32), (16, 2, 8, 8, 16), (5, 4, 3, 4, 8), (33, 7, 7, 8, 48)] {
-            let src: Vec<f32> = (0..h * cols * cp).map(|i| i as f32).collect();
-            for level in crate::cpu::available() {
-                let mut dst = vec![f32::NAN; c * h * w];
-                transpose_from(level, &src, c, h, w, cols, cp, &mut dst);
-                for ch in 0..c {
-                    for y in 0..h {
-                        for x in 0..w {
-                            let want = src[(y * cols + x) * cp + ch];
-                            assert_eq!(dst[(ch * h + y) * w + x], want, "c {c} at {level:?}: ({ch}, {y}, {x})");
-                        }
-                    }
-                }
-            }
+        let mut yt = crate::pool::scratch(images * y_image);
+        let mut scratch = crate::pool::scratch(scratch_len(level, images, h, w, cpo, cpi));
+        let bias = &bias_padded;
+        conv_images(
+            level,
+            ConvImages { xt: &xt, images, h, w, cpi, packed, cpo, bias, yt: &mut yt, scratch: &mut scratch },
+        );
+        for (src, dst) in yt.chunks_exact(y_image).zip(out_g.chunks_exact_mut(ch_out * hw)) {
+            transpose_from(level, FromChannelMinor { src, c: ch_out, h, w, cols: yc, cp: cpo, dst });
         }
-    }
+    });
+    out
 }
