@@ -77,6 +77,7 @@ impl Op for AttentionOp {
         "scaled_dot_product_attention"
     }
     fn backward(&self, dout: &Tensor, wants: &[bool]) -> Vec<Option<Tensor>> {
+        // forward: s = q·kᵀ/√D,  p = softmax_rows(s),  o = p·v
         let (dq, dk, dv) = attention_backward(
             self.q.data(),
             self.k.data(),

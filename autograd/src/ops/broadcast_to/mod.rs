@@ -35,6 +35,7 @@ impl Op for BroadcastToOp {
         "broadcast_to"
     }
     fn backward(&self, dout: &Tensor, _wants: &[bool]) -> Vec<Option<Tensor>> {
+        // forward: out[i] = x[i with broadcast axes at 0]
         vec![Some(Tensor::from_vec(&self.x_shape, sum_to(dout.data(), dout.shape(), &self.x_shape)))]
     }
 }

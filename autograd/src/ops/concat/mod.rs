@@ -49,6 +49,7 @@ impl Op for ConcatOp {
         "concat"
     }
     fn backward(&self, dout: &Tensor, wants: &[bool]) -> Vec<Option<Tensor>> {
+        // forward: out = [x₀ | x₁ | …] along axis
         let mut start = 0;
         let mut grads = Vec::with_capacity(self.sizes.len());
         for (&size, &want) in self.sizes.iter().zip(wants) {

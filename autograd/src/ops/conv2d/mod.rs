@@ -93,6 +93,7 @@ impl Op for Conv2dOp {
         "conv2d"
     }
     fn backward(&self, dy: &Tensor, wants: &[bool]) -> Vec<Option<Tensor>> {
+        // forward: y[n,o,i,j] = bias[o] + Σ_{c,u,v} weight[o,c,u,v] · x[n, c, i·s − p + u, j·s − p + v]
         let (dx, dweight, dbias) =
             conv2d_backward(self.x.data(), self.weight.data(), dy.data(), &self.shape, wants[0], wants[1]);
         let mut grads = vec![

@@ -42,6 +42,7 @@ impl Op for CrossEntropyOp {
         "cross_entropy"
     }
     fn backward(&self, dloss: &Tensor, _wants: &[bool]) -> Vec<Option<Tensor>> {
+        // forward: loss = (1/N) Σₙ −log_softmax(logitsₙ)[labelₙ] = (1/N) Σₙ (lseₙ − logitsₙ[labelₙ])
         let (n, c) = (self.log_probs.shape()[0], self.log_probs.shape()[1]);
         let scale = dloss.item() / n as f32;
         let mut dx: Vec<f32> = self.log_probs.data().iter().map(|lp| lp.exp() * scale).collect();

@@ -41,6 +41,7 @@ impl Op for DropoutOp {
         "dropout"
     }
     fn backward(&self, dy: &Tensor, _wants: &[bool]) -> Vec<Option<Tensor>> {
+        // forward: mᵢ = [uᵢ ≥ p] / (1 − p),  uᵢ ~ U[0, 1) from rng;  y = x ⊙ m
         let dx = dy.data().iter().zip(self.mask.data()).map(|(g, m)| g * m).collect();
         vec![Some(Tensor::from_vec(dy.shape(), dx))]
     }

@@ -91,6 +91,8 @@ impl Op for GroupNormOp {
         self.name
     }
     fn backward(&self, dy: &Tensor, wants: &[bool]) -> Vec<Option<Tensor>> {
+        // forward: x̂ = (x − μ)·rstd, rstd = 1/√(var(x) + ε) per (image, group); y = γ_c·x̂ + β_c
+        //          (fused with SiLU: z = γ_c·x̂ + β_c, y = z·σ(z))
         let (level, x, gamma, s) = (crate::cpu::simd(), self.x.data(), self.gamma.data(), &self.shape);
         let (dx, dgamma, dbeta) = match &self.silu_beta {
             Some(beta) => {

@@ -60,6 +60,7 @@ impl Op for LinearOp {
         "linear"
     }
     fn backward(&self, dy: &Tensor, wants: &[bool]) -> Vec<Option<Tensor>> {
+        // forward: y = x · weightᵀ + bias
         let (n_out, n_in) = (self.weight.shape()[0], self.weight.shape()[1]);
         let rows = self.x.numel() / n_in;
         let dx = wants[0].then(|| {

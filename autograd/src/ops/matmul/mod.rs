@@ -52,6 +52,7 @@ impl Op for MatmulOp {
         "matmul"
     }
     fn backward(&self, dout: &Tensor, wants: &[bool]) -> Vec<Option<Tensor>> {
+        // forward: out[β] = a[β] · b[β]
         let (sa, sb, so) = (self.a.shape(), self.b.shape(), dout.shape());
         let (m, k, n) = (sa[sa.len() - 2], sa[sa.len() - 1], sb[sb.len() - 1]);
         let (ba, bb, batch) = (&sa[..sa.len() - 2], &sb[..sb.len() - 2], &so[..so.len() - 2]);

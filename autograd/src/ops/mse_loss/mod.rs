@@ -38,6 +38,7 @@ impl Op for MseLossOp {
         "mse_loss"
     }
     fn backward(&self, dloss: &Tensor, wants: &[bool]) -> Vec<Option<Tensor>> {
+        // forward: loss = (1/N) Σ (pred − target)²
         let scale = 2.0 * dloss.item() / self.diff.numel() as f32;
         let grad = |sign: f32| {
             let g = crate::pool::collect(self.diff.numel(), self.diff.data().iter().map(|d| sign * scale * d));

@@ -38,6 +38,7 @@ impl Op for NarrowOp {
         "narrow"
     }
     fn backward(&self, dout: &Tensor, _wants: &[bool]) -> Vec<Option<Tensor>> {
+        // forward: out = x[.., start..start+len, ..]
         // [outer, a, inner] view: write dout's [outer, len, inner] blocks at offset start along a.
         let outer: usize = self.x_shape[..self.axis].iter().product();
         let inner: usize = self.x_shape[self.axis + 1..].iter().product();

@@ -57,6 +57,7 @@ impl Op for PermuteOp {
         "permute"
     }
     fn backward(&self, dout: &Tensor, _wants: &[bool]) -> Vec<Option<Tensor>> {
+        // forward: out[i₀, …, iₖ] = x[j] with j[dims[a]] = i[a]  (transpose: axes a and b exchanged)
         let mut inverse = vec![0; self.dims.len()];
         for (a, &d) in self.dims.iter().enumerate() {
             inverse[d] = a;

@@ -98,6 +98,7 @@ impl Op for SumOp {
         self.name
     }
     fn backward(&self, dout: &Tensor, _wants: &[bool]) -> Vec<Option<Tensor>> {
+        // forward: out = scale · Σ_{axes} x    (scale 1 for sum, 1/M for mean)
         // dout has the keepdim shape's values (removing size-1 axes does not move any value).
         let mut dx = expand(dout.data(), &self.keep, &self.x_shape);
         if self.scale != 1.0 {

@@ -39,6 +39,7 @@ impl Op for ReshapeOp {
         "reshape"
     }
     fn backward(&self, dout: &Tensor, _wants: &[bool]) -> Vec<Option<Tensor>> {
+        // forward: out = x, reinterpreted
         vec![Some(dout.reshape(&self.x_shape))]
     }
 }

@@ -69,6 +69,7 @@ impl Op for SoftmaxOp {
         "softmax"
     }
     fn backward(&self, dy: &Tensor, _wants: &[bool]) -> Vec<Option<Tensor>> {
+        // forward: y = e^(x − max) / Σ_axis e^(x − max)
         let (y, g) = (self.y.data(), dy.data());
         let mut dx = vec![0.0; y.len()];
         for_each_line(self.dims, |off, stride| {
@@ -91,6 +92,7 @@ impl Op for LogSoftmaxOp {
         "log_softmax"
     }
     fn backward(&self, dy: &Tensor, _wants: &[bool]) -> Vec<Option<Tensor>> {
+        // forward: y = x − lse(x),  lse = max + ln Σ_axis e^(x − max)
         let (y, g) = (self.y.data(), dy.data());
         let mut dx = vec![0.0; y.len()];
         for_each_line(self.dims, |off, stride| {

@@ -27,6 +27,7 @@ impl<D: Fn(f32, f32) -> f32 + Send + Sync> Op for UnaryOp<D> {
         self.name
     }
     fn backward(&self, dout: &Tensor, _wants: &[bool]) -> Vec<Option<Tensor>> {
+        // forward: y = f(x) elementwise (each op below writes f and f′ side by side);  dx = dout ⊙ f′(x, y)
         let dx = unary_backward(dout.data(), self.x.data(), self.y.data(), &self.derivative);
         vec![Some(Tensor::from_vec(dout.shape(), dx))]
     }
@@ -41,6 +42,7 @@ impl Op for SiluOp {
         "silu"
     }
     fn backward(&self, dout: &Tensor, _wants: &[bool]) -> Vec<Option<Tensor>> {
+        // forward: y = x·σ(x);  dx = dout ⊙ σ(x)·(1 + x·(1 − σ(x)))
         vec![Some(Tensor::from_vec(dout.shape(), silu_backward(dout.data(), self.x.data())))]
     }
 }

@@ -41,6 +41,7 @@ impl Op for UpsampleOp {
         "upsample_nearest2d"
     }
     fn backward(&self, dy: &Tensor, _wants: &[bool]) -> Vec<Option<Tensor>> {
+        // forward: y[n, c, i, j] = x[n, c, ⌊i/s⌋, ⌊j/s⌋]
         let s = &self.x_shape;
         let dx = upsample_backward(dy.data(), s[0] * s[1], s[2], s[3], self.scale);
         vec![Some(Tensor::from_vec(s, dx))]
