@@ -14,7 +14,7 @@
 use autograd::nn::Linear;
 use autograd::optim::{Adam, Optimizer};
 use autograd::{ParamStore, Tape, Tensor};
-use diffusion::cli::{exit_on_error, Args};
+use diffusion::cli::{self, exit_on_error, in_range, Parser};
 use diffusion::Result;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -24,11 +24,9 @@ fn main() {
 }
 
 fn run() -> Result<()> {
-    let mut args = Args::from_env()?;
-    let quick = args.flag("quick", "a short run for CI")?;
-    let steps: usize = args.value_in("steps", if quick { 100 } else { 1500 }, 1..=10_000_000, "training steps")?;
-    let seed: u64 = args.value("seed", 0, "random seed")?;
-    args.finish()?;
+    let flags: Flags = cli::parse()?;
+    let steps = flags.steps.unwrap_or(if flags.quick { 100 } else { 1500 });
+    let seed = flags.seed;
 
     one_gradient_by_hand();
     train_circle_classifier(steps, seed);
@@ -104,4 +102,18 @@ fn train_circle_classifier(steps: usize, seed: u64) {
             );
         }
     }
+}
+
+/// A network, its gradient by hand and by the tape, and a small classifier trained on it.
+#[derive(Parser)]
+struct Flags {
+    /// A short run for CI
+    #[arg(long)]
+    quick: bool,
+    /// Training steps [default: 1500; --quick: 100]
+    #[arg(long, value_parser = in_range(1..=10_000_000usize))]
+    steps: Option<usize>,
+    /// Random seed
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
 }

@@ -15,7 +15,7 @@
 use std::time::Instant;
 
 use autograd::{gradcheck, Op, Tape, Tensor, Var};
-use diffusion::cli::{exit_on_error, Args};
+use diffusion::cli::{self, exit_on_error, Parser};
 use diffusion::{Error, Result};
 use rayon::prelude::*;
 
@@ -79,9 +79,7 @@ fn main() {
 }
 
 fn run() -> Result<()> {
-    let mut args = Args::from_env()?;
-    let quick = args.flag("quick", "smaller sizes, for CI")?;
-    args.finish()?;
+    let quick = cli::parse::<Flags>()?.quick;
     let check = |what: &str, ok: bool| if ok { Ok(()) } else { Err(Error::Usage(format!("{what}: failed"))) };
 
     // A closed form: softplus(0) = ln 2 and σ(0) = ½.
@@ -128,4 +126,12 @@ fn run() -> Result<()> {
         rayon::current_num_threads()
     );
     Ok(())
+}
+
+/// A new op, softplus: forward, backward, gradient check, fast kernel equal to the naive one.
+#[derive(Parser)]
+struct Flags {
+    /// Smaller sizes, for CI
+    #[arg(long)]
+    quick: bool,
 }

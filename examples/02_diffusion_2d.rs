@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use autograd::optim::{Adam, Optimizer};
 use autograd::{ParamStore, Tape};
-use diffusion::cli::{exit_on_error, Args};
+use diffusion::cli::{self, exit_on_error, in_range, Common, Parser};
 use diffusion::data::toy2d::{mean_nearest_distance, Toy2d};
 use diffusion::model::mlp::MlpDenoiser;
 use diffusion::plot::Canvas;
@@ -32,23 +32,12 @@ fn main() {
 }
 
 fn run() -> Result<()> {
-    let mut args = Args::from_env()?;
-    let quick = args.flag("quick", "a short run for CI")?;
-    let dataset: String = args.value("dataset", "moons".to_string(), "moons, swiss-roll, ring or all")?;
-    let steps: usize = args.value_in("steps", if quick { 300 } else { 8000 }, 1..=10_000_000, "training steps")?;
-    let batch: usize = args.value_in("batch", 256, 1..=1_000_000, "points per training step")?;
-    let lr: f32 = args.value_in("lr", 1e-3, diffusion::training::train::limits::LR, "Adam learning rate")?;
-    let timesteps: usize = args.value_in(
-        "timesteps",
-        if quick { 100 } else { 1000 },
-        diffusion::process::schedule::TIMESTEPS,
-        "diffusion steps T",
-    )?;
-    let samples: usize =
-        args.value_in("samples", if quick { 300 } else { 2000 }, 1..=1_000_000, "points to generate")?;
-    let seed: u64 = args.value("seed", 0, "random seed")?;
-    let out: String = args.value("out", (if quick { "out/quick" } else { "out" }).to_string(), "output directory")?;
-    args.finish()?;
+    let flags: Flags = cli::parse()?;
+    let c = &flags.common;
+    let (seed, out, dataset, batch, lr) = (c.seed, c.out(""), flags.dataset, flags.batch, flags.lr);
+    let steps = flags.steps.unwrap_or(c.q(8000, 300));
+    let timesteps = flags.timesteps.unwrap_or(c.q(1000, 100));
+    let samples = flags.samples.unwrap_or(c.q(2000, 300));
 
     let datasets: Vec<Toy2d> = if dataset == "all" {
         Toy2d::ALL.to_vec()
@@ -106,9 +95,34 @@ fn run() -> Result<()> {
         left.scatter(&reference, bounds, [40, 90, 200]);
         let mut right = Canvas::new(400, 400, [255, 255, 255]);
         right.scatter(&generated, bounds, [210, 50, 40]);
-        let path = format!("{out}/02_{}.png", data.name());
+        let path = out.join(format!("02_{}.png", data.name()));
         left.beside(&right, 4, [0, 0, 0]).write_png(&path)?;
-        println!("  wrote {path} (left: data, right: samples) in {:.1} s", start.elapsed().as_secs_f32());
+        println!("  wrote {} (left: data, right: samples) in {:.1} s", path.display(), start.elapsed().as_secs_f32());
     }
     Ok(())
+}
+
+/// Diffusion on 2-D points: train a small MLP denoiser, sample, compare with the data.
+#[derive(Parser)]
+struct Flags {
+    #[command(flatten)]
+    common: Common,
+    /// moons, swiss-roll, ring or all
+    #[arg(long, default_value = "moons")]
+    dataset: String,
+    /// Training steps [default: 8000; --quick: 300]
+    #[arg(long, value_parser = in_range(1..=10_000_000usize))]
+    steps: Option<usize>,
+    /// Points per training step
+    #[arg(long, default_value_t = 256, value_parser = in_range(1..=1_000_000usize))]
+    batch: usize,
+    /// Adam learning rate
+    #[arg(long, default_value_t = 1e-3, value_parser = in_range(diffusion::training::train::limits::LR))]
+    lr: f32,
+    /// Diffusion steps T [default: 1000; --quick: 100]
+    #[arg(long, value_parser = in_range(diffusion::process::schedule::TIMESTEPS))]
+    timesteps: Option<usize>,
+    /// Points to generate [default: 2000; --quick: 300]
+    #[arg(long, value_parser = in_range(1..=1_000_000usize))]
+    samples: Option<usize>,
 }

@@ -15,11 +15,11 @@
 
 use std::time::Instant;
 
-use diffusion::cli::{exit_on_error, Args};
+use diffusion::cli::{self, exit_on_error, in_range, Common, Parser, Weights};
 use diffusion::model::guidance::Guided;
 use diffusion::model::unet::UNetConfig;
 use diffusion::plot::image_grid;
-use diffusion::sampling::sampler::{sample, Method, SamplerConfig, Spacing, SAMPLER_STEPS};
+use diffusion::sampling::sampler::{sample, Method, SamplerConfig, Spacing};
 use diffusion::training::checkpoint::Trained;
 use diffusion::{Error, Result};
 use rand::rngs::StdRng;
@@ -30,33 +30,13 @@ fn main() {
 }
 
 fn run() -> Result<()> {
-    let mut args = Args::from_env()?;
-    let quick = args.flag("quick", "sample from an untrained tiny model (exercises the code, for CI)")?;
-    let random: String =
-        args.value("random-weights", String::new(), "sample from an untrained model of this preset (for timing)")?;
-    let checkpoint = args.path("checkpoint", "out/03/model.safetensors", "weights or a checkpoint from example 03")?;
-    let sampler: String = args.value("sampler", "dpm".to_string(), "ddpm, ddim or dpm (DPM-Solver++ 2M)")?;
-    let steps: usize =
-        args.value_in("steps", if quick { 4 } else { 20 }, SAMPLER_STEPS, "network evaluations (ddpm: all T)")?;
-    let eta: f32 = args.value_in("eta", 0.0, 0.0..=1.0, "DDIM noise scale")?;
-    let spacing_name: String =
-        args.value("spacing", "linspace".to_string(), "timestep spacing: linspace, leading, trailing")?;
-    let no_clip = args.flag("no-clip", "do not clamp the predicted x0 to [-1, 1]")?;
-    let count: usize = args.value_in("count", 16, 1..=100_000, "images to draw")?;
-    let seed: u64 = args.value("seed", 0, "random seed")?;
-    let label: String = args.value(
-        "label",
-        String::new(),
-        "class-conditional models: the class to draw (default: every class in turn)",
-    )?;
-    let guidance: f32 = args.value_in(
-        "guidance",
-        2.0,
-        diffusion::model::guidance::SCALE,
-        "class-conditional models: classifier-free guidance scale w",
-    )?;
-    let out = args.out(quick, "04/samples.png", "output PNG")?;
-    args.finish()?;
+    let flags: Flags = cli::parse()?;
+    let c = &flags.common;
+    let (quick, seed, out, checkpoint) = (c.quick, c.seed, c.out("04/samples.png"), flags.weights.checkpoint);
+    let (random, sampler, label) =
+        (flags.random_weights.unwrap_or_default(), flags.sampler, flags.label.unwrap_or_default());
+    let (steps, eta, spacing_name) = (flags.steps.unwrap_or(c.q(20, 4)), flags.eta, flags.spacing);
+    let (no_clip, count, guidance) = (flags.no_clip, flags.count, flags.guidance);
 
     let method = match sampler.as_str() {
         "ddpm" => Method::Ddpm,
@@ -126,4 +106,40 @@ fn run() -> Result<()> {
     image_grid(&images, cols, 2).write_png(&out)?;
     println!("wrote {}", out.display());
     Ok(())
+}
+
+/// Draw new digits from the weights example 03 wrote.
+#[derive(Parser)]
+struct Flags {
+    #[command(flatten)]
+    common: Common,
+    /// Sample from an untrained model of this preset (for timing)
+    #[arg(long)]
+    random_weights: Option<String>,
+    #[command(flatten)]
+    weights: Weights,
+    /// ddpm, ddim or dpm (DPM-Solver++ 2M)
+    #[arg(long, default_value = "dpm")]
+    sampler: String,
+    /// Network evaluations, ddpm: all T [default: 20; --quick: 4]
+    #[arg(long, value_parser = in_range(diffusion::sampling::sampler::SAMPLER_STEPS))]
+    steps: Option<usize>,
+    /// DDIM noise scale
+    #[arg(long, default_value_t = 0.0, value_parser = in_range(0.0f32..=1.0))]
+    eta: f32,
+    /// Timestep spacing: linspace, leading, trailing
+    #[arg(long, default_value = "linspace")]
+    spacing: String,
+    /// Do not clamp the predicted x0 to [-1, 1]
+    #[arg(long)]
+    no_clip: bool,
+    /// Images to draw
+    #[arg(long, default_value_t = 16, value_parser = in_range(1..=100_000usize))]
+    count: usize,
+    /// Class-conditional models: the class to draw [default: every class in turn]
+    #[arg(long)]
+    label: Option<String>,
+    /// Class-conditional models: classifier-free guidance scale w
+    #[arg(long, default_value_t = 2.0, value_parser = in_range(diffusion::model::guidance::SCALE))]
+    guidance: f32,
 }

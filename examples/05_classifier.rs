@@ -10,9 +10,10 @@
 //! cargo run --release --example 05_classifier -- --quick
 //! ```
 
+use std::path::PathBuf;
 use std::time::Instant;
 
-use diffusion::cli::{exit_on_error, Args};
+use diffusion::cli::{self, exit_on_error, in_range, Common, Parser};
 use diffusion::data::idx::{read_labeled, shipped_mnist_dir};
 use diffusion::eval::classifier::{save, select, split_idx, train_classifier, ClassifierTraining, Split};
 use diffusion::plot::image_grid;
@@ -23,21 +24,13 @@ fn main() {
 }
 
 fn run() -> Result<()> {
-    let mut args = Args::from_env()?;
-    let quick = args.flag("quick", "one short epoch on a few images, for CI")?;
-    let data = shipped_mnist_dir();
-    let images =
-        args.path("images", &data.join("images-idx3-ubyte.gz").display().to_string(), "training IDX images")?;
-    let labels =
-        args.path("labels", &data.join("labels-idx1-ubyte.gz").display().to_string(), "training IDX labels")?;
-    let test_images: String =
-        args.value("test-images", String::new(), "a separate test set (default: hold out 50 per digit)")?;
-    let test_labels: String = args.value("test-labels", String::new(), "its labels")?;
-    let epochs: usize =
-        args.value_in("epochs", if quick { 1 } else { 25 }, 1..=10_000, "passes over the training images")?;
-    let seed: u64 = args.value("seed", 0, "random seed")?;
-    let out = args.out(quick, "05/classifier.safetensors", "where to write the weights")?;
-    args.finish()?;
+    let flags: Flags = cli::parse()?;
+    let c = &flags.common;
+    let (quick, seed, out, data) = (c.quick, c.seed, c.out("05/classifier.safetensors"), shipped_mnist_dir());
+    let images = flags.images.unwrap_or_else(|| data.join("images-idx3-ubyte.gz"));
+    let labels = flags.labels.unwrap_or_else(|| data.join("labels-idx1-ubyte.gz"));
+    let (test_images, test_labels) = (flags.test_images.unwrap_or_default(), flags.test_labels.unwrap_or_default());
+    let epochs = flags.epochs.unwrap_or(c.q(25, 1));
 
     let mut split = if test_images.is_empty() {
         split_idx(&images, &labels, 50)?
@@ -94,4 +87,26 @@ fn run() -> Result<()> {
     save(&out, &params, 10, &[("held_out_accuracy", format!("{accuracy:.4}")), ("epochs", epochs.to_string())])?;
     println!("wrote {}", out.display());
     Ok(())
+}
+
+/// Train the digit classifier that example 06 judges samples with.
+#[derive(Parser)]
+struct Flags {
+    #[command(flatten)]
+    common: Common,
+    /// Training IDX images [default: the shipped data/mnist5k]
+    #[arg(long)]
+    images: Option<PathBuf>,
+    /// Training IDX labels [default: the shipped data/mnist5k]
+    #[arg(long)]
+    labels: Option<PathBuf>,
+    /// A separate test set [default: hold out 50 per digit]
+    #[arg(long)]
+    test_images: Option<String>,
+    /// Its labels
+    #[arg(long)]
+    test_labels: Option<String>,
+    /// Passes over the training images [default: 25; --quick: 1]
+    #[arg(long, value_parser = in_range(1..=10_000usize))]
+    epochs: Option<usize>,
 }

@@ -15,10 +15,11 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::path::PathBuf;
 use std::time::Instant;
 
 use autograd::Tensor;
-use diffusion::cli::{exit_on_error, Args};
+use diffusion::cli::{self, exit_on_error, in_range, Common, Parser, Weights};
 use diffusion::data::idx::shipped_mnist_dir;
 use diffusion::eval::classifier::{self, split_idx, train_classifier, ClassifierTraining};
 use diffusion::eval::evaluate::Reference;
@@ -34,16 +35,11 @@ fn main() {
 }
 
 fn run() -> Result<()> {
-    let mut args = Args::from_env()?;
-    let quick = args.flag("quick", "an untrained model, a one-epoch classifier, few images and steps: for CI")?;
-    let checkpoint = args.path("checkpoint", "out/03/model.safetensors", "weights or checkpoint from example 03")?;
-    let classifier_path = args.path("classifier", "out/05/classifier.safetensors", "classifier from example 05")?;
-    let count =
-        args.value_in("count", if quick { 16 } else { 256 }, 2..=100_000, "samples per sampler and reference")?;
-    let batch: usize = args.value_in("batch", 64, 1..=100_000, "samples drawn at once")?;
-    let seed: u64 = args.value("seed", 0, "random seed")?;
-    let out = args.out(quick, "06", "output directory")?;
-    args.finish()?;
+    let flags: Flags = cli::parse()?;
+    let c = &flags.common;
+    let (quick, seed, out, checkpoint, classifier_path) =
+        (c.quick, c.seed, c.out("06"), flags.weights.checkpoint, flags.classifier);
+    let (count, batch) = (flags.count.unwrap_or(c.q(256, 16)), flags.batch);
 
     let mnist = shipped_mnist_dir();
     let split = split_idx(&mnist.join("images-idx3-ubyte.gz"), &mnist.join("labels-idx1-ubyte.gz"), 0)?;
@@ -73,22 +69,11 @@ fn run() -> Result<()> {
         started.elapsed().as_secs_f64()
     );
 
+    let (ddim, dpm) = (Method::Ddim { eta: 0.0 }, Method::DpmSolver2M);
     let runs: Vec<(Method, usize)> = if quick {
-        vec![
-            (Method::Ddpm, 20),
-            (Method::Ddim { eta: 0.0 }, 2),
-            (Method::Ddim { eta: 0.0 }, 4),
-            (Method::DpmSolver2M, 2),
-        ]
+        vec![(Method::Ddpm, 20), (ddim, 2), (ddim, 4), (dpm, 2)]
     } else {
-        vec![
-            (Method::Ddpm, trained.schedule.steps()),
-            (Method::Ddim { eta: 0.0 }, 10),
-            (Method::Ddim { eta: 0.0 }, 20),
-            (Method::Ddim { eta: 0.0 }, 50),
-            (Method::DpmSolver2M, 10),
-            (Method::DpmSolver2M, 20),
-        ]
+        vec![(Method::Ddpm, trained.schedule.steps()), (ddim, 10), (ddim, 20), (ddim, 50), (dpm, 10), (dpm, 20)]
     };
     std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
     let mut csv = String::from("sampler,steps,frechet,floor,ceiling,confidence,seconds,histogram\n");
@@ -139,4 +124,22 @@ fn run() -> Result<()> {
         chart_path.display()
     );
     Ok(())
+}
+
+/// Score samplers by the Fréchet distance of their digits in the classifier's features.
+#[derive(Parser)]
+struct Flags {
+    #[command(flatten)]
+    common: Common,
+    #[command(flatten)]
+    weights: Weights,
+    /// Classifier from example 05
+    #[arg(long, default_value = "out/05/classifier.safetensors")]
+    classifier: PathBuf,
+    /// Samples per sampler and reference [default: 256; --quick: 16]
+    #[arg(long, value_parser = in_range(2..=100_000usize))]
+    count: Option<usize>,
+    /// Samples drawn at once
+    #[arg(long, default_value_t = 64, value_parser = in_range(1..=100_000usize))]
+    batch: usize,
 }

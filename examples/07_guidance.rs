@@ -10,10 +10,11 @@
 //! cargo run --release --example 07_guidance -- --quick
 //! ```
 
+use std::path::PathBuf;
 use std::time::Instant;
 
 use autograd::Tensor;
-use diffusion::cli::{exit_on_error, Args};
+use diffusion::cli::{self, exit_on_error, in_range, Common, Parser};
 use diffusion::error::check_range;
 use diffusion::eval::classifier::{self, Classifier};
 use diffusion::model::guidance::Guided;
@@ -30,27 +31,12 @@ fn main() {
 }
 
 fn run() -> Result<()> {
-    let mut args = Args::from_env()?;
-    let quick = args.flag("quick", "an untrained conditional model, few steps: for CI")?;
-    let checkpoint = args.path(
-        "checkpoint",
-        "out/03c/model.safetensors",
-        "a class-conditional model from example 03 --conditional",
-    )?;
-    let classifier_path =
-        args.path("classifier", "out/05/classifier.safetensors", "classifier from example 05 (judges the digits)")?;
-    let scales: String = args.value("scales", "0,1,2,3".to_string(), "guidance scales w, comma-separated")?;
-    let per_class: usize =
-        args.value_in("per-class", if quick { 1 } else { 20 }, 1..=10_000, "samples of each digit per scale")?;
-    let sampler_steps: usize = args.value_in(
-        "steps",
-        if quick { 2 } else { 20 },
-        diffusion::sampling::sampler::SAMPLER_STEPS,
-        "DPM-Solver++ steps",
-    )?;
-    let seed: u64 = args.value("seed", 0, "random seed")?;
-    let out = args.out(quick, "07", "output directory")?;
-    args.finish()?;
+    let flags: Flags = cli::parse()?;
+    let c = &flags.common;
+    let (quick, seed, out, checkpoint, classifier_path) =
+        (c.quick, c.seed, c.out("07"), flags.checkpoint, flags.classifier);
+    let (scales, per_class) = (flags.scales, flags.per_class.unwrap_or(c.q(20, 1)));
+    let sampler_steps = flags.steps.unwrap_or(c.q(20, 2));
     let scales: Vec<f32> = scales
         .split(',')
         .map(|s| {
@@ -124,4 +110,26 @@ fn run() -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Classifier-free guidance: the same classes drawn at several guidance scales.
+#[derive(Parser)]
+struct Flags {
+    #[command(flatten)]
+    common: Common,
+    /// A class-conditional model from example 03 --conditional
+    #[arg(long, default_value = "out/03c/model.safetensors")]
+    checkpoint: PathBuf,
+    /// Classifier from example 05 (judges the digits)
+    #[arg(long, default_value = "out/05/classifier.safetensors")]
+    classifier: PathBuf,
+    /// Guidance scales w, comma-separated
+    #[arg(long, default_value = "0,1,2,3")]
+    scales: String,
+    /// Samples of each digit per scale [default: 20; --quick: 1]
+    #[arg(long, value_parser = in_range(1..=10_000usize))]
+    per_class: Option<usize>,
+    /// DPM-Solver++ steps [default: 20; --quick: 2]
+    #[arg(long, value_parser = in_range(diffusion::sampling::sampler::SAMPLER_STEPS))]
+    steps: Option<usize>,
 }

@@ -11,7 +11,7 @@
 //! ```
 
 use autograd::Tensor;
-use diffusion::cli::{exit_on_error, Args};
+use diffusion::cli::{self, exit_on_error, in_range, Common, Parser, Weights};
 use diffusion::eval::classifier::held_out_digits;
 use diffusion::plot::image_grid;
 use diffusion::sampling::control::img2img;
@@ -26,19 +26,11 @@ fn main() {
 }
 
 fn run() -> Result<()> {
-    let mut args = Args::from_env()?;
-    let quick = args.flag("quick", "an untrained model, few steps: for CI")?;
-    let checkpoint = args.path("checkpoint", "out/03/model.safetensors", "weights or checkpoint from example 03")?;
-    let steps: usize = args.value_in(
-        "steps",
-        if quick { 4 } else { 50 },
-        diffusion::sampling::sampler::SAMPLER_STEPS,
-        "DDIM steps for strength 1",
-    )?;
-    let count: usize = args.value_in("count", 6, 1..=10_000, "digits to start from")?;
-    let seed: u64 = args.value("seed", 0, "random seed")?;
-    let out = args.out(quick, "08/img2img.png", "output PNG")?;
-    args.finish()?;
+    let flags: Flags = cli::parse()?;
+    let c = &flags.common;
+    let (quick, seed, out, checkpoint, count) =
+        (c.quick, c.seed, c.out("08/img2img.png"), flags.weights.checkpoint, flags.count);
+    let steps = flags.steps.unwrap_or(c.q(50, 4));
 
     let t = Trained::load_or_untrained(&checkpoint, quick, seed)?;
     t.check_sampling(steps, count)?;
@@ -62,4 +54,19 @@ fn run() -> Result<()> {
     image_grid(&Tensor::from_vec(&[count * columns.len(), 1, 28, 28], grid), columns.len(), 2).write_png(&out)?;
     println!("wrote {} (rows: digits; columns: the original, then strengths {strengths:?})", out.display());
     Ok(())
+}
+
+/// img2img: noise real digits part of the way, then denoise them back.
+#[derive(Parser)]
+struct Flags {
+    #[command(flatten)]
+    common: Common,
+    #[command(flatten)]
+    weights: Weights,
+    /// DDIM steps for strength 1 [default: 50; --quick: 4]
+    #[arg(long, value_parser = in_range(diffusion::sampling::sampler::SAMPLER_STEPS))]
+    steps: Option<usize>,
+    /// Digits to start from
+    #[arg(long, default_value_t = 6, value_parser = in_range(1..=10_000usize))]
+    count: usize,
 }

@@ -13,7 +13,7 @@
 //! ```
 
 use autograd::Tensor;
-use diffusion::cli::{exit_on_error, Args};
+use diffusion::cli::{self, exit_on_error, in_range, Common, Parser, Weights};
 use diffusion::eval::classifier::held_out_digits;
 use diffusion::plot::image_grid;
 use diffusion::sampling::control::{inpaint, Inpaint};
@@ -28,18 +28,12 @@ fn main() {
 }
 
 fn run() -> Result<()> {
-    let mut args = Args::from_env()?;
-    let quick = args.flag("quick", "an untrained model, few steps: for CI")?;
-    let checkpoint = args.path("checkpoint", "out/03/model.safetensors", "weights or checkpoint from example 03")?;
-    let mask_name: String = args.value("mask", "right".to_string(), "what to hide: right, bottom, square")?;
-    let resample: usize =
-        args.value_in("resample", if quick { 2 } else { 5 }, 1..=100, "RePaint resampling (1: plain replacement)")?;
-    let steps: usize =
-        args.value_in("steps", if quick { 3 } else { 50 }, diffusion::sampling::sampler::SAMPLER_STEPS, "DDIM steps")?;
-    let count: usize = args.value_in("count", 6, 1..=10_000, "digits")?;
-    let seed: u64 = args.value("seed", 0, "random seed")?;
-    let out = args.out(quick, "09/inpaint.png", "output PNG")?;
-    args.finish()?;
+    let flags: Flags = cli::parse()?;
+    let c = &flags.common;
+    let (quick, seed, out, checkpoint, count) =
+        (c.quick, c.seed, c.out("09/inpaint.png"), flags.weights.checkpoint, flags.count);
+    let (mask_name, resample, steps) =
+        (flags.mask, flags.resample.unwrap_or(c.q(5, 2)), flags.steps.unwrap_or(c.q(50, 3)));
 
     let hidden = |y: usize, x: usize| match mask_name.as_str() {
         "right" => Some(x >= 14),
@@ -75,4 +69,25 @@ fn run() -> Result<()> {
         out.display()
     );
     Ok(())
+}
+
+/// Inpainting: hide part of a digit and let the model fill it in (RePaint).
+#[derive(Parser)]
+struct Flags {
+    #[command(flatten)]
+    common: Common,
+    #[command(flatten)]
+    weights: Weights,
+    /// What to hide: right, bottom, square
+    #[arg(long, default_value = "right")]
+    mask: String,
+    /// RePaint resampling, 1: plain replacement [default: 5; --quick: 2]
+    #[arg(long, value_parser = in_range(1..=100usize))]
+    resample: Option<usize>,
+    /// DDIM steps [default: 50; --quick: 3]
+    #[arg(long, value_parser = in_range(diffusion::sampling::sampler::SAMPLER_STEPS))]
+    steps: Option<usize>,
+    /// Digits
+    #[arg(long, default_value_t = 6, value_parser = in_range(1..=10_000usize))]
+    count: usize,
 }

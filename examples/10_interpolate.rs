@@ -11,7 +11,7 @@
 //! ```
 
 use autograd::Tensor;
-use diffusion::cli::{exit_on_error, Args};
+use diffusion::cli::{self, exit_on_error, in_range, Common, Parser, Weights};
 use diffusion::model::denoiser::Denoiser;
 use diffusion::model::guidance::Guided;
 use diffusion::plot::image_grid;
@@ -34,19 +34,12 @@ fn ddim_from(model: &impl Denoiser, t: &Trained, config: &SamplerConfig, noise: 
 }
 
 fn run() -> Result<()> {
-    let mut args = Args::from_env()?;
-    let quick = args.flag("quick", "an untrained model, few steps: for CI")?;
-    let checkpoint = args.path("checkpoint", "out/03/model.safetensors", "weights or checkpoint from example 03")?;
-    let frames: usize =
-        args.value_in("frames", if quick { 3 } else { 9 }, 2..=1000, "images per row, both ends included")?;
-    let rows: usize = args.value_in("rows", if quick { 1 } else { 4 }, 1..=1000, "pairs of noises")?;
-    let steps: usize =
-        args.value_in("steps", if quick { 3 } else { 50 }, diffusion::sampling::sampler::SAMPLER_STEPS, "DDIM steps")?;
-    let label: usize =
-        args.value_in("label", 0, 0..=100_000, "for a class-conditional model: the class to draw (guidance 3)")?;
-    let seed: u64 = args.value("seed", 0, "random seed")?;
-    let out = args.out(quick, "10/interpolation.png", "output PNG")?;
-    args.finish()?;
+    let flags: Flags = cli::parse()?;
+    let c = &flags.common;
+    let (quick, seed, out, checkpoint, label) =
+        (c.quick, c.seed, c.out("10/interpolation.png"), flags.weights.checkpoint, flags.label);
+    let (frames, rows, steps) =
+        (flags.frames.unwrap_or(c.q(9, 3)), flags.rows.unwrap_or(c.q(4, 1)), flags.steps.unwrap_or(c.q(50, 3)));
 
     let t = Trained::load_or_untrained(&checkpoint, quick, seed)?;
     t.check_sampling(steps, frames * rows)?;
@@ -72,4 +65,25 @@ fn run() -> Result<()> {
     image_grid(&images, frames, 2).write_png(&out)?;
     println!("wrote {} ({rows} rows of {frames}: slerp between two noises, DDIM {steps} steps, η = 0)", out.display());
     Ok(())
+}
+
+/// Interpolation: slerp between two noises, and the images in between.
+#[derive(Parser)]
+struct Flags {
+    #[command(flatten)]
+    common: Common,
+    #[command(flatten)]
+    weights: Weights,
+    /// Images per row, both ends included [default: 9; --quick: 3]
+    #[arg(long, value_parser = in_range(2..=1000usize))]
+    frames: Option<usize>,
+    /// Pairs of noises [default: 4; --quick: 1]
+    #[arg(long, value_parser = in_range(1..=1000usize))]
+    rows: Option<usize>,
+    /// DDIM steps [default: 50; --quick: 3]
+    #[arg(long, value_parser = in_range(diffusion::sampling::sampler::SAMPLER_STEPS))]
+    steps: Option<usize>,
+    /// For a class-conditional model: the class to draw (guidance 3)
+    #[arg(long, default_value_t = 0, value_parser = in_range(0..=100_000usize))]
+    label: usize,
 }

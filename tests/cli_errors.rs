@@ -9,9 +9,12 @@ use std::path::PathBuf;
 #[test]
 fn unknown_flags_and_bad_values_are_usage_errors() {
     let (code, err) = fails(example("03_train_mnist").args(["--quick", "--stpes", "3"]));
-    assert_eq!((code, err.as_str()), (2, "error: unknown flag --stpes (try --help)"));
+    assert_eq!((code, err.as_str()), (2, "error: unexpected argument '--stpes' found (try --help)"));
     let (code, err) = fails(example("03_train_mnist").args(["--steps", "ten"]));
-    assert_eq!((code, err.as_str()), (2, "error: --steps \"ten\": invalid digit found in string"));
+    assert_eq!(
+        (code, err.as_str()),
+        (2, "error: invalid value 'ten' for '--steps <STEPS>': invalid digit found in string")
+    );
     let (code, err) = fails(example("04_sample").args(["--sampler", "euler"]));
     assert_eq!((code, err.as_str()), (2, "error: --sampler \"euler\": unknown (ddpm, ddim, dpm)"));
     let (code, err) = fails(example("03_train_mnist").args(["--preset", "huge"]));
@@ -20,6 +23,17 @@ fn unknown_flags_and_bad_values_are_usage_errors() {
     let (code, err) = fails(example("03_train_mnist").args(args));
     assert_eq!(code, 2);
     assert!(err.contains("/no/such/classifier.safetensors") && err.contains("run it first"), "{err}");
+}
+
+#[test]
+fn help_comes_from_the_flags_doc_comments_and_exits_0() {
+    let output = example("04_sample").arg("--help").output().unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{text}");
+    assert!(text.contains("--steps <STEPS>") && text.contains("Network evaluations, ddpm: all T"), "{text}");
+    let output = example("03_train_mnist").arg("--help").output().unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success() && text.contains("--weight-decay <WEIGHT_DECAY>"), "{text}");
 }
 
 #[test]

@@ -1,129 +1,120 @@
-//! A small command-line flag reader for the examples: `--name value`, `--name=value` and bare `--switch`.
-//! Every mistake (an unknown flag, a value that does not parse, a missing value) is an [`Error::Usage`]
-//! with a one-line message; `main` prints it and exits with status 2 (see [`exit_on_error`]).
+//! Command-line flags for the examples, parsed by `clap` (derive): each example declares its flags as a
+//! struct whose doc comments are its `--help`. What this module adds is the project's way with mistakes:
+//! an unknown flag, a value that does not parse or lies outside its range, a missing value, an argument
+//! that is not UTF-8 are all an [`Error::Usage`] with a one-line message, which `main` prints as
+//! `error: <message>` and exits with status 2 (see [`exit_on_error`]); `--help` prints and exits 0.
 
-use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::fmt::Display;
 use std::ops::RangeInclusive;
 use std::path::PathBuf;
 use std::str::FromStr;
 
-use crate::error::{check_range, Error, Result};
+pub use clap::{Args, Parser};
 
-/// Parsed flags, consumed by name; [`Args::finish`] rejects whatever was not asked for.
-pub struct Args {
-    program: String,
-    values: BTreeMap<String, Option<String>>,
-    known: Vec<String>,
-    given: Vec<String>,
-    help: bool,
+use crate::error::{Error, Result};
+
+/// The flags every example has: `--quick`, `--seed`, `--out`.
+#[derive(Args, Debug, Clone)]
+pub struct Common {
+    /// A short run on few images or an untrained model, for CI (and a first look)
+    #[arg(long)]
+    pub quick: bool,
+    /// Random seed
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Where to write [default: under out/, or out/quick/ with --quick]
+    #[arg(long)]
+    pub out: Option<PathBuf>,
 }
 
-impl Args {
-    /// Reads the process's arguments; one that is not valid UTF-8 is a usage error (`std::env::args` would
-    /// panic on it).
-    pub fn from_env() -> Result<Args> {
-        let mut it = std::env::args_os().map(|arg| {
-            arg.into_string().map_err(|bad| Error::Usage(format!("the argument {bad:?} is not valid UTF-8")))
-        });
-        let program = it.next().transpose()?.unwrap_or_default();
-        Args::parse(program, it.collect::<Result<Vec<String>>>()?)
-    }
+/// The `--checkpoint` flag of the examples that sample the main job's model.
+#[derive(Args, Debug, Clone)]
+pub struct Weights {
+    /// Weights or a checkpoint from example 03
+    #[arg(long, default_value = "out/03/model.safetensors")]
+    pub checkpoint: PathBuf,
+}
 
-    pub fn parse(program: String, args: impl IntoIterator<Item = String>) -> Result<Args> {
-        let mut values = BTreeMap::new();
-        let mut help = false;
-        let mut it = args.into_iter().peekable();
-        while let Some(arg) = it.next() {
-            if arg == "--help" || arg == "-h" {
-                help = true;
-                continue;
-            }
-            let Some(flag) = arg.strip_prefix("--") else {
-                return Err(Error::Usage(format!("unexpected argument {arg:?} (flags look like --name value)")));
-            };
-            let (name, value) = match flag.split_once('=') {
-                Some((n, v)) => (n.to_string(), Some(v.to_string())),
-                None => {
-                    let value = it.next_if(|next| !next.starts_with("--"));
-                    (flag.to_string(), value)
-                }
-            };
-            values.insert(name, value);
-        }
-        Ok(Args { program, values, known: Vec::new(), given: Vec::new(), help })
-    }
-
-    /// A `--name value` flag parsed as T, or `default` when absent.
-    pub fn value<T>(&mut self, name: &str, default: T, help: &str) -> Result<T>
-    where
-        T: FromStr + Display,
-        T::Err: Display,
-    {
-        self.known.push(format!("  --{name} <{default}>  {help}"));
-        if self.values.contains_key(name) {
-            self.given.push(name.to_string());
-        }
-        match self.values.remove(name) {
-            None => Ok(default),
-            Some(None) => Err(Error::Usage(format!("--{name} needs a value"))),
-            Some(Some(v)) => v.parse().map_err(|e| Error::Usage(format!("--{name} {v:?}: {e}"))),
+impl Common {
+    /// `a`, or `b` with `--quick`: the defaults that shrink for CI.
+    pub fn q<T>(&self, normal: T, quick: T) -> T {
+        if self.quick {
+            quick
+        } else {
+            normal
         }
     }
 
-    /// A `--name value` flag parsed as T and required to lie in `range` (which a NaN never does), or
-    /// `default` when absent. The range is shown in `--help`.
-    pub fn value_in<T>(&mut self, name: &str, default: T, range: RangeInclusive<T>, help: &str) -> Result<T>
-    where
-        T: FromStr + Display + PartialOrd,
-        T::Err: Display,
-    {
-        let value = self.value(name, default, help)?;
-        if let Some(line) = self.known.last_mut() {
-            line.push_str(&format!(" ({} to {})", range.start(), range.end()));
-        }
-        check_range(&format!("--{name}"), &value, &range).map_err(Error::Usage)?;
-        Ok(value)
+    /// `--out`, or by default `out/<under>` (`out/quick/<under>` in quick mode, so that a CI run never
+    /// overwrites a real run's outputs).
+    pub fn out(&self, under: &str) -> PathBuf {
+        self.out.clone().unwrap_or_else(|| PathBuf::from(format!("out/{}{under}", self.q("", "quick/"))))
     }
+}
 
-    /// A `--name path` flag, or `default` when absent.
-    pub fn path(&mut self, name: &str, default: &str, help: &str) -> Result<PathBuf> {
-        Ok(PathBuf::from(self.value(name, default.to_string(), help)?))
-    }
+/// Parses the process's arguments into `T`.
+pub fn parse<T: Parser>() -> Result<T> {
+    parse_from(std::env::args_os())
+}
 
-    /// The `--out` flag of an example: by default `out/<under>`, or `out/quick/<under>` in quick mode, so that
-    /// a CI run never overwrites a real run's outputs.
-    pub fn out(&mut self, quick: bool, under: &str, help: &str) -> Result<PathBuf> {
-        self.path("out", &format!("out/{}{under}", if quick { "quick/" } else { "" }), help)
-    }
+/// Parses `args` (the program name first) into `T`: `--help` prints and exits 0, any mistake is an
+/// [`Error::Usage`] holding the first line of clap's message.
+pub fn parse_from<T: Parser>(args: impl IntoIterator<Item = impl Into<OsString> + Clone>) -> Result<T> {
+    Ok(parse_given(args)?.0)
+}
 
-    /// A bare `--name` switch.
-    pub fn flag(&mut self, name: &str, help: &str) -> Result<bool> {
-        self.known.push(format!("  --{name}  {help}"));
-        if self.values.contains_key(name) {
-            self.given.push(name.to_string());
-        }
-        match self.values.remove(name) {
-            None => Ok(false),
-            Some(None) => Ok(true),
-            Some(Some(v)) => Err(Error::Usage(format!("--{name} takes no value, got {v:?}"))),
-        }
-    }
-
-    /// Whether flag `name` (already read with [`Args::value`] or [`Args::flag`]) was on the command line.
-    pub fn given(&self, name: &str) -> bool {
-        self.given.iter().any(|g| g == name)
-    }
-
-    /// Fails on any flag that was not read; prints the flags and exits 0 on `--help`.
-    pub fn finish(self) -> Result<()> {
-        if self.help {
-            println!("usage: {} [flags]\n{}", self.program, self.known.join("\n"));
+/// [`parse_from`], and which flags were on the command line (as opposed to left at their default).
+pub fn parse_given<T: Parser>(args: impl IntoIterator<Item = impl Into<OsString> + Clone>) -> Result<(T, Given)> {
+    use clap::error::ErrorKind;
+    let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+    // A negative number is a value (`--guidance -1`), not a flag; the range check then judges it.
+    let command = T::command().mut_args(|arg| arg.allow_negative_numbers(true));
+    let parsed = command.try_get_matches_from(&args).and_then(|m| Ok((T::from_arg_matches(&m)?, m)));
+    match parsed {
+        Ok((value, matches)) => Ok((value, Given(matches))),
+        Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
+            print!("{e}");
             std::process::exit(0);
         }
-        match self.values.keys().next() {
-            Some(name) => Err(Error::Usage(format!("unknown flag --{name} (try --help)"))),
-            None => Ok(()),
+        Err(e) if e.kind() == ErrorKind::InvalidUtf8 => {
+            let bad = args.iter().find(|a| a.to_str().is_none()).cloned().unwrap_or_default();
+            Err(Error::Usage(format!("the argument {bad:?} is not valid UTF-8")))
+        }
+        Err(e) => {
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or_default();
+            let message = first.strip_prefix("error: ").unwrap_or(first);
+            let hint = if e.kind() == ErrorKind::UnknownArgument { " (try --help)" } else { "" };
+            Err(Error::Usage(format!("{message}{hint}")))
+        }
+    }
+}
+
+/// Which flags a command line held.
+pub struct Given(clap::ArgMatches);
+
+impl Given {
+    /// Whether flag `--name` was given (rather than left at its default).
+    pub fn contains(&self, name: &str) -> bool {
+        let id = name.replace('-', "_");
+        matches!(self.0.try_contains_id(&id), Ok(true))
+            && self.0.value_source(&id) == Some(clap::parser::ValueSource::CommandLine)
+    }
+}
+
+/// A clap value parser for a `T` that must lie in `range` (a NaN lies in none); its error reads
+/// "out of range (start to end)".
+pub fn in_range<T>(range: RangeInclusive<T>) -> impl Fn(&str) -> std::result::Result<T, String> + Clone + Send + Sync
+where
+    T: FromStr + Display + PartialOrd + Clone + Send + Sync + 'static,
+    T::Err: Display,
+{
+    move |text: &str| {
+        let value: T = text.trim().parse().map_err(|e: T::Err| e.to_string())?;
+        match range.contains(&value) {
+            true => Ok(value),
+            false => Err(format!("out of range ({} to {})", range.start(), range.end())),
         }
     }
 }
@@ -140,41 +131,61 @@ pub fn exit_on_error(main: impl FnOnce() -> Result<()>) {
 mod tests {
     use super::*;
 
-    fn args(list: &[&str]) -> Result<Args> {
-        Args::parse("prog".into(), list.iter().map(|s| s.to_string()))
+    /// Flags as an example declares them.
+    #[derive(Parser, Debug)]
+    struct Flags {
+        #[command(flatten)]
+        common: Common,
+        /// Training steps
+        #[arg(long, default_value_t = 5, value_parser = in_range(1..=4096usize))]
+        steps: usize,
+        /// Learning rate
+        #[arg(long, default_value_t = 1.0, value_parser = in_range(f32::MIN_POSITIVE..=f32::MAX))]
+        lr: f32,
+        /// EMA decay
+        #[arg(long, value_parser = in_range(0.0f32..=1.0))]
+        ema: Option<f32>,
+    }
+
+    fn parse(list: &[&str]) -> Result<(Flags, Given)> {
+        parse_given(std::iter::once("prog").chain(list.iter().copied()))
     }
 
     #[test]
     fn reads_values_switches_and_defaults() {
-        let mut a = args(&["--steps", "10", "--quick", "--lr=0.5"]).unwrap();
-        assert_eq!(a.value("steps", 5usize, "").unwrap(), 10);
-        assert_eq!(a.value("lr", 1.0f32, "").unwrap(), 0.5);
-        assert_eq!(a.value("seed", 7u64, "").unwrap(), 7);
-        assert!(a.flag("quick", "").unwrap());
-        assert!(a.given("steps") && a.given("quick") && !a.given("seed"));
-        a.finish().unwrap();
+        let (f, given) = parse(&["--steps", "10", "--quick", "--lr=0.5"]).unwrap();
+        assert_eq!((f.steps, f.lr, f.common.seed, f.common.quick, f.ema), (10, 0.5, 0, true, None));
+        assert!(given.contains("steps") && given.contains("quick") && !given.contains("seed"));
+        assert!(!given.contains("no-such-flag"));
+        assert_eq!(f.common.out("03"), PathBuf::from("out/quick/03"));
+        assert_eq!(f.common.q(3000, 3), 3);
     }
 
     #[test]
-    fn rejects_unknown_flags_and_bad_values() {
-        let a = args(&["--stpes", "10"]).unwrap();
-        assert_eq!(a.finish().unwrap_err().to_string(), "unknown flag --stpes (try --help)");
-        let mut a = args(&["--steps", "ten"]).unwrap();
-        let err = a.value("steps", 5usize, "").unwrap_err().to_string();
-        assert_eq!(err, "--steps \"ten\": invalid digit found in string");
-        assert!(args(&["stray"]).is_err());
+    fn mistakes_are_one_line_usage_errors() {
+        let message = |list: &[&str]| match parse(list) {
+            Err(Error::Usage(m)) => m,
+            other => panic!("{list:?}: {:?}", other.map(|p| p.0)),
+        };
+        assert_eq!(message(&["--stpes", "10"]), "unexpected argument '--stpes' found (try --help)");
+        assert_eq!(
+            message(&["--steps", "ten"]),
+            "invalid value 'ten' for '--steps <STEPS>': invalid digit found in string"
+        );
+        assert_eq!(message(&["--steps"]), "a value is required for '--steps <STEPS>' but none was supplied");
+        assert_eq!(message(&["stray"]), "unexpected argument 'stray' found (try --help)");
     }
 
     #[test]
     fn values_outside_their_range_and_nan_are_refused() {
-        let mut a = args(&["--batch", "0", "--lr", "nan", "--ema", "inf", "--count", "5"]).unwrap();
-        let err = a.value_in("batch", 32usize, 1..=4096, "").unwrap_err().to_string();
-        assert_eq!(err, "--batch 0: out of range (1 to 4096)");
-        let err = a.value_in("lr", 1e-3f32, f32::MIN_POSITIVE..=f32::MAX, "").unwrap_err().to_string();
-        assert!(err.starts_with("--lr NaN: out of range"), "{err}");
-        let err = a.value_in("ema", 0.999f32, 0.0..=1.0, "").unwrap_err().to_string();
-        assert_eq!(err, "--ema inf: out of range (0 to 1)");
-        assert_eq!(a.value_in("count", 16usize, 1..=100, "").unwrap(), 5);
-        assert_eq!(a.value_in("absent", 16usize, 1..=100, "").unwrap(), 16);
+        let message = |list: &[&str]| match parse(list) {
+            Err(Error::Usage(m)) => m,
+            other => panic!("{list:?}: {:?}", other.map(|p| p.0)),
+        };
+        assert_eq!(message(&["--steps", "0"]), "invalid value '0' for '--steps <STEPS>': out of range (1 to 4096)");
+        let nan = message(&["--lr", "nan"]);
+        assert!(nan.starts_with("invalid value 'nan' for '--lr <LR>': out of range ("), "{nan}");
+        assert_eq!(message(&["--ema", "inf"]), "invalid value 'inf' for '--ema <EMA>': out of range (0 to 1)");
+        assert_eq!(parse(&["--ema", "0.5"]).unwrap().0.ema, Some(0.5));
     }
 }

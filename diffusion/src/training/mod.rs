@@ -4,8 +4,10 @@
 //!   diagnosis), its config and its limits.
 //! - [`checkpoint`]: safetensors weights and training checkpoints, crash-safe and checksummed, and
 //!   [`checkpoint::Trained`], a trained model loaded to sample from.
+//! - [`flags`]: the main job's command-line flags.
 //! - [`run`]: a whole run as example 03 drives it: new or resumed, checked, trained in sittings.
 
 pub mod checkpoint;
+pub mod flags;
 pub mod run;
 pub mod train;

@@ -241,42 +241,48 @@ pub struct TrainReport {
     pub profile: Option<String>,
 }
 
-/// A progress line: step, loss, images/s, ETA. Rewritten in place on a terminal; plain lines otherwise.
+/// The training progress: step, loss, images/s, elapsed and ETA. On a terminal an `indicatif` bar,
+/// redrawn in place; otherwise (a log file, CI) a plain line every 10 s and at the end.
 struct Progress {
-    terminal: bool,
+    bar: Option<indicatif::ProgressBar>,
     first_step: usize,
     started: Instant,
     last_print: Instant,
 }
 
 impl Progress {
-    fn new(first_step: usize) -> Progress {
+    fn new(first_step: usize, total: usize) -> Progress {
         let now = Instant::now();
-        Progress { terminal: std::io::stderr().is_terminal(), first_step, started: now, last_print: now }
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let style = indicatif::ProgressStyle::with_template("{bar:30} step {pos:>6}/{len}  {msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+            let bar = indicatif::ProgressBar::new(total as u64).with_style(style);
+            bar.set_position(first_step as u64);
+            bar
+        });
+        Progress { bar, first_step, started: now, last_print: now }
     }
 
-    fn update(&mut self, step: usize, total: usize, loss: f32, batch: usize, force: bool) {
-        let every = if self.terminal { 0.2 } else { 10.0 };
-        if !force && self.last_print.elapsed().as_secs_f64() < every {
+    fn update(&mut self, step: usize, total: usize, loss: f32, batch: usize, last: bool) {
+        let every = if self.bar.is_some() { 0.2 } else { 10.0 };
+        if !last && self.last_print.elapsed().as_secs_f64() < every {
             return;
         }
         self.last_print = Instant::now();
         let elapsed = self.started.elapsed().as_secs_f64();
         let per_step = elapsed / (step - self.first_step).max(1) as f64;
         let eta = per_step * (total - step) as f64;
-        let line = format!(
-            "step {step:>6}/{total}  loss {loss:.4}  {:.1} img/s  elapsed {}  eta {}",
-            batch as f64 / per_step,
-            clock(elapsed),
-            clock(eta)
-        );
-        if self.terminal {
-            eprint!("\r{line}\x1b[K");
-            if force {
-                eprintln!();
+        let rate = batch as f64 / per_step;
+        let status = format!("loss {loss:.4}  {rate:.1} img/s  elapsed {}  eta {}", clock(elapsed), clock(eta));
+        match &self.bar {
+            Some(bar) => {
+                bar.set_position(step as u64);
+                bar.set_message(status);
+                if last {
+                    bar.abandon();
+                }
             }
-        } else {
-            eprintln!("{line}");
+            None => eprintln!("step {step:>6}/{total}  {status}"),
         }
     }
 }
@@ -346,7 +352,7 @@ pub fn train(
     if config.profile {
         tape.enable_profile();
     }
-    let mut progress = Progress::new(start);
+    let mut progress = Progress::new(start, config.steps);
     let mut last_loss = f32::NAN;
     let mut last_checkpoint: Option<PathBuf> = None;
     let started = Instant::now();

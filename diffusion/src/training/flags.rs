@@ -1,0 +1,108 @@
+//! The flags of the main job (example 03), declared for `clap`: their doc comments are its `--help`.
+//! Defaults marked "--quick" shrink in quick mode ([`crate::cli::Common::q`]).
+
+use std::path::PathBuf;
+
+use crate::cli::{in_range, Common, Parser};
+use crate::model::guidance::SCALE;
+use crate::process::schedule::TIMESTEPS;
+use crate::sampling::sampler::SAMPLER_STEPS;
+use crate::training::train::limits;
+
+/// Train a U-Net on handwritten digits (the main job): AdamW, warmup and cosine decay, clipping, EMA.
+#[derive(Parser, Debug)]
+#[command(name = "03_train_mnist")]
+pub struct TrainFlags {
+    #[command(flatten)]
+    pub common: Common,
+    /// IDX images, gz or raw [default: the shipped data/mnist5k]
+    #[arg(long)]
+    pub images: Option<PathBuf>,
+    /// IDX labels of the images [default: the shipped data/mnist5k]
+    #[arg(long)]
+    pub labels: Option<PathBuf>,
+    /// CIFAR-10 binary files instead (use --preset rgb32)
+    #[arg(long)]
+    pub cifar: Option<PathBuf>,
+    /// Use only the first N images, 0 for all [default: 0; --quick: 64]
+    #[arg(long, value_parser = in_range(0..=10_000_000usize))]
+    pub limit: Option<usize>,
+    /// U-Net preset: small, tiny, rgb32
+    #[arg(long, default_value = "small")]
+    pub preset: String,
+    /// Training steps [default: 3000; --quick: 3]
+    #[arg(long, value_parser = in_range(limits::STEPS))]
+    pub steps: Option<usize>,
+    /// Images per step [default: 32; --quick: 4]
+    #[arg(long, value_parser = in_range(limits::BATCH))]
+    pub batch: Option<usize>,
+    /// Peak learning rate (AdamW)
+    #[arg(long, default_value_t = 1e-3, value_parser = in_range(limits::LR))]
+    pub lr: f32,
+    /// Warmup steps [default: 200; --quick: 1]
+    #[arg(long, value_parser = in_range(limits::WARMUP))]
+    pub warmup: Option<usize>,
+    /// AdamW decoupled weight decay
+    #[arg(long, default_value_t = 0.0, value_parser = in_range(limits::WEIGHT_DECAY))]
+    pub weight_decay: f32,
+    /// Global gradient-norm bound (0: off)
+    #[arg(long, default_value_t = 1.0, value_parser = in_range(limits::GRAD_CLIP))]
+    pub grad_clip: f32,
+    /// EMA decay of the weights sampled from
+    #[arg(long, default_value_t = 0.999, value_parser = in_range(limits::EMA_DECAY))]
+    pub ema: f32,
+    /// Diffusion steps T
+    #[arg(long, default_value_t = 1000, value_parser = in_range(TIMESTEPS))]
+    pub timesteps: usize,
+    /// Beta schedule: linear, cosine, sigmoid
+    #[arg(long, default_value = "linear")]
+    pub schedule: String,
+    /// Network target: epsilon, x0, v
+    #[arg(long, default_value = "epsilon")]
+    pub prediction: String,
+    /// Min-SNR-gamma loss weighting (0: uniform)
+    #[arg(long, default_value_t = 0.0, value_parser = in_range(limits::MIN_SNR_FLAG))]
+    pub min_snr: f64,
+    /// Learn p(x | label), for classifier-free guidance
+    #[arg(long)]
+    pub conditional: bool,
+    /// Share of labels dropped in training (--conditional)
+    #[arg(long, default_value_t = 0.1, value_parser = in_range(limits::LABEL_DROPOUT))]
+    pub label_dropout: f32,
+    /// Guidance scale of the grids (--conditional)
+    #[arg(long, default_value_t = 3.0, value_parser = in_range(SCALE))]
+    pub guidance: f32,
+    /// Steps between sample grids [default: 500; --quick: 0]
+    #[arg(long)]
+    pub sample_every: Option<usize>,
+    /// Images in each sample grid [default: 64; --quick: 4]
+    #[arg(long, value_parser = in_range(limits::GRID_IMAGES))]
+    pub grid: Option<usize>,
+    /// DPM-Solver++ steps of the grids [default: 20; --quick: 3]
+    #[arg(long, value_parser = in_range(SAMPLER_STEPS))]
+    pub sampler_steps: Option<usize>,
+    /// Steps between checkpoints [default: 500; --quick: 2]
+    #[arg(long)]
+    pub checkpoint_every: Option<usize>,
+    /// Checkpoints to keep, newest first (0: all)
+    #[arg(long, default_value_t = 3)]
+    pub keep: usize,
+    /// End this sitting after this step (0: run to the end)
+    #[arg(long, default_value_t = 0)]
+    pub stop_at: usize,
+    /// Steps between evaluations with example 05's classifier (0: none)
+    #[arg(long, default_value_t = 0)]
+    pub eval_every: usize,
+    /// Samples per evaluation
+    #[arg(long, default_value_t = 128, value_parser = in_range(2..=10_000usize))]
+    pub eval_count: usize,
+    /// The judge of --eval-every
+    #[arg(long, default_value = "out/05/classifier.safetensors")]
+    pub classifier: PathBuf,
+    /// Continue from a checkpoint (or a folder's newest)
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
+    /// Print the time spent in each op of the training steps
+    #[arg(long)]
+    pub profile: bool,
+}
