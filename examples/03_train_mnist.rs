@@ -104,7 +104,8 @@ fn run() -> Result<()> {
     } else {
         let minutes = started.elapsed().as_secs_f64() / 60.0;
         let (ms, loss, log) = (report.mean_step_ms, report.final_loss, out.join("loss.csv"));
-        let wrote = format!("{} and {}", log.display(), report.grid.display());
+        let grid = report.grid.as_ref().map_or(String::new(), |g| format!(" and {}", g.display()));
+        let wrote = format!("{}{grid}", log.display());
         println!("trained in {minutes:.1} min ({ms:.0} ms per step), final loss {loss:.4}; wrote {wrote}");
     }
     let weights = report.weights.expect("written at the run's last step");

@@ -104,7 +104,7 @@ fn files(dir: &Path) -> (PathBuf, PathBuf) {
     let (ema, report) =
         diffusion::training::train::train(&model, &mut params, &schedule, &images, None, &train, None).unwrap();
     let weights = dir.join("model.safetensors");
-    save_trained(&weights, ema.params(), &train.record(&model.config)).unwrap();
+    save_trained(&weights, ema.params(), &train.record(&model.config.to_metadata())).unwrap();
     (weights, report.checkpoint)
 }
 

@@ -16,3 +16,14 @@ pub trait Denoiser: Sync {
         self.predict(tape, params, x_t, t)
     }
 }
+
+/// A borrowed denoiser is one too (so that `&model` can stand wherever a model is taken by value).
+impl<D: Denoiser + ?Sized> Denoiser for &D {
+    fn predict(&self, tape: &mut Tape, params: &ParamStore, x_t: &Var, t: &[usize]) -> Var {
+        (**self).predict(tape, params, x_t, t)
+    }
+
+    fn predict_train(&self, tape: &mut Tape, params: &ParamStore, x_t: &Var, t: &[usize], rng: &mut StdRng) -> Var {
+        (**self).predict_train(tape, params, x_t, t, rng)
+    }
+}

@@ -176,7 +176,9 @@ impl Run {
             Some(path) => Error::format(path, format!("has {problem}")),
             None => Error::Usage(problem),
         };
-        config.validate(&net_config, schedule.steps()).map_err(invalid)?;
+        config.validate(schedule.steps()).map_err(invalid)?;
+        net_config.check_memory(config.batch, true).map_err(invalid)?;
+        net_config.check_memory(config.grid_images, false).map_err(invalid)?;
         if let Some(path) = &resume_from {
             check_element_count(path, "model.", net_config.sizes().parameters)?;
         }

@@ -15,8 +15,10 @@ use rand::SeedableRng;
 use crate::data::order::{epoch_order, keyed_rng, Stream};
 use crate::error::{check_range, Error, Result};
 use crate::metadata::Fields;
+use crate::model::denoiser::Denoiser;
 use crate::model::guidance::{Conditional, Guided};
-use crate::model::unet::{UNet, UNetConfig};
+use crate::model::mlp::MlpDenoiser;
+use crate::model::unet::UNet;
 use crate::plot::image_grid;
 use crate::process::objective::{training_loss, Prediction, Weighting};
 use crate::process::schedule::NoiseSchedule;
@@ -168,14 +170,14 @@ impl TrainConfig {
     /// optimization settings (`train.*`), the model config (`unet.*`) and the run's own entries
     /// ([`TrainConfig::run_metadata`]: the schedule, the data).
     /// [`crate::training::checkpoint::Trained::load`] rebuilds the model from it.
-    pub fn record(&self, model: &UNetConfig) -> BTreeMap<String, String> {
-        self.to_metadata().into_iter().chain(model.to_metadata()).chain(self.run_metadata.clone()).collect()
+    pub fn record(&self, model: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+        self.to_metadata().into_iter().chain(model.clone()).chain(self.run_metadata.clone()).collect()
     }
 
-    /// Whether this run can be trained with `model` on a schedule of `timesteps` steps: every number within
-    /// [`limits`], the grid sampler within the schedule, and the memory the
-    /// batch and the grid imply within [`crate::model::unet::limits::MEMORY_BYTES`]. Call with a validated model.
-    pub fn validate(&self, model: &UNetConfig, timesteps: usize) -> std::result::Result<(), String> {
+    /// Whether this run can be trained on a schedule of `timesteps` steps: every number within [`limits`]
+    /// and the grid sampler within the schedule. ([`train`] checks the memory the batch and the grid imply
+    /// against the model, [`Trainable::check_memory`].)
+    pub fn validate(&self, timesteps: usize) -> std::result::Result<(), String> {
         check_range("steps", &self.steps, &limits::STEPS)?;
         check_range("batch", &self.batch, &limits::BATCH)?;
         check_range("lr", &self.lr, &limits::LR)?;
@@ -194,8 +196,7 @@ impl TrainConfig {
         if let Some(stop) = self.stop_at {
             check_range("stop_at", &stop, &(1..=self.steps))?;
         }
-        model.check_memory(self.batch, true)?;
-        model.check_memory(self.grid_images, false)
+        Ok(())
     }
 
     /// Replaces the optimization settings with those stored by [`TrainConfig::to_metadata`].
@@ -231,7 +232,8 @@ pub struct TrainReport {
     /// The loss of the last step taken in this call (NaN if it took none).
     pub final_loss: f32,
     pub mean_step_ms: f64,
-    pub grid: PathBuf,
+    /// The last sample grid (`None` for a model that draws none).
+    pub grid: Option<PathBuf>,
     /// The checkpoint written where training stopped.
     pub checkpoint: PathBuf,
     /// `out_dir/model.safetensors`, the EMA weights with the run's [`TrainConfig::record`], written when
@@ -292,10 +294,29 @@ fn clock(seconds: f64) -> String {
     format!("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
 }
 
-/// Trains `model` on `images` [N, C, H, W] (values in [−1, 1]) as configured, from scratch or from
-/// `resume`; writes `loss.csv`, `samples_step<k>.png` every `sample_every` steps, `samples.png` and
-/// `model.safetensors` (the EMA weights, which [`crate::training::checkpoint::Trained::load`] opens) at the
-/// end, and checkpoints into `out_dir/checkpoints`. Returns the EMA parameters (for sampling) and a report.
+/// What the training loop needs of a model besides its predictions: what it is conditioned on, what to
+/// record beside its weights, the memory a batch takes, and its sample grids. The U-Net implements it,
+/// and so does the MLP of 2-D points (which draws no grid).
+pub trait Trainable: Denoiser {
+    /// The classes it is conditioned on (0: unconditional).
+    fn num_classes(&self) -> usize;
+    /// The model predicting for batch rows labelled `labels`, each label dropped with probability
+    /// `dropout` in training (classifier-free guidance). Called only when [`Trainable::num_classes`] > 0.
+    fn labelled<'a>(&'a self, labels: &'a [usize], dropout: f32) -> Box<dyn Denoiser + 'a>;
+    /// The entries saved beside its weights that say what model they are (the U-Net's `unet.*` config).
+    fn record(&self) -> BTreeMap<String, String>;
+    /// Whether a batch of `batch` fits the memory bound (training: with the backward's buffers).
+    fn check_memory(&self, batch: usize, training: bool) -> std::result::Result<(), String>;
+    /// About `config.grid_images` samples drawn with the grid's sampler from a fixed seed, and the grid's
+    /// column count; `None` for models of something other than images.
+    fn grid(&self, params: &ParamStore, schedule: &NoiseSchedule, config: &TrainConfig) -> Option<(Tensor, usize)>;
+}
+
+/// Trains `model` on `images` [N, …] (values in [−1, 1]) as configured, from scratch or from `resume`;
+/// writes `loss.csv`, `samples_step<k>.png` every `sample_every` steps, `samples.png` and
+/// `model.safetensors` (the EMA weights, which [`crate::training::checkpoint::Trained::load`] opens for a
+/// U-Net) at the end, and checkpoints into `out_dir/checkpoints`. Returns the EMA parameters (for sampling)
+/// and a report.
 ///
 /// A run resumed from the checkpoint of step k continues exactly as the uninterrupted run would have: the
 /// parameters, the EMA, Adam's moments, the data order and every random draw are restored or recomputed
@@ -303,7 +324,7 @@ fn clock(seconds: f64) -> String {
 /// [`Error::Diverged`], naming the step and the first parameter or activation that went non-finite; the
 /// checkpoints written before are kept.
 pub fn train(
-    model: &UNet,
+    model: &impl Trainable,
     params: &mut ParamStore,
     schedule: &NoiseSchedule,
     images: &Tensor,
@@ -311,176 +332,268 @@ pub fn train(
     config: &TrainConfig,
     resume: Option<Checkpoint>,
 ) -> Result<(Ema, TrainReport)> {
-    let conditional = model.config.num_classes > 0;
-    match labels {
-        None if conditional => {
-            return Err(Error::Usage("a class-conditional model needs labels to train on".into()));
-        }
-        Some(l) if l.len() != images.shape()[0] => {
-            return Err(Error::Usage(format!("{} labels for {} images", l.len(), images.shape()[0])));
-        }
-        Some(l) if conditional && l.iter().any(|&c| c >= model.config.num_classes) => {
-            return Err(Error::Usage(format!("a label is not below num_classes = {}", model.config.num_classes)));
-        }
-        _ => {}
-    }
-    config.validate(&model.config, schedule.steps()).map_err(Error::Usage)?;
-    let labels = labels.filter(|_| conditional);
-    std::fs::create_dir_all(&config.out_dir).map_err(|e| Error::io(&config.out_dir, e))?;
+    let labels = check_labels(model, images, labels)?;
+    config.validate(schedule.steps()).map_err(Error::Usage)?;
+    model
+        .check_memory(config.batch, true)
+        .and_then(|_| model.check_memory(config.grid_images, false))
+        .map_err(Error::Usage)?;
+    let record = config.record(&model.record());
     let checkpoint_dir = config.out_dir.join("checkpoints");
     std::fs::create_dir_all(&checkpoint_dir).map_err(|e| Error::io(&checkpoint_dir, e))?;
-    let mut opt = Adam::adamw(config.lr, config.weight_decay);
-    let (start, mut epoch, mut position, mut ema) = match resume {
-        None => (0, 0, 0, Ema::new(params, config.ema_decay)),
-        Some(c) => {
-            c.fits(config.steps, images.shape()[0])
-                .map_err(|problem| Error::Usage(format!("cannot resume: {problem}")))?;
-            *params = c.params;
-            opt.set_state(c.adam);
-            (c.step as usize, c.epoch, c.position as usize, Ema::from_parts(c.ema, config.ema_decay, c.ema_updates))
-        }
-    };
+    let (mut state, start) = State::new(params, config, resume, images.shape()[0])?;
     let end = config.stop_at.unwrap_or(config.steps).min(config.steps);
-    let csv_path = config.out_dir.join("loss.csv");
-    let mut csv = loss_csv(&csv_path, start)?;
-
-    let (n, row) = (images.shape()[0], images.numel() / images.shape()[0]);
-    let mut item_shape = images.shape().to_vec();
-    item_shape[0] = config.batch;
-    let mut order = epoch_order(n, config.seed, epoch);
+    let mut log = LossLog::open(&config.out_dir, start)?;
+    let mut batches = Batches::new(images, labels, config, state.epoch, state.position);
     let mut tape = Tape::new();
     if config.profile {
         tape.enable_profile();
     }
     let mut progress = Progress::new(start, config.steps);
-    let mut last_loss = f32::NAN;
-    let mut last_checkpoint: Option<PathBuf> = None;
+    let (mut last_loss, mut last_checkpoint) = (f32::NAN, None);
     let started = Instant::now();
     // The other threads keep polling for work between the step's parallel loops (see
     // `autograd::cpu::with_spinning_workers`): the same result, less time lost waking them.
     autograd::cpu::with_spinning_workers(|| -> Result<()> {
         for step in start..end {
-            // The next batch: items in this epoch's order, moving to the next epoch's order at the end.
-            let mut batch = Vec::with_capacity(config.batch * row);
-            let mut batch_labels = Vec::with_capacity(config.batch);
-            for _ in 0..config.batch {
-                if position == n {
-                    epoch += 1;
-                    order = epoch_order(n, config.seed, epoch);
-                    position = 0;
-                }
-                let k = order[position];
-                position += 1;
-                batch.extend_from_slice(&images.data()[k * row..(k + 1) * row]);
-                batch_labels.extend(labels.map(|l| l[k]));
-            }
-            let x_0 = Tensor::from_vec(&item_shape, batch);
-
+            let (x_0, batch_labels) = batches.next();
+            let denoiser: Box<dyn Denoiser + '_> = match &batch_labels {
+                Some(l) => model.labelled(l, config.label_dropout),
+                None => Box::new(model),
+            };
             let lr = config.lr_at(step);
-            opt.set_lr(lr);
-            let mut rng = keyed_rng(config.seed, Stream::Step, step as u64);
-            let denoiser = Conditional {
-                model,
-                labels: labels.map(|_| batch_labels.as_slice()),
-                label_dropout: config.label_dropout,
-            };
             tape.profile_mark("(outside the tape: batch, logs)");
-            let loss = training_loss(
-                &mut tape,
-                &denoiser,
-                params,
-                schedule,
-                config.prediction,
-                config.weighting,
-                &x_0,
-                &mut rng,
-            );
-            last_loss = loss.value().item();
-            let diverged = |problem: String| {
-                let kept = match &last_checkpoint {
-                    Some(p) => format!("the last good checkpoint is {}", p.display()),
-                    None => "no checkpoint was written in this run".to_string(),
-                };
-                Error::Diverged(format!("step {}: {problem}; {kept}", step + 1))
-            };
-            if !last_loss.is_finite() {
-                tape.clear();
-                return Err(diverged(explain_non_finite_loss(
-                    &denoiser, params, schedule, config, &x_0, step, last_loss,
-                )));
-            }
-            let mut grads = tape.backward(&loss);
-            // Clipping computes the global norm anyway, and it is finite exactly when every gradient is; without
-            // clipping, look at each.
-            tape.profile_mark("(outside the tape: gradients out of backward)");
-            let finite = if config.grad_clip > 0.0 {
-                clip_grad_norm(&mut grads, config.grad_clip).is_finite()
-            } else {
-                grads.params().all(|(_, g)| g.all_finite())
-            };
-            if !finite {
-                let what = match grads.params().find(|(_, g)| !g.all_finite()) {
-                    Some((id, _)) => format!("the gradient of parameter {} is not finite", params.name(id)),
-                    None => "the global gradient norm overflows f32".to_string(),
-                };
-                return Err(diverged(format!("the loss is {last_loss} but {what}")));
-            }
-            tape.profile_mark("(outside the tape: gradient clipping)");
-            opt.step(params, &grads);
-            tape.profile_mark("(outside the tape: AdamW)");
-            ema.update(params);
-            tape.profile_mark("(outside the tape: EMA)");
-            writeln!(csv, "{},{last_loss},{lr}", step + 1).map_err(|e| Error::io(&csv_path, e))?;
+            last_loss = learning_step(&mut tape, &*denoiser, params, &mut state, schedule, config, &x_0, step, lr)
+                .map_err(|problem| diverged(step, problem, &last_checkpoint))?;
+            log.write(step + 1, last_loss, lr)?;
             progress.update(step + 1, config.steps, last_loss, config.batch, step + 1 == end);
             if config.sample_every > 0 && (step + 1) % config.sample_every == 0 && step + 1 < config.steps {
                 let path = config.out_dir.join(format!("samples_step{}.png", step + 1));
-                write_grid(model, ema.params(), schedule, config, &path)?;
+                write_grid(model, state.ema.params(), schedule, config, &path)?;
             }
-            let periodic = config.checkpoint_every > 0 && (step + 1) % config.checkpoint_every == 0;
-            if periodic || step + 1 == end {
-                // The csv must hold every step the checkpoint holds before the checkpoint exists.
-                csv.flush().map_err(|e| Error::io(&csv_path, e))?;
-                let checkpoint = Checkpoint {
-                    step: step as u64 + 1,
-                    epoch,
-                    position: position as u64,
-                    params: params.clone(),
-                    ema: ema.params().clone(),
-                    ema_updates: ema.updates(),
-                    adam: opt.state().to_vec(),
-                    config: config.record(&model.config),
-                };
+            if (config.checkpoint_every > 0 && (step + 1) % config.checkpoint_every == 0) || step + 1 == end {
+                log.flush()?; // the log holds every step the checkpoint holds before the checkpoint exists
+                let checkpoint = state.checkpoint(params, step + 1, &batches, &record);
                 last_checkpoint = Some(save_rotating(&checkpoint_dir, &checkpoint, config.keep_checkpoints)?);
             }
         }
         Ok(())
     })?;
     let mean_step_ms = started.elapsed().as_secs_f64() * 1e3 / (end - start).max(1) as f64;
-    let profile = config.profile.then(|| tape.profile_report());
-    csv.flush().map_err(|e| Error::io(&csv_path, e))?;
-    let grid =
-        config.out_dir.join(if end == config.steps { "samples.png".into() } else { format!("samples_step{end}.png") });
-    write_grid(model, ema.params(), schedule, config, &grid)?;
+    log.flush()?;
+    let name = if end == config.steps { "samples.png".into() } else { format!("samples_step{end}.png") };
+    let grid = config.out_dir.join(name);
+    let grid = write_grid(model, state.ema.params(), schedule, config, &grid)?.then_some(grid);
     let checkpoint = last_checkpoint.unwrap_or_else(|| checkpoint_dir.join(format!("step-{end:08}.safetensors")));
-    let weights = config.out_dir.join("model.safetensors");
-    let weights = (end == config.steps).then_some(weights);
+    let weights = (end == config.steps).then(|| config.out_dir.join("model.safetensors"));
     if let Some(path) = &weights {
-        save_trained(path, ema.params(), &config.record(&model.config))?;
+        save_trained(path, state.ema.params(), &record)?;
     }
-    let trained_steps = end.saturating_sub(start);
-    Ok((
-        ema,
-        TrainReport {
-            step: end,
-            trained_steps,
-            final_loss: last_loss,
-            mean_step_ms,
-            grid,
-            checkpoint,
-            weights,
-            profile,
-        },
-    ))
+    let report = TrainReport {
+        step: end,
+        trained_steps: end.saturating_sub(start),
+        final_loss: last_loss,
+        mean_step_ms,
+        grid,
+        checkpoint,
+        weights,
+        profile: config.profile.then(|| tape.profile_report()),
+    };
+    Ok((state.ema, report))
+}
+
+/// One step of learning on the batch x_0: the loss, its gradient (clipped to `grad_clip`), AdamW at
+/// learning rate `lr`, and the EMA of the weights. Returns the loss, or what went non-finite.
+#[allow(clippy::too_many_arguments)]
+fn learning_step(
+    tape: &mut Tape,
+    model: &dyn Denoiser,
+    params: &mut ParamStore,
+    state: &mut State,
+    schedule: &NoiseSchedule,
+    config: &TrainConfig,
+    x_0: &Tensor,
+    step: usize,
+    lr: f32,
+) -> std::result::Result<f32, String> {
+    let mut rng = keyed_rng(config.seed, Stream::Step, step as u64);
+    let loss = training_loss(tape, model, params, schedule, config.prediction, config.weighting, x_0, &mut rng);
+    let value = loss.value().item();
+    if !value.is_finite() {
+        tape.clear();
+        return Err(explain_non_finite_loss(model, params, schedule, config, x_0, step, value));
+    }
+    let mut grads = tape.backward(&loss);
+    tape.profile_mark("(outside the tape: gradients out of backward)");
+    // Clipping computes the global norm anyway, and it is finite exactly when every gradient is.
+    let finite = match config.grad_clip > 0.0 {
+        true => clip_grad_norm(&mut grads, config.grad_clip).is_finite(),
+        false => grads.params().all(|(_, g)| g.all_finite()),
+    };
+    if !finite {
+        let what = match grads.params().find(|(_, g)| !g.all_finite()) {
+            Some((id, _)) => format!("the gradient of parameter {} is not finite", params.name(id)),
+            None => "the global gradient norm overflows f32".to_string(),
+        };
+        return Err(format!("the loss is {value} but {what}"));
+    }
+    tape.profile_mark("(outside the tape: gradient clipping)");
+    state.opt.set_lr(lr);
+    state.opt.step(params, &grads);
+    tape.profile_mark("(outside the tape: AdamW)");
+    state.ema.update(params);
+    tape.profile_mark("(outside the tape: EMA)");
+    Ok(value)
+}
+
+/// The labels to train on: `None` for an unconditional model (whatever was passed), else one valid label
+/// per image.
+fn check_labels<'a>(
+    model: &impl Trainable,
+    images: &Tensor,
+    labels: Option<&'a [usize]>,
+) -> Result<Option<&'a [usize]>> {
+    let classes = model.num_classes();
+    match labels {
+        None if classes > 0 => Err(Error::Usage("a class-conditional model needs labels to train on".into())),
+        Some(l) if l.len() != images.shape()[0] => {
+            Err(Error::Usage(format!("{} labels for {} images", l.len(), images.shape()[0])))
+        }
+        Some(l) if classes > 0 && l.iter().any(|&c| c >= classes) => {
+            Err(Error::Usage(format!("a label is not below num_classes = {classes}")))
+        }
+        _ => Ok(labels.filter(|_| classes > 0)),
+    }
+}
+
+/// A step's problem as the run's error: the step, what went wrong, and the checkpoint that is kept.
+fn diverged(step: usize, problem: String, last_checkpoint: &Option<PathBuf>) -> Error {
+    let kept = match last_checkpoint {
+        Some(p) => format!("the last good checkpoint is {}", p.display()),
+        None => "no checkpoint was written in this run".to_string(),
+    };
+    Error::Diverged(format!("step {}: {problem}; {kept}", step + 1))
+}
+
+/// What the loop changes besides the parameters: AdamW's moments and the EMA, and where the data order
+/// stood when it started (for resuming).
+struct State {
+    opt: Adam,
+    ema: Ema,
+    epoch: u64,
+    position: usize,
+}
+
+impl State {
+    /// A fresh state, or the one `resume` holds (checked against the run); and the step to start at.
+    fn new(
+        params: &mut ParamStore,
+        config: &TrainConfig,
+        resume: Option<Checkpoint>,
+        n: usize,
+    ) -> Result<(State, usize)> {
+        let mut opt = Adam::adamw(config.lr, config.weight_decay);
+        let Some(c) = resume else {
+            return Ok((State { opt, ema: Ema::new(params, config.ema_decay), epoch: 0, position: 0 }, 0));
+        };
+        c.fits(config.steps, n).map_err(|problem| Error::Usage(format!("cannot resume: {problem}")))?;
+        *params = c.params;
+        opt.set_state(c.adam);
+        let ema = Ema::from_parts(c.ema, config.ema_decay, c.ema_updates);
+        Ok((State { opt, ema, epoch: c.epoch, position: c.position as usize }, c.step as usize))
+    }
+
+    /// The checkpoint of the run after `step` steps, the data order at `batches`' position.
+    fn checkpoint(
+        &self,
+        params: &ParamStore,
+        step: usize,
+        batches: &Batches,
+        record: &BTreeMap<String, String>,
+    ) -> Checkpoint {
+        Checkpoint {
+            step: step as u64,
+            epoch: batches.epoch,
+            position: batches.position as u64,
+            params: params.clone(),
+            ema: self.ema.params().clone(),
+            ema_updates: self.ema.updates(),
+            adam: self.opt.state().to_vec(),
+            config: record.clone(),
+        }
+    }
+}
+
+/// The training batches: items in each epoch's shuffled order ([`epoch_order`]), moving on to the next
+/// epoch's order at the end of one.
+struct Batches<'a> {
+    images: &'a Tensor,
+    labels: Option<&'a [usize]>,
+    batch: usize,
+    seed: u64,
+    order: Vec<usize>,
+    epoch: u64,
+    position: usize,
+}
+
+impl<'a> Batches<'a> {
+    fn new(
+        images: &'a Tensor,
+        labels: Option<&'a [usize]>,
+        config: &TrainConfig,
+        epoch: u64,
+        position: usize,
+    ) -> Batches<'a> {
+        let order = epoch_order(images.shape()[0], config.seed, epoch);
+        Batches { images, labels, batch: config.batch, seed: config.seed, order, epoch, position }
+    }
+
+    /// The next batch [batch, …] and its labels.
+    fn next(&mut self) -> (Tensor, Option<Vec<usize>>) {
+        let n = self.images.shape()[0];
+        let row = self.images.numel() / n;
+        let mut data = Vec::with_capacity(self.batch * row);
+        let mut labels = self.labels.map(|_| Vec::with_capacity(self.batch));
+        for _ in 0..self.batch {
+            if self.position == n {
+                self.epoch += 1;
+                self.order = epoch_order(n, self.seed, self.epoch);
+                self.position = 0;
+            }
+            let k = self.order[self.position];
+            self.position += 1;
+            data.extend_from_slice(&self.images.data()[k * row..(k + 1) * row]);
+            if let (Some(out), Some(all)) = (labels.as_mut(), self.labels) {
+                out.push(all[k]);
+            }
+        }
+        let mut shape = self.images.shape().to_vec();
+        shape[0] = self.batch;
+        (Tensor::from_vec(&shape, data), labels)
+    }
+}
+
+/// `loss.csv`: step, loss and learning rate of every step.
+struct LossLog {
+    path: PathBuf,
+    file: BufWriter<File>,
+}
+
+impl LossLog {
+    fn open(out_dir: &Path, start: usize) -> Result<LossLog> {
+        std::fs::create_dir_all(out_dir).map_err(|e| Error::io(out_dir, e))?;
+        let path = out_dir.join("loss.csv");
+        let file = loss_csv(&path, start)?;
+        Ok(LossLog { path, file })
+    }
+
+    fn write(&mut self, step: usize, loss: f32, lr: f32) -> Result<()> {
+        writeln!(self.file, "{step},{loss},{lr}").map_err(|e| Error::io(&self.path, e))
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        self.file.flush().map_err(|e| Error::io(&self.path, e))
+    }
 }
 
 /// Opens the loss log for appending after step `start`: a new file with its header when starting from
@@ -510,7 +623,7 @@ fn loss_csv(path: &Path, start: usize) -> Result<BufWriter<File>> {
 /// that is not, found by running the step's forward pass again (same batch, same random draws) with the
 /// tape's finite check on.
 fn explain_non_finite_loss(
-    model: &Conditional,
+    model: &dyn Denoiser,
     params: &ParamStore,
     schedule: &NoiseSchedule,
     config: &TrainConfig,
@@ -540,31 +653,80 @@ fn explain_non_finite_loss(
     )
 }
 
-/// Samples `grid_images` images with a fixed seed (the same noise every time) and writes them as a grid; a
-/// class-conditional model draws class i in row i (⌊grid_images / classes⌋ of each), guided with
-/// `grid_guidance`.
+/// Writes the model's sample grid ([`Trainable::grid`]) to `path`; false if the model draws none.
 pub fn write_grid(
-    model: &UNet,
+    model: &impl Trainable,
     params: &ParamStore,
     schedule: &NoiseSchedule,
     config: &TrainConfig,
     path: &Path,
-) -> Result<()> {
-    let c = &model.config;
-    let shape = [config.grid_images, c.image_channels, c.image_size, c.image_size];
-    let mut rng = StdRng::seed_from_u64(0x6e1d);
-    // A conditional model: whole rows only, `cols` samples of each class.
-    let (images, cols) = if let Some(per_class) = config.grid_images.checked_div(c.num_classes) {
-        let cols = per_class.max(1);
-        let labels: Vec<usize> = (0..cols * c.num_classes).map(|i| i / cols).collect();
-        let shape = [labels.len(), shape[1], shape[2], shape[3]];
-        let guided = Guided { model, labels, scale: config.grid_guidance };
-        (sample(&guided, params, schedule, config.prediction, &config.grid_sampler, &shape, &mut rng), cols)
-    } else {
-        let cols = (config.grid_images as f64).sqrt().ceil() as usize;
-        (sample(model, params, schedule, config.prediction, &config.grid_sampler, &shape, &mut rng), cols)
-    };
-    image_grid(&images, cols, 2).write_png(path)
+) -> Result<bool> {
+    let Some((images, cols)) = model.grid(params, schedule, config) else { return Ok(false) };
+    image_grid(&images, cols, 2).write_png(path)?;
+    Ok(true)
+}
+
+impl Trainable for UNet {
+    fn num_classes(&self) -> usize {
+        self.config.num_classes
+    }
+
+    fn labelled<'a>(&'a self, labels: &'a [usize], dropout: f32) -> Box<dyn Denoiser + 'a> {
+        Box::new(Conditional { model: self, labels: Some(labels), label_dropout: dropout })
+    }
+
+    fn record(&self) -> BTreeMap<String, String> {
+        self.config.to_metadata()
+    }
+
+    fn check_memory(&self, batch: usize, training: bool) -> std::result::Result<(), String> {
+        self.config.check_memory(batch, training)
+    }
+
+    /// `grid_images` samples with a fixed seed (the same noise every time); a class-conditional model draws
+    /// class i in row i (⌊grid_images / classes⌋ of each), guided with `grid_guidance`.
+    fn grid(&self, params: &ParamStore, schedule: &NoiseSchedule, config: &TrainConfig) -> Option<(Tensor, usize)> {
+        let c = &self.config;
+        let shape = [config.grid_images, c.image_channels, c.image_size, c.image_size];
+        let mut rng = StdRng::seed_from_u64(0x6e1d);
+        let (prediction, sampler) = (config.prediction, &config.grid_sampler);
+        // A conditional model: whole rows only, `cols` samples of each class.
+        Some(if let Some(per_class) = config.grid_images.checked_div(c.num_classes) {
+            let cols = per_class.max(1);
+            let labels: Vec<usize> = (0..cols * c.num_classes).map(|i| i / cols).collect();
+            let shape = [labels.len(), shape[1], shape[2], shape[3]];
+            let guided = Guided { model: self, labels, scale: config.grid_guidance };
+            (sample(&guided, params, schedule, prediction, sampler, &shape, &mut rng), cols)
+        } else {
+            let cols = (config.grid_images as f64).sqrt().ceil() as usize;
+            (sample(self, params, schedule, prediction, sampler, &shape, &mut rng), cols)
+        })
+    }
+}
+
+/// The MLP of 2-D points trains in the same loop: unconditional, no grid (its samples are points, not
+/// images), and small enough that any batch within [`limits::BATCH`] fits (65,536 rows of a few
+/// hundred floats per layer).
+impl Trainable for MlpDenoiser {
+    fn num_classes(&self) -> usize {
+        0
+    }
+
+    fn labelled<'a>(&'a self, _labels: &'a [usize], _dropout: f32) -> Box<dyn Denoiser + 'a> {
+        Box::new(self)
+    }
+
+    fn record(&self) -> BTreeMap<String, String> {
+        BTreeMap::from([("model".to_string(), "mlp".to_string())])
+    }
+
+    fn check_memory(&self, _batch: usize, _training: bool) -> std::result::Result<(), String> {
+        Ok(())
+    }
+
+    fn grid(&self, _: &ParamStore, _: &NoiseSchedule, _: &TrainConfig) -> Option<(Tensor, usize)> {
+        None
+    }
 }
 
 #[cfg(test)]
@@ -614,6 +776,26 @@ mod tests {
         store.iter().flat_map(|(_, _, t)| t.data().iter().map(|v| v.to_bits()).collect::<Vec<_>>()).collect()
     }
 
+    /// `train` takes any [`Trainable`] denoiser: the MLP of example 02 learns 2-D moons in it, and the run
+    /// writes its log, checkpoint and weights but no grid.
+    #[test]
+    fn the_loop_trains_the_2d_mlp_too() {
+        use crate::data::toy2d::Toy2d;
+        let mut rng = StdRng::seed_from_u64(3);
+        let points = Toy2d::Moons.sample(512, &mut rng);
+        let mut params = ParamStore::new();
+        let model = MlpDenoiser::new(&mut params, 2, 64, 2, &mut rng);
+        let schedule = NoiseSchedule::linear_scaled(100);
+        let cfg = TrainConfig { batch: 64, sample_every: 10, ..config(300, "mlp") };
+        let (_, report) = train(&model, &mut params, &schedule, &points, None, &cfg, None).unwrap();
+        let loss = losses(&cfg.out_dir);
+        let (first, last) = (loss[..20].iter().sum::<f32>() / 20.0, loss[280..].iter().sum::<f32>() / 20.0);
+        assert!(last < 0.7 * first, "the loss falls: first 20 steps {first}, last 20 {last}");
+        assert!(report.grid.is_none() && report.weights.is_some_and(|w| w.exists()));
+        assert!(!cfg.out_dir.join("samples_step10.png").exists(), "no grid for points");
+        std::fs::remove_dir_all(&cfg.out_dir).unwrap();
+    }
+
     #[test]
     fn warmup_then_cosine() {
         let c = TrainConfig { steps: 110, ..config(110, "lr") };
@@ -637,7 +819,7 @@ mod tests {
         let first: f32 = losses[..30].iter().sum::<f32>() / 30.0;
         let last: f32 = losses[270..].iter().sum::<f32>() / 30.0;
         assert!(last < 0.6 * first, "loss {first} → {last}");
-        assert!(report.grid.exists() && report.checkpoint.exists());
+        assert!(report.grid.as_ref().is_some_and(|g| g.exists()) && report.checkpoint.exists());
         std::fs::remove_dir_all(&cfg.out_dir).unwrap();
     }
 
