@@ -5,6 +5,8 @@
 //! sample grids, `samples.png`, `denoising_strip.png` (noise to digit), `model.safetensors` (the EMA weights
 //! and the model's config) and `checkpoints/`, from which `--resume` continues exactly. What a run is, new or
 //! resumed, lives in `diffusion::training::run`; the loop in `diffusion::training::train`.
+//! Ahead of the reading path: the grids are drawn with DPM-Solver++ (example 04), `--conditional` trains
+//! for classifier-free guidance (example 07), `--eval-every` scores samples as example 06 does.
 //!
 //! ```text
 //! cargo run --release --example 03_train_mnist                  # about 12 minutes on 2 cores

@@ -3,7 +3,9 @@
 //! Loads the weights example 03 wrote (`out/03/model.safetensors`), or the EMA weights of one of its
 //! checkpoints (`out/03/checkpoints/step-*.safetensors`); either file records the U-Net config, the
 //! prediction target and the schedule. Draws `--count` images with the chosen sampler and step count,
-//! timing it. The same `--seed` gives the same images every time.
+//! timing it. The same `--seed` gives the same images every time. The samplers (DDPM, DDIM,
+//! DPM-Solver++) are written out in `diffusion/src/sampling/sampler.rs`; example 06 measures how their
+//! quality depends on the step count; `--label` and `--guidance` are explained by example 07.
 //!
 //! ```text
 //! cargo run --release --example 04_sample -- --sampler ddim --steps 50

@@ -1,0 +1,213 @@
+use super::*;
+use std::path::Path;
+
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+
+use crate::model::mlp::MlpDenoiser;
+use crate::model::unet::{UNet, UNetConfig};
+use rand::RngExt;
+
+fn config(steps: usize, out: &str) -> TrainConfig {
+    TrainConfig {
+        lr: 2e-3,
+        warmup: 10,
+        ema_decay: 0.9,
+        seed: 1,
+        grid_images: 4,
+        grid_sampler: SamplerConfig { steps: 5, ..TrainConfig::default_grid_sampler() },
+        checkpoint_every: 0,
+        ..TrainConfig::new(steps, 8, std::env::temp_dir().join(format!("train-test-{}-{out}", std::process::id())))
+    }
+}
+
+/// `count` 8×8 "images": a bright 3×3 square on a dark background at a random position.
+fn squares(count: usize) -> Tensor {
+    let mut rng = StdRng::seed_from_u64(5);
+    let mut data = vec![-1.0f32; count * 64];
+    for i in 0..count {
+        let (y, x) = (rng.random_range(0..5usize), rng.random_range(0..5usize));
+        for dy in 0..3 {
+            for dx in 0..3 {
+                data[i * 64 + (y + dy) * 8 + x + dx] = 1.0;
+            }
+        }
+    }
+    Tensor::from_vec(&[count, 1, 8, 8], data)
+}
+
+fn losses(out_dir: &Path) -> Vec<f32> {
+    std::fs::read_to_string(out_dir.join("loss.csv"))
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').nth(1).unwrap().parse().unwrap())
+        .collect()
+}
+
+fn bits(store: &ParamStore) -> Vec<u32> {
+    store.iter().flat_map(|(_, _, t)| t.data().iter().map(|v| v.to_bits()).collect::<Vec<_>>()).collect()
+}
+
+/// `train` takes any [`Trainable`] denoiser: the MLP of example 02 learns 2-D moons in it, and the run
+/// writes its log, checkpoint and weights but no grid.
+#[test]
+fn the_loop_trains_the_2d_mlp_too() {
+    use crate::data::toy2d::Toy2d;
+    let mut rng = StdRng::seed_from_u64(3);
+    let points = Toy2d::Moons.sample(512, &mut rng);
+    let mut params = ParamStore::new();
+    let model = MlpDenoiser::new(&mut params, 2, 64, 2, &mut rng);
+    let schedule = NoiseSchedule::linear_scaled(100);
+    let cfg = TrainConfig { batch: 64, sample_every: 10, ..config(300, "mlp") };
+    let (_, report) = train(&model, &mut params, &schedule, &points, None, &cfg, None).unwrap();
+    let loss = losses(&cfg.out_dir);
+    let (first, last) = (loss[..20].iter().sum::<f32>() / 20.0, loss[280..].iter().sum::<f32>() / 20.0);
+    assert!(last < 0.7 * first, "the loss falls: first 20 steps {first}, last 20 {last}");
+    assert!(report.grid.is_none() && report.weights.is_some_and(|w| w.exists()));
+    assert!(!cfg.out_dir.join("samples_step10.png").exists(), "no grid for points");
+    std::fs::remove_dir_all(&cfg.out_dir).unwrap();
+}
+
+#[test]
+fn warmup_then_cosine() {
+    let c = TrainConfig { steps: 110, ..config(110, "lr") };
+    assert!((c.lr_at(0) - 2e-4).abs() < 1e-9);
+    assert!((c.lr_at(9) - 2e-3).abs() < 1e-9);
+    assert!((c.lr_at(10) - 2e-3).abs() < 1e-9);
+    assert!((c.lr_at(60) - 1e-3).abs() < 1e-6); // halfway through the decay
+    assert!(c.lr_at(109) < 1e-5);
+}
+
+#[test]
+fn tiny_unet_training_lowers_the_loss_and_writes_its_outputs() {
+    let images = squares(64);
+    let mut params = ParamStore::new();
+    let model = UNet::new(UNetConfig::tiny(), &mut params, 0);
+    let schedule = NoiseSchedule::linear(200, 1e-4, 0.04);
+    let cfg = config(300, "tiny");
+    let (_, report) = train(&model, &mut params, &schedule, &images, None, &cfg, None).unwrap();
+    let losses = losses(&cfg.out_dir);
+    assert_eq!(losses.len(), 300);
+    let first: f32 = losses[..30].iter().sum::<f32>() / 30.0;
+    let last: f32 = losses[270..].iter().sum::<f32>() / 30.0;
+    assert!(last < 0.6 * first, "loss {first} → {last}");
+    assert!(report.grid.as_ref().is_some_and(|g| g.exists()) && report.checkpoint.exists());
+    std::fs::remove_dir_all(&cfg.out_dir).unwrap();
+}
+
+/// N steps straight, against N/2 steps, a stop, a resume from the checkpoint, and N/2 more: the same
+/// losses and the same parameters, EMA and Adam moments, bit for bit. Dropout is on, and 20 images in
+/// batches of 8 make batches straddle epochs, so the random draws and the data order are both tested.
+#[test]
+fn a_resumed_run_equals_the_uninterrupted_run_bit_for_bit() {
+    let images = squares(20);
+    let net = UNetConfig { dropout: 0.1, ..UNetConfig::tiny() };
+    let schedule = NoiseSchedule::linear(200, 1e-4, 0.04);
+    let steps = 12;
+
+    let straight = config(steps, "straight");
+    let mut p_straight = ParamStore::new();
+    let model = UNet::new(net.clone(), &mut p_straight, 3);
+    let (ema_straight, _) = train(&model, &mut p_straight, &schedule, &images, None, &straight, None).unwrap();
+
+    let sittings = TrainConfig { stop_at: Some(steps / 2), ..config(steps, "sittings") };
+    let mut p_first = ParamStore::new();
+    let model = UNet::new(net, &mut p_first, 3);
+    let (_, first) = train(&model, &mut p_first, &schedule, &images, None, &sittings, None).unwrap();
+    assert_eq!(first.step, steps / 2);
+    // A fresh model (different initial weights) receives everything from the checkpoint.
+    let mut p_resumed = ParamStore::new();
+    let model = UNet::new(model.config.clone(), &mut p_resumed, 99);
+    let checkpoint = Checkpoint::load(&first.checkpoint, &p_resumed).unwrap();
+    assert_eq!((checkpoint.step, checkpoint.epoch, checkpoint.position), (6, 2, 8), "48 items = 2 epochs + 8");
+    let resume = TrainConfig { stop_at: None, ..sittings.clone() };
+    let (ema_resumed, report) =
+        train(&model, &mut p_resumed, &schedule, &images, None, &resume, Some(checkpoint)).unwrap();
+    assert_eq!(report.step, steps);
+
+    assert_eq!(losses(&straight.out_dir), losses(&sittings.out_dir), "loss.csv holds the same rows");
+    assert_eq!(losses(&straight.out_dir).len(), steps);
+    assert!(bits(&p_straight) == bits(&p_resumed), "parameters differ");
+    assert!(bits(ema_straight.params()) == bits(ema_resumed.params()), "EMA differs");
+    let last = |dir: &Path| Checkpoint::load(dir.join("checkpoints/step-00000012.safetensors"), &p_straight);
+    let (a, b) = (last(&straight.out_dir).unwrap(), last(&sittings.out_dir).unwrap());
+    assert!(a.adam == b.adam && a.ema_updates == b.ema_updates && a.position == b.position);
+    for dir in [&straight.out_dir, &sittings.out_dir] {
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
+
+#[test]
+fn training_is_bit_identical_on_one_and_two_threads() {
+    let images = squares(24);
+    let schedule = NoiseSchedule::linear(200, 1e-4, 0.04);
+    let run = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        pool.install(|| {
+            let cfg = config(6, &format!("threads{threads}"));
+            let mut params = ParamStore::new();
+            let model = UNet::new(UNetConfig { dropout: 0.1, ..UNetConfig::tiny() }, &mut params, 4);
+            train(&model, &mut params, &schedule, &images, None, &cfg, None).unwrap();
+            let losses: Vec<u32> = losses(&cfg.out_dir).iter().map(|l| l.to_bits()).collect();
+            std::fs::remove_dir_all(&cfg.out_dir).unwrap();
+            (bits(&params), losses)
+        })
+    };
+    let (one, two) = (run(1), run(2));
+    assert!(one == two, "1 and 2 threads disagree");
+}
+
+#[test]
+fn a_class_conditional_model_trains_on_labels_and_refuses_to_train_without() {
+    let images = squares(16);
+    let labels: Vec<usize> = (0..16).map(|i| i % 3).collect();
+    let schedule = NoiseSchedule::linear(200, 1e-4, 0.04);
+    let cfg = TrainConfig { grid_images: 6, ..config(4, "conditional") };
+    let mut params = ParamStore::new();
+    let model = UNet::new(UNetConfig { num_classes: 3, ..UNetConfig::tiny() }, &mut params, 0);
+    let before = params.get(params.find("class_embedding.weight").unwrap()).clone();
+    let err = train(&model, &mut params, &schedule, &images, None, &cfg, None).unwrap_err().to_string();
+    assert_eq!(err, "a class-conditional model needs labels to train on");
+    let err = train(&model, &mut params, &schedule, &images, Some(&[5; 16]), &cfg, None).unwrap_err().to_string();
+    assert_eq!(err, "a label is not below num_classes = 3");
+    let (_, report) = train(&model, &mut params, &schedule, &images, Some(&labels), &cfg, None).unwrap();
+    let after = params.get(params.find("class_embedding.weight").unwrap());
+    assert!(after.data() != before.data(), "the class embedding learns");
+    let checkpoint = Checkpoint::load(&report.checkpoint, &params).unwrap();
+    assert_eq!(checkpoint.config["unet.num_classes"], "3");
+    assert_eq!(checkpoint.config["train.label_dropout"], "0.1");
+    std::fs::remove_dir_all(&cfg.out_dir).unwrap();
+}
+
+#[test]
+fn a_nan_stops_training_naming_the_step_and_what_went_bad_first() {
+    let images = squares(16);
+    let schedule = NoiseSchedule::linear(200, 1e-4, 0.04);
+    // A parameter that is NaN from the start is named at step 1.
+    let cfg = config(5, "nan-param");
+    let mut params = ParamStore::new();
+    let model = UNet::new(UNetConfig::tiny(), &mut params, 0);
+    let id = params.find("mid.res1.conv2.bias").unwrap();
+    params.get_mut(id).data_mut()[0] = f32::NAN;
+    let err = train(&model, &mut params, &schedule, &images, None, &cfg, None).unwrap_err().to_string();
+    assert_eq!(
+        err,
+        "training diverged at step 1: the loss is NaN; parameter mid.res1.conv2.bias is not finite; \
+         no checkpoint was written in this run"
+    );
+    // A learning rate of 1e30 makes the weights huge after one step and the activations overflow in the
+    // second; the checkpoint of step 1 is kept and still loads.
+    let cfg = TrainConfig { lr: 1e30, warmup: 0, grad_clip: 0.0, checkpoint_every: 1, ..config(5, "nan-lr") };
+    let mut params = ParamStore::new();
+    let model = UNet::new(UNetConfig::tiny(), &mut params, 0);
+    let err = train(&model, &mut params, &schedule, &images, None, &cfg, None).unwrap_err();
+    assert!(matches!(err, Error::Diverged(_)));
+    let err = err.to_string();
+    let kept = cfg.out_dir.join("checkpoints/step-00000001.safetensors");
+    assert!(err.starts_with("training diverged at step 2: the loss is "), "{err}");
+    assert!(err.contains("the first non-finite activation is the output of op #3 (linear of time.linear2)"), "{err}");
+    assert!(err.ends_with(&format!("the last good checkpoint is {}", kept.display())), "{err}");
+    assert_eq!(Checkpoint::load(&kept, &params).unwrap().step, 1);
+    std::fs::remove_dir_all(&cfg.out_dir).unwrap();
+}
