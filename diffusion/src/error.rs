@@ -1,19 +1,24 @@
 //! The error type of every boundary of the crate: files, datasets, checkpoints, command lines. Each variant
-//! names the file (or flag) and what is wrong with it; nothing at these boundaries panics.
+//! names the file (or flag) and what is wrong with it; nothing at these boundaries panics. `thiserror`
+//! writes the `Display` and `Error` impls from the messages on the variants.
 
-use std::fmt::{self, Display};
+use std::fmt::Display;
 use std::ops::RangeInclusive;
 use std::path::PathBuf;
 
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// Reading or writing a file failed.
+    #[error("{}: {source}", path.display())]
     Io { path: PathBuf, source: std::io::Error },
     /// A file was read but its contents are not valid.
+    #[error("{}: {problem}", path.display())]
     Format { path: PathBuf, problem: String },
     /// A command-line flag or value is wrong.
+    #[error("{0}")]
     Usage(String),
     /// Training produced a NaN or infinity: where, and what went non-finite first.
+    #[error("training diverged at {0}")]
     Diverged(String),
 }
 
@@ -24,26 +29,6 @@ impl Error {
 
     pub fn format(path: impl Into<PathBuf>, problem: impl Into<String>) -> Error {
         Error::Format { path: path.into(), problem: problem.into() }
-    }
-}
-
-impl fmt::Display for Error {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Error::Io { path, source } => write!(f, "{}: {source}", path.display()),
-            Error::Format { path, problem } => write!(f, "{}: {problem}", path.display()),
-            Error::Usage(msg) => write!(f, "{msg}"),
-            Error::Diverged(msg) => write!(f, "training diverged at {msg}"),
-        }
-    }
-}
-
-impl std::error::Error for Error {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            Error::Io { source, .. } => Some(source),
-            _ => None,
-        }
     }
 }
 
