@@ -3,13 +3,15 @@
 //! Loads the weights example 03 wrote (`out/03/model.safetensors`), or the EMA weights of one of its
 //! checkpoints (`out/03/checkpoints/step-*.safetensors`); either file records the U-Net config, the
 //! prediction target and the schedule. Draws `--count` images with the chosen sampler and step count,
-//! timing it. The same `--seed` gives the same images every time. The samplers (DDPM, DDIM,
-//! DPM-Solver++) are written out in `diffusion/src/sampling/sampler.rs`; example 06 measures how their
-//! quality depends on the step count; `--label` and `--guidance` are explained by example 07.
+//! timing it. The same `--seed` gives the same images every time. The samplers are written out in
+//! `diffusion/src/sampling/` (DDPM, DDIM, DPM-Solver++ in `sampler.rs`; Euler, Heun, UniPC and the rest in
+//! `solvers.rs`); example 06 measures how their quality depends on the step count; `--label` and
+//! `--guidance` are explained by example 07.
 //!
 //! ```text
 //! cargo run --release --example 04_sample -- --sampler ddim --steps 50
 //! cargo run --release --example 04_sample -- --sampler dpm --steps 20
+//! cargo run --release --example 04_sample -- --sampler heun --spacing karras --steps 15   # EDM's sampler
 //! cargo run --release --example 04_sample -- --sampler ddpm             # all T steps
 //! cargo run --release --example 04_sample -- --checkpoint out/03c/model.safetensors --label 7   # sevens
 //! cargo run --release --example 04_sample -- --quick                    # untrained tiny model, for CI
@@ -21,7 +23,7 @@ use diffusion::cli::{self, exit_on_error, in_range, Common, Parser, Weights};
 use diffusion::model::guidance::Guided;
 use diffusion::model::unet::UNetConfig;
 use diffusion::plot::image_grid;
-use diffusion::sampling::sampler::{sample, Method, SamplerConfig, Spacing};
+use diffusion::sampling::sampler::{sample, sampler_timesteps, Method, SamplerConfig, Spacing};
 use diffusion::training::checkpoint::Trained;
 use diffusion::{Error, Result};
 use rand::rngs::StdRng;
@@ -40,12 +42,8 @@ fn run() -> Result<()> {
     let (steps, eta, spacing_name) = (flags.steps.unwrap_or(c.q(20, 4)), flags.eta, flags.spacing);
     let (no_clip, count, guidance) = (flags.no_clip, flags.count, flags.guidance);
 
-    let method = match sampler.as_str() {
-        "ddpm" => Method::Ddpm,
-        "ddim" => Method::Ddim { eta },
-        "dpm" => Method::DpmSolver2M,
-        other => return Err(Error::Usage(format!("--sampler {other:?}: unknown (ddpm, ddim, dpm)"))),
-    };
+    let method = Method::from_name(&sampler, eta)
+        .ok_or_else(|| Error::Usage(format!("--sampler {sampler:?}: unknown ({})", Method::NAMES)))?;
     let spacing = Spacing::from_name(&spacing_name)
         .ok_or_else(|| Error::Usage(format!("--spacing {spacing_name:?}: unknown")))?;
 
@@ -102,7 +100,7 @@ fn run() -> Result<()> {
         sample(&model, &params, &schedule, prediction, &config, &shape, rng)
     };
     let seconds = started.elapsed().as_secs_f64();
-    let evaluations = if method == Method::Ddpm { schedule.steps() } else { steps };
+    let evaluations = method.evaluations(sampler_timesteps(&schedule, &config).len());
     println!("{} with {evaluations} network evaluations: {count} images in {seconds:.2} s", method.name());
     let cols = (count as f64).sqrt().ceil() as usize;
     image_grid(&images, cols, 2).write_png(&out)?;
@@ -120,7 +118,7 @@ struct Flags {
     random_weights: Option<String>,
     #[command(flatten)]
     weights: Weights,
-    /// ddpm, ddim or dpm (DPM-Solver++ 2M)
+    /// ddpm, ddim, dpm (DPM-Solver++ 2M), dpm3m, dpm-sde, euler, euler-a, heun or unipc
     #[arg(long, default_value = "dpm")]
     sampler: String,
     /// Network evaluations, ddpm: all T [default: 20; --quick: 4]
@@ -129,7 +127,7 @@ struct Flags {
     /// DDIM noise scale
     #[arg(long, default_value_t = 0.0, value_parser = in_range(0.0f32..=1.0))]
     eta: f32,
-    /// Timestep spacing: linspace, leading, trailing
+    /// Timestep spacing: linspace, leading, trailing, karras
     #[arg(long, default_value = "linspace")]
     spacing: String,
     /// Do not clamp the predicted x0 to [-1, 1]

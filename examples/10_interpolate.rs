@@ -28,7 +28,7 @@ fn main() {
 
 /// Deterministic DDIM from the given starting noise.
 fn ddim_from(model: &impl Denoiser, t: &Trained, config: &SamplerConfig, noise: &Tensor) -> Tensor {
-    let ts = sampler_timesteps(t.schedule.steps(), config);
+    let ts = sampler_timesteps(&t.schedule, config);
     let mut rng = StdRng::seed_from_u64(0); // unused: η = 0 draws nothing
     Stepper::new(model, &t.params, &t.schedule, t.prediction, config).run(&ts, noise.clone(), &mut rng, |_, _| {})
 }

@@ -15,8 +15,9 @@ fn unknown_flags_and_bad_values_are_usage_errors() {
         (code, err.as_str()),
         (2, "error: invalid value 'ten' for '--steps <STEPS>': invalid digit found in string")
     );
-    let (code, err) = fails(example("04_sample").args(["--sampler", "euler"]));
-    assert_eq!((code, err.as_str()), (2, "error: --sampler \"euler\": unknown (ddpm, ddim, dpm)"));
+    let (code, err) = fails(example("04_sample").args(["--sampler", "lms"]));
+    let names = "ddpm, ddim, dpm, dpm3m, dpm-sde, euler, euler-a, heun, unipc";
+    assert_eq!((code, err.as_str()), (2, format!("error: --sampler \"lms\": unknown ({names})").as_str()));
     let (code, err) = fails(example("03_train_mnist").args(["--preset", "huge"]));
     assert_eq!((code, err.as_str()), (2, "error: --preset \"huge\": unknown"));
     let args = ["--quick", "--eval-every", "1", "--classifier", "/no/such/classifier.safetensors"];

@@ -112,13 +112,13 @@ fn the_readme_path_runs_as_a_chain_on_what_each_example_wrote() {
     diffusion::eval::classifier::load(&classifier).unwrap();
     let run06 = dir.join("06");
     let args = ["--checkpoint", s(&weights), "--classifier", s(&classifier), "--count", "16", "--out", s(&run06)];
-    succeeds("06_evaluate", &args);
-    let header = "sampler,steps,frechet,floor,ceiling,confidence,seconds,histogram";
+    succeeds("06_evaluate", &[&args[..], &["--samplers", "ddpm,ddim,heun,unipc", "--nfe", "3,5"]].concat());
+    let header = "sampler,nfe,frechet,floor,ceiling,confidence,seconds,histogram";
     let rows = csv_rows(&run06.join("evaluation.csv"), header);
     let runs: Vec<(&str, &str)> = rows.iter().map(|r| (r[0].as_str(), r[1].as_str())).collect();
-    let expected = [("ddpm", "50"), ("ddim", "10"), ("ddim", "20"), ("ddim", "50")];
-    assert_eq!(runs[..4], expected);
-    assert_eq!(runs[4..], [("dpm-solver++", "10"), ("dpm-solver++", "20")]);
+    let expected = [("ddpm", "50"), ("ddim", "3"), ("ddim", "5"), ("heun", "3"), ("heun", "5")];
+    assert_eq!(runs[..5], expected);
+    assert_eq!(runs[5..], [("unipc", "3"), ("unipc", "5")]);
     for row in &rows {
         let [frechet, floor, ceiling]: [f64; 3] = [2, 3, 4].map(|i| row[i].parse().unwrap());
         assert!(frechet.is_finite() && 0.0 <= floor && floor < ceiling, "{row:?}");
@@ -126,7 +126,7 @@ fn the_readme_path_runs_as_a_chain_on_what_each_example_wrote() {
         assert_eq!(histogram, 16);
         png_size(&run06.join(format!("{}_{}.png", row[0], row[1])));
     }
-    png_size(&run06.join("frechet_vs_steps.png"));
+    png_size(&run06.join("frechet_vs_nfe.png"));
 
     // Evaluating during training (with the same classifier) trains in sittings and leaves the loss log as it
     // was without evaluations.

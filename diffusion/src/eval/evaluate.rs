@@ -126,3 +126,76 @@ impl Reference {
         (score, judged)
     }
 }
+
+/// The samplers of an evaluation and their scores, one row per (sampler, network evaluations): written as
+/// `evaluation.csv` and charted as distance against evaluations, one line per sampler.
+#[derive(Default)]
+pub struct SamplerTable {
+    rows: Vec<(String, usize, Score, f64)>,
+}
+
+/// Colours of the chart's lines, one per sampler family, in `Method::short_name` order of appearance.
+const LINE_COLORS: [[u8; 3]; 10] = [
+    [0, 0, 0],
+    [31, 119, 180],
+    [255, 127, 14],
+    [44, 160, 44],
+    [214, 39, 40],
+    [148, 103, 189],
+    [140, 86, 75],
+    [227, 119, 194],
+    [127, 127, 127],
+    [23, 190, 207],
+];
+
+impl SamplerTable {
+    /// Adds the row of `sampler` at `evaluations` network evaluations that took `seconds`, and prints it.
+    pub fn push(&mut self, sampler: &str, evaluations: usize, score: Score, seconds: f64) {
+        let histogram = score.histogram.iter().map(|h| h.to_string()).collect::<Vec<_>>().join(" ");
+        println!(
+            "| {sampler} | {evaluations} | {:.3} | {:.3} | {histogram} | {seconds:.1} s |",
+            score.frechet, score.confidence
+        );
+        self.rows.push((sampler.to_string(), evaluations, score, seconds));
+    }
+
+    /// Writes `out/evaluation.csv` and `out/frechet_vs_nfe.png` (the reference's floor dashed); returns
+    /// their paths.
+    pub fn write(&self, reference: &Reference, out: &Path) -> Result<(PathBuf, PathBuf)> {
+        let mut csv = String::from("sampler,nfe,frechet,floor,ceiling,confidence,seconds,histogram\n");
+        for (name, nfe, score, seconds) in &self.rows {
+            let histogram = score.histogram.iter().map(|h| h.to_string()).collect::<Vec<_>>().join(" ");
+            csv.push_str(&format!(
+                "{name},{nfe},{:.4},{:.4},{:.4},{:.4},{seconds:.2},{histogram}\n",
+                score.frechet, reference.floor, reference.ceiling, score.confidence
+            ));
+        }
+        let csv_path = out.join("evaluation.csv");
+        std::fs::write(&csv_path, csv).map_err(|e| Error::io(&csv_path, e))?;
+        let mut names: Vec<&str> = Vec::new();
+        for (name, ..) in &self.rows {
+            if !names.contains(&name.as_str()) {
+                names.push(name);
+            }
+        }
+        let series: Vec<crate::plot::Series> = names
+            .iter()
+            .enumerate()
+            .map(|(i, name)| crate::plot::Series {
+                points: self.rows.iter().filter(|r| r.0 == *name).map(|r| (r.1 as f64, r.2.frechet)).collect(),
+                color: LINE_COLORS[i % LINE_COLORS.len()],
+            })
+            .collect();
+        let mut ticks: Vec<f64> = self.rows.iter().map(|r| r.1 as f64).collect();
+        ticks.sort_by(f64::total_cmp);
+        ticks.dedup();
+        let y_max = self.rows.iter().map(|r| r.2.frechet).fold(reference.floor, f64::max) * 1.15;
+        let chart = crate::plot::line_chart(&series, &ticks, y_max.max(1e-6), &[(reference.floor, [150, 150, 150])]);
+        let chart_path = out.join("frechet_vs_nfe.png");
+        chart.write_png(&chart_path)?;
+        let legend: Vec<String> =
+            names.iter().enumerate().map(|(i, n)| format!("{n} {:?}", LINE_COLORS[i % 10])).collect();
+        println!("chart colours (RGB): {}", legend.join(", "));
+        Ok((csv_path, chart_path))
+    }
+}

@@ -38,7 +38,7 @@ pub fn img2img(
     rng: &mut StdRng,
 ) -> Tensor {
     assert!((0.0..=1.0).contains(&strength), "img2img: strength {strength} must be in [0, 1]");
-    let ts = sampler_timesteps(schedule.steps(), config);
+    let ts = sampler_timesteps(schedule, config);
     // As diffusers: the last ⌊steps · strength⌋ of the sampler's timesteps.
     let keep = ((ts.len() as f32 * strength) as usize).min(ts.len());
     if keep == 0 {
@@ -76,7 +76,7 @@ pub fn inpaint(
         inpaint.resample == 1 || config.method != Method::DpmSolver2M,
         "inpaint: resampling needs a one-step method (DDPM or DDIM); DPM-Solver++(2M) keeps a history"
     );
-    let ts = sampler_timesteps(schedule.steps(), config);
+    let ts = sampler_timesteps(schedule, config);
     let b = known.shape()[0];
     // x_s ← m ⊙ known noised to s + (1 − m) ⊙ x_s; at the end (s = None), the known pixels themselves.
     let paste = |x: &Tensor, s: Option<usize>, rng: &mut StdRng| -> Tensor {
