@@ -13,6 +13,7 @@
 //! cargo run --release --example 03_train_mnist -- --quick       # seconds, for CI
 //! cargo run --release --example 03_train_mnist -- --resume out/03/checkpoints   # continue from the newest
 //! cargo run --release --example 03_train_mnist -- --cifar DIR --preset rgb32      # CIFAR-10 (binary version)
+//! cargo run --release --example 03_train_mnist -- --objective flow --out out/03f   # flow matching
 //! ```
 
 use std::path::Path;
@@ -40,6 +41,7 @@ fn run() -> Result<()> {
     let mnist = |file: &str| shipped_mnist_dir().join(file);
     let (steps, batch) = (flags.steps.unwrap_or(c.q(3000, 3)), flags.batch.unwrap_or(c.q(32, 4)));
     let min_snr = flags.min_snr;
+    let (prediction, schedule, time_sampling) = flags.objective(&given)?;
     let config = TrainConfig {
         lr: flags.lr,
         warmup: flags.warmup.unwrap_or(c.q(200, 1)),
@@ -47,6 +49,7 @@ fn run() -> Result<()> {
         grad_clip: flags.grad_clip,
         ema_decay: flags.ema,
         weighting: if min_snr > 0.0 { Weighting::MinSnr(min_snr) } else { Weighting::Uniform },
+        time_sampling,
         seed: c.seed,
         sample_every: flags.sample_every.unwrap_or(c.q(500, 0)),
         grid_images: flags.grid.unwrap_or(c.q(64, 4)),
@@ -67,8 +70,8 @@ fn run() -> Result<()> {
         (None, _) => Start::New(NewRun {
             preset: flags.preset,
             conditional: flags.conditional,
-            prediction: flags.prediction,
-            schedule: flags.schedule,
+            prediction,
+            schedule,
             timesteps: flags.timesteps,
             limit: flags.limit.unwrap_or(c.q(0, 64)),
         }),

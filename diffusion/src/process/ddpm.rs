@@ -85,7 +85,7 @@ pub fn sample(
 mod tests {
     use super::*;
     use crate::model::mlp::MlpDenoiser;
-    use crate::process::objective::{training_loss, Prediction, Weighting};
+    use crate::process::objective::{training_loss, Prediction, TimeSampling, Weighting};
     use rand::SeedableRng;
 
     /// Algorithm 1 is the general loss with ε as the target and uniform weighting, bit for bit, gradients
@@ -99,7 +99,17 @@ mod tests {
         let run = |general: bool| {
             let (mut tape, rng) = (Tape::new(), &mut StdRng::seed_from_u64(3));
             let loss = if general {
-                training_loss(&mut tape, &model, &params, &schedule, Prediction::Epsilon, Weighting::Uniform, &x_0, rng)
+                training_loss(
+                    &mut tape,
+                    &model,
+                    &params,
+                    &schedule,
+                    Prediction::Epsilon,
+                    Weighting::Uniform,
+                    TimeSampling::Uniform,
+                    &x_0,
+                    rng,
+                )
             } else {
                 eps_loss(&mut tape, &model, &params, &schedule, &x_0, rng)
             };

@@ -7,6 +7,12 @@
 //! x_0  the clean sample                               ε   = (x_t − √ᾱ x_0) / √(1−ᾱ)
 //! v    √ᾱ ε − √(1−ᾱ) x_0 (Salimans & Ho 2022, §4)     x_0 = √ᾱ x_t − √(1−ᾱ) v,  ε = √(1−ᾱ) x_t + √ᾱ v
 //! ```
+//! Flow matching (rectified flow) is a fourth: on the straight path z_t = (1 − t)x_0 + tε (the flow
+//! schedule, [`NoiseSchedule::flow`]: z_t = x_t·√((1−t)² + t²), t = √(1−ᾱ)/(√ᾱ + √(1−ᾱ))) the network sees
+//! z_t and predicts its velocity u = dz/dt = ε − x_0, so x_0 = z_t − t·u and ε = z_t + (1 − t)·u.
+//!
+//! The timesteps of a batch are drawn uniformly, or logit-normal (Esser et al. 2024, "Scaling Rectified Flow
+//! Transformers", §3.1: τ = sigmoid(u), u ~ N(m, s²), which spends the steps on the middle of the path).
 //! The loss is the mean squared error to the chosen target, optionally weighted per sample by min-SNR-γ
 //! (Hang et al. 2023, "Efficient Diffusion Training via Min-SNR Weighting Strategy", eq. 8 and §3.4), which
 //! keeps the easy low-noise timesteps from dominating training:
@@ -27,6 +33,8 @@ pub enum Prediction {
     Epsilon,
     Sample,
     Velocity,
+    /// Flow matching's velocity ε − x_0 on the straight path (with the flow schedule).
+    Flow,
 }
 
 impl Prediction {
@@ -35,11 +43,23 @@ impl Prediction {
             Prediction::Epsilon => "epsilon",
             Prediction::Sample => "x0",
             Prediction::Velocity => "v",
+            Prediction::Flow => "flow",
         }
     }
 
     pub fn from_name(name: &str) -> Option<Prediction> {
-        [Prediction::Epsilon, Prediction::Sample, Prediction::Velocity].into_iter().find(|p| p.name() == name)
+        [Prediction::Epsilon, Prediction::Sample, Prediction::Velocity, Prediction::Flow]
+            .into_iter()
+            .find(|p| p.name() == name)
+    }
+
+    /// What the network's input is, times x_t: 1, except for flow matching, whose network sees the point
+    /// on the straight path, z_t = x_t/(√ᾱ + √(1−ᾱ)).
+    pub fn input_scale(self, alpha_bar: f64) -> f32 {
+        match self {
+            Prediction::Flow => (1.0 / (alpha_bar.sqrt() + (1.0 - alpha_bar).sqrt())) as f32,
+            _ => 1.0,
+        }
     }
 
     /// The training target for x_0 and its noise ε at ᾱ.
@@ -49,6 +69,7 @@ impl Prediction {
             Prediction::Epsilon => eps,
             Prediction::Sample => x_0,
             Prediction::Velocity => a * eps - s * x_0,
+            Prediction::Flow => eps - x_0,
         }
     }
 
@@ -59,6 +80,54 @@ impl Prediction {
             Prediction::Epsilon => ((x_t - s * output) / a, output),
             Prediction::Sample => (output, (x_t - a * output) / s),
             Prediction::Velocity => (a * x_t - s * output, s * x_t + a * output),
+            Prediction::Flow => {
+                // z_t = x_t/(√ᾱ + √(1−ᾱ)),  t = √(1−ᾱ)/(√ᾱ + √(1−ᾱ))
+                let (z, t) = (x_t / (a + s), s / (a + s));
+                (z - t * output, z + (1.0 - t) * output)
+            }
+        }
+    }
+}
+
+/// How a batch's timesteps are drawn.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum TimeSampling {
+    /// t ~ U{0 … T−1}.
+    Uniform,
+    /// Timestep k = round(τ·(T + 1)) − 1 with τ = sigmoid(u), u ~ N(mean, std²) (SD3's default: 0, 1).
+    LogitNormal { mean: f64, std: f64 },
+}
+
+impl TimeSampling {
+    /// Its name in flags and files: "uniform", or "logit-normal:<mean>,<std>" ("logit-normal" alone: 0, 1).
+    pub fn name(self) -> String {
+        match self {
+            TimeSampling::Uniform => "uniform".into(),
+            TimeSampling::LogitNormal { mean, std } => format!("logit-normal:{mean},{std}"),
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<TimeSampling> {
+        match name {
+            "uniform" => Some(TimeSampling::Uniform),
+            "logit-normal" => Some(TimeSampling::LogitNormal { mean: 0.0, std: 1.0 }),
+            _ => {
+                let (mean, std) = name.strip_prefix("logit-normal:")?.split_once(',')?;
+                let (mean, std): (f64, f64) = (mean.parse().ok()?, std.parse().ok()?);
+                (mean.is_finite() && std.is_finite() && std > 0.0).then_some(TimeSampling::LogitNormal { mean, std })
+            }
+        }
+    }
+
+    /// One timestep of a schedule of `steps`.
+    pub fn draw(self, steps: usize, rng: &mut StdRng) -> usize {
+        match self {
+            TimeSampling::Uniform => rng.random_range(0..steps),
+            TimeSampling::LogitNormal { mean, std } => {
+                let u: f64 = mean + std * rng.sample::<f64, _>(rand_distr::StandardNormal);
+                let tau = 1.0 / (1.0 + (-u).exp());
+                ((tau * (steps + 1) as f64).round() as usize).clamp(1, steps) - 1
+            }
         }
     }
 }
@@ -80,14 +149,14 @@ impl Weighting {
                 match prediction {
                     Prediction::Epsilon => clipped / snr.max(1e-20),
                     Prediction::Sample => clipped,
-                    Prediction::Velocity => clipped / (snr + 1.0),
+                    Prediction::Velocity | Prediction::Flow => clipped / (snr + 1.0),
                 }
             }
         }
     }
 }
 
-/// One batch's training loss: draws t ~ U{0 … T−1} and ε ~ N(0, I) from `rng`, noises x_0 [B, …] to x_t,
+/// One batch's training loss: draws t by `sampling` and ε ~ N(0, I) from `rng`, noises x_0 [B, …] to x_t,
 /// and returns mean_b(w_b · mean((output − target)²)) on the tape.
 #[allow(clippy::too_many_arguments)]
 pub fn training_loss(
@@ -97,14 +166,22 @@ pub fn training_loss(
     schedule: &NoiseSchedule,
     prediction: Prediction,
     weighting: Weighting,
+    sampling: TimeSampling,
     x_0: &Tensor,
     rng: &mut StdRng,
 ) -> Var {
     let batch = x_0.shape()[0];
     let row = x_0.numel() / batch;
-    let t: Vec<usize> = (0..batch).map(|_| rng.random_range(0..schedule.steps())).collect();
+    let t: Vec<usize> = (0..batch).map(|_| sampling.draw(schedule.steps(), rng)).collect();
     let eps = Tensor::randn(x_0.shape(), rng);
-    let x_t = tape.constant(schedule.q_sample(x_0, &t, &eps));
+    let mut x_t = schedule.q_sample(x_0, &t, &eps);
+    if prediction == Prediction::Flow {
+        for (b, &tb) in t.iter().enumerate() {
+            let scale = prediction.input_scale(schedule.alpha_bar[tb]);
+            x_t.data_mut()[b * row..(b + 1) * row].iter_mut().for_each(|v| *v *= scale);
+        }
+    }
+    let x_t = tape.constant(x_t);
     let mut target = Vec::with_capacity(x_0.numel());
     for (b, &tb) in t.iter().enumerate() {
         let range = b * row..(b + 1) * row;
@@ -136,12 +213,44 @@ mod tests {
     fn every_prediction_recovers_x0_and_eps() {
         let (x0, eps, ab) = (0.3f32, -1.2f32, 0.64f64); // √ᾱ = 0.8, √(1−ᾱ) = 0.6
         let x_t = 0.8 * x0 + 0.6 * eps;
-        for p in [Prediction::Epsilon, Prediction::Sample, Prediction::Velocity] {
+        for p in [Prediction::Epsilon, Prediction::Sample, Prediction::Velocity, Prediction::Flow] {
             let (x0_hat, eps_hat) = p.to_x0_eps(p.target(x0, eps, ab), x_t, ab);
             assert!((x0_hat - x0).abs() < 1e-6 && (eps_hat - eps).abs() < 1e-6, "{p:?}");
         }
         // v = √ᾱ ε − √(1−ᾱ) x_0 = 0.8·(−1.2) − 0.6·0.3 = −1.14
         assert!((Prediction::Velocity.target(x0, eps, ab) + 1.14).abs() < 1e-6);
+    }
+
+    /// The flow schedule's x_t, scaled by the flow input scale, is the straight path (1 − t)x_0 + tε at
+    /// t_k = (k + 1)/(T + 1).
+    #[test]
+    fn the_flow_schedule_is_the_straight_path() {
+        let schedule = NoiseSchedule::flow(9);
+        let (x0, eps) = (0.3f64, -1.2f64);
+        for k in 0..9 {
+            let ab = schedule.alpha_bar[k];
+            let x_t = ab.sqrt() * x0 + (1.0 - ab).sqrt() * eps;
+            let t = (k + 1) as f64 / 10.0;
+            let z = x_t * Prediction::Flow.input_scale(ab) as f64;
+            assert!((z - ((1.0 - t) * x0 + t * eps)).abs() < 1e-6, "k {k}: {z}");
+        }
+        assert!(schedule.beta.iter().all(|b| *b > 0.0 && *b < 1.0));
+    }
+
+    /// Logit-normal timesteps crowd the middle of the schedule; uniform ones spread evenly; names round-trip.
+    #[test]
+    fn logit_normal_timesteps_favour_the_middle() {
+        use rand::SeedableRng;
+        let mut rng = StdRng::seed_from_u64(1);
+        let ln = TimeSampling::from_name("logit-normal").unwrap();
+        let draws: Vec<usize> = (0..20_000).map(|_| ln.draw(1000, &mut rng)).collect();
+        let middle = draws.iter().filter(|&&k| (250..750).contains(&k)).count() as f64 / 20_000.0;
+        // P(|u| < logit(0.75) = 1.0986) for u ~ N(0, 1) = 0.7275
+        assert!((middle - 0.7275).abs() < 0.02, "{middle}");
+        assert!(draws.iter().all(|&k| k < 1000));
+        assert_eq!(TimeSampling::from_name(&ln.name()), Some(ln));
+        assert_eq!(TimeSampling::from_name("uniform"), Some(TimeSampling::Uniform));
+        assert_eq!(TimeSampling::from_name("logit-normal:0,-1"), None);
     }
 
     #[test]

@@ -54,6 +54,25 @@ impl NoiseSchedule {
         NoiseSchedule::linear(steps, 1e-4 * scale, 0.02 * scale)
     }
 
+    /// Flow matching's straight path x_t = (1 − t)·x_0 + t·ε (Liu et al. 2022, "Flow Straight and Fast";
+    /// Lipman et al. 2022, "Flow Matching for Generative Modeling") at t_k = (k + 1)/(T + 1), as the VP schedule
+    /// it is up to a scale: x_t/√((1 − t)² + t²) = √ᾱ x_0 + √(1 − ᾱ) ε with
+    /// ```text
+    /// ᾱ_k = (1 − t_k)² / ((1 − t_k)² + t_k²)
+    /// ```
+    /// so every sampler runs on it; the network sees x_t itself ([`crate::process::objective::Prediction::Flow`]
+    /// scales its input). t stops short of 1 (ᾱ ≈ 1/T² at the end, not 0), as every β must lie in (0, 1).
+    pub fn flow(steps: usize) -> NoiseSchedule {
+        let alpha_bar: Vec<f64> = (0..steps)
+            .map(|k| {
+                let t = (k + 1) as f64 / (steps + 1) as f64;
+                (1.0 - t).powi(2) / ((1.0 - t).powi(2) + t * t)
+            })
+            .collect();
+        let beta = (0..steps).map(|k| 1.0 - alpha_bar[k] / if k == 0 { 1.0 } else { alpha_bar[k - 1] }).collect();
+        NoiseSchedule::from_betas(beta)
+    }
+
     /// The cosine schedule of Nichol & Dhariwal 2021, "Improved DDPM", eq. 17, with their clipping:
     /// ```text
     /// ᾱ(t) = f(t)/f(0),   f(t) = cos²(((t/T) + s)/(1 + s) · π/2),   s = 0.008
@@ -117,7 +136,8 @@ impl NoiseSchedule {
             "linear" => NoiseSchedule::linear_scaled(steps),
             "cosine" => NoiseSchedule::cosine(steps),
             "sigmoid" => NoiseSchedule::sigmoid(steps, 1e-4, 0.02),
-            _ => return Err(format!("schedule {name:?}: unknown (linear, cosine, sigmoid)")),
+            "flow" => NoiseSchedule::flow(steps),
+            _ => return Err(format!("schedule {name:?}: unknown (linear, cosine, sigmoid, flow)")),
         };
         if let Some((t, beta)) = schedule.beta.iter().enumerate().find(|(_, b)| !(**b > 0.0 && **b < 1.0)) {
             return Err(format!("the {name} schedule with timesteps {steps} has β_{t} = {beta}, outside (0, 1)"));
@@ -174,8 +194,8 @@ mod tests {
         let err = NoiseSchedule::named("linear", 1_000_000_000).unwrap_err();
         assert_eq!(err, "timesteps 1000000000: out of range (2 to 100000)");
         let err = NoiseSchedule::named("quadratic", 1000).unwrap_err();
-        assert_eq!(err, "schedule \"quadratic\": unknown (linear, cosine, sigmoid)");
-        for name in ["cosine", "sigmoid"] {
+        assert_eq!(err, "schedule \"quadratic\": unknown (linear, cosine, sigmoid, flow)");
+        for name in ["cosine", "sigmoid", "flow"] {
             NoiseSchedule::named(name, 2).unwrap();
             NoiseSchedule::named(name, 1000).unwrap();
         }

@@ -3,8 +3,10 @@
 
 use std::path::PathBuf;
 
-use crate::cli::{in_range, Common, Parser};
+use crate::cli::{in_range, Common, Given, Parser};
+use crate::error::{Error, Result};
 use crate::model::guidance::SCALE;
+use crate::process::objective::TimeSampling;
 use crate::process::schedule::TIMESTEPS;
 use crate::sampling::sampler::SAMPLER_STEPS;
 use crate::training::train::limits;
@@ -57,9 +59,16 @@ pub struct TrainFlags {
     /// Beta schedule: linear, cosine, sigmoid
     #[arg(long, default_value = "linear")]
     pub schedule: String,
-    /// Network target: epsilon, x0, v
+    /// Network target: epsilon, x0, v (or flow, with --objective flow)
     #[arg(long, default_value = "epsilon")]
     pub prediction: String,
+    /// diffusion, or flow: flow matching on the straight path (sets --prediction flow --schedule flow)
+    #[arg(long, default_value = "diffusion")]
+    pub objective: String,
+    /// How the timesteps of a batch are drawn: uniform, logit-normal, logit-normal:<mean>,<std>
+    /// [default: uniform; with --objective flow: logit-normal]
+    #[arg(long)]
+    pub time_sampling: Option<String>,
     /// Min-SNR-gamma loss weighting (0: uniform)
     #[arg(long, default_value_t = 0.0, value_parser = in_range(limits::MIN_SNR_FLAG))]
     pub min_snr: f64,
@@ -105,4 +114,28 @@ pub struct TrainFlags {
     /// Print the time spent in each op of the training steps
     #[arg(long)]
     pub profile: bool,
+}
+
+impl TrainFlags {
+    /// The (prediction, schedule, timestep sampling) of the run: `--objective flow` sets the first two to
+    /// flow (giving either as well is an error) and samples logit-normal unless `--time-sampling` says.
+    pub fn objective(&self, given: &Given) -> Result<(String, String, TimeSampling)> {
+        let flow = match self.objective.as_str() {
+            "diffusion" => false,
+            "flow" => true,
+            other => return Err(Error::Usage(format!("--objective {other:?}: unknown (diffusion, flow)"))),
+        };
+        if flow && (given.contains("prediction") || given.contains("schedule")) {
+            return Err(Error::Usage("--objective flow sets --prediction flow and --schedule flow".into()));
+        }
+        let default = if flow { "logit-normal" } else { "uniform" };
+        let name = self.time_sampling.as_deref().unwrap_or(default);
+        let sampling = TimeSampling::from_name(name).ok_or_else(|| {
+            Error::Usage(format!("--time-sampling {name:?}: unknown (uniform, logit-normal[:mean,std])"))
+        })?;
+        Ok(match flow {
+            true => ("flow".into(), "flow".into(), sampling),
+            false => (self.prediction.clone(), self.schedule.clone(), sampling),
+        })
+    }
 }

@@ -29,7 +29,7 @@ use crate::training::train::{train, TrainConfig, TrainReport};
 
 /// The settings (by flag name) that define a run: stored in its checkpoints, and not to be given again when
 /// resuming it.
-pub const RUN_SETTINGS: [&str; 16] = [
+pub const RUN_SETTINGS: [&str; 18] = [
     "conditional",
     "label-dropout",
     "preset",
@@ -43,6 +43,8 @@ pub const RUN_SETTINGS: [&str; 16] = [
     "timesteps",
     "schedule",
     "prediction",
+    "objective",
+    "time-sampling",
     "min-snr",
     "seed",
     "limit",

@@ -23,7 +23,7 @@ use crate::data::order::{keyed_rng, Stream};
 use crate::error::{check_range, Error, Result};
 use crate::metadata::Fields;
 use crate::model::denoiser::Denoiser;
-use crate::process::objective::{training_loss, Prediction, Weighting};
+use crate::process::objective::{training_loss, Prediction, TimeSampling, Weighting};
 use crate::process::schedule::NoiseSchedule;
 use crate::sampling::sampler::{Method, SamplerConfig, Spacing};
 use crate::training::checkpoint::{save_rotating, save_trained, Checkpoint};
@@ -69,6 +69,8 @@ pub struct TrainConfig {
     pub ema_decay: f32,
     pub prediction: Prediction,
     pub weighting: Weighting,
+    /// How each batch's timesteps are drawn (flow matching: logit-normal, as SD3).
+    pub time_sampling: TimeSampling,
     pub seed: u64,
     /// Write a sample grid every this many steps (0 = only at the end).
     pub sample_every: usize,
@@ -109,6 +111,7 @@ impl TrainConfig {
             ema_decay: 0.999,
             prediction: Prediction::Epsilon,
             weighting: Weighting::Uniform,
+            time_sampling: TimeSampling::Uniform,
             seed: 0,
             sample_every: 0,
             grid_images: 64,
@@ -166,6 +169,8 @@ impl TrainConfig {
             ("label_dropout", self.label_dropout.to_string()),
         ]
         .into_iter()
+        // Uniform timesteps, the default, are not written: files of runs from before the option stay the same.
+        .chain((self.time_sampling != TimeSampling::Uniform).then(|| ("t_sampling", self.time_sampling.name())))
         .map(|(k, v)| (format!("train.{k}"), v))
         .collect()
     }
@@ -190,6 +195,9 @@ impl TrainConfig {
         check_range("weight_decay", &self.weight_decay, &limits::WEIGHT_DECAY)?;
         check_range("grad_clip", &self.grad_clip, &limits::GRAD_CLIP)?;
         check_range("ema_decay", &self.ema_decay, &limits::EMA_DECAY)?;
+        if self.prediction == Prediction::Flow && self.weighting != Weighting::Uniform {
+            return Err("min-SNR weighting is for the ε, x0 and v targets, not for flow matching".into());
+        }
         if let Weighting::MinSnr(gamma) = self.weighting {
             check_range("min-SNR gamma", &gamma, &limits::MIN_SNR_GAMMA)?;
         }
@@ -219,6 +227,10 @@ impl TrainConfig {
             None => (w == "uniform").then_some(Weighting::Uniform),
         })?;
         self.seed = fields.get("train.seed")?;
+        self.time_sampling = match fields.text("train.t_sampling") {
+            Ok(_) => fields.named("train.t_sampling", TimeSampling::from_name)?,
+            Err(_) => TimeSampling::Uniform,
+        };
         if fields.text("train.label_dropout").is_ok() {
             self.label_dropout = fields.get("train.label_dropout")?;
         }
@@ -370,7 +382,8 @@ fn learning_step(
     lr: f32,
 ) -> std::result::Result<f32, String> {
     let mut rng = keyed_rng(config.seed, Stream::Step, step as u64);
-    let loss = training_loss(tape, model, params, schedule, config.prediction, config.weighting, x_0, &mut rng);
+    let (prediction, weighting, sampling) = (config.prediction, config.weighting, config.time_sampling);
+    let loss = training_loss(tape, model, params, schedule, prediction, weighting, sampling, x_0, &mut rng);
     let value = loss.value().item();
     if !value.is_finite() {
         tape.clear();

@@ -234,7 +234,8 @@ pub(super) fn explain_non_finite_loss(
     let mut tape = Tape::new();
     tape.enable_finite_check();
     let mut rng = keyed_rng(config.seed, Stream::Step, step as u64);
-    let _ = training_loss(&mut tape, model, params, schedule, config.prediction, config.weighting, x_0, &mut rng);
+    let (prediction, weighting, sampling) = (config.prediction, config.weighting, config.time_sampling);
+    let _ = training_loss(&mut tape, model, params, schedule, prediction, weighting, sampling, x_0, &mut rng);
     let Some(first) = tape.first_non_finite() else { return format!("the loss is {loss}") };
     let layer = match first.params.first() {
         Some(&id) => format!(" of {}", params.name(id).rsplit_once('.').map_or(params.name(id), |(layer, _)| layer)),

@@ -69,6 +69,26 @@ fn the_loop_trains_the_2d_mlp_too() {
     std::fs::remove_dir_all(&cfg.out_dir).unwrap();
 }
 
+/// Flow matching trains in the same loop: the flow schedule, velocity targets, logit-normal timesteps.
+#[test]
+fn a_flow_matching_unet_learns() {
+    use crate::process::objective::TimeSampling;
+    let images = squares(64);
+    let mut params = ParamStore::new();
+    let model = UNet::new(UNetConfig::tiny(), &mut params, 0);
+    let schedule = NoiseSchedule::flow(100);
+    let time_sampling = TimeSampling::LogitNormal { mean: 0.0, std: 1.0 };
+    let cfg = TrainConfig { prediction: Prediction::Flow, time_sampling, ..config(150, "flow") };
+    let (_, report) = train(&model, &mut params, &schedule, &images, None, &cfg, None).unwrap();
+    let loss = losses(&cfg.out_dir);
+    let (first, last) = (loss[..10].iter().sum::<f32>() / 10.0, loss[140..].iter().sum::<f32>() / 10.0);
+    assert!(last < 0.6 * first, "the loss falls: first 10 steps {first}, last 10 {last}");
+    let metadata = crate::training::checkpoint::read_metadata(report.weights.as_ref().unwrap()).unwrap();
+    assert_eq!(metadata.get("train.prediction").map(String::as_str), Some("flow"));
+    assert_eq!(metadata.get("train.t_sampling").map(String::as_str), Some("logit-normal:0,1"));
+    std::fs::remove_dir_all(&cfg.out_dir).unwrap();
+}
+
 #[test]
 fn warmup_then_cosine() {
     let c = TrainConfig { steps: 110, ..config(110, "lr") };
