@@ -4,7 +4,7 @@
 //! checkpoints (`out/03/checkpoints/step-*.safetensors`); either file records the U-Net config, the
 //! prediction target and the schedule. Draws `--count` images with the chosen sampler and step count,
 //! timing it. The same `--seed` gives the same images every time. The samplers are written out in
-//! `diffusion/src/sampling/` (DDPM, DDIM, DPM-Solver++ in `sampler.rs`; Euler, Heun, UniPC and the rest in
+//! `diffusion/src/sampling/` (DDPM, DDIM, DPM-Solver++ in `sampler/`; Euler, Heun, UniPC and the rest in
 //! `solvers.rs`); example 06 measures how their quality depends on the step count; `--label` and
 //! `--guidance` are explained by example 07.
 //!
