@@ -178,18 +178,28 @@ impl SamplerTable {
                 names.push(name);
             }
         }
+        // The top of the chart: a little above the 80th percentile of the distances, so that a few very bad
+        // rows (a sampler at too few steps) do not flatten the rest; those are drawn at the top edge.
+        let mut sorted: Vec<f64> = self.rows.iter().map(|r| r.2.frechet).collect();
+        sorted.sort_by(f64::total_cmp);
+        let high = sorted.get((sorted.len().saturating_sub(1)) * 4 / 5).copied().unwrap_or(reference.floor);
+        let y_max = high.max(reference.floor) * 1.15;
         let series: Vec<crate::plot::Series> = names
             .iter()
             .enumerate()
             .map(|(i, name)| crate::plot::Series {
-                points: self.rows.iter().filter(|r| r.0 == *name).map(|r| (r.1 as f64, r.2.frechet)).collect(),
+                points: self
+                    .rows
+                    .iter()
+                    .filter(|r| r.0 == *name)
+                    .map(|r| (r.1 as f64, r.2.frechet.min(y_max)))
+                    .collect(),
                 color: LINE_COLORS[i % LINE_COLORS.len()],
             })
             .collect();
         let mut ticks: Vec<f64> = self.rows.iter().map(|r| r.1 as f64).collect();
         ticks.sort_by(f64::total_cmp);
         ticks.dedup();
-        let y_max = self.rows.iter().map(|r| r.2.frechet).fold(reference.floor, f64::max) * 1.15;
         let chart = crate::plot::line_chart(&series, &ticks, y_max.max(1e-6), &[(reference.floor, [150, 150, 150])]);
         let chart_path = out.join("frechet_vs_nfe.png");
         chart.write_png(&chart_path)?;
