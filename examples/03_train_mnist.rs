@@ -129,7 +129,7 @@ fn print_next_steps(weights: &Path, conditional: bool) {
         println!("{run} 04_sample -- --checkpoint {w} --label 7    # sevens");
     }
     println!("{run} 05_classifier    # the judge example 06 uses (once)");
-    println!("{run} 06_evaluate -- --checkpoint {w}    # Fréchet distance per sampler");
+    println!("{run} 06_evaluate -- --checkpoint {w} --samplers dpm,dpm-sde --nfe 10,20    # Fréchet distance");
     if conditional {
         println!("{run} 07_guidance -- --checkpoint {w}    # classifier-free guidance");
     }

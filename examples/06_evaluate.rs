@@ -14,7 +14,7 @@
 //!
 //! ```text
 //! cargo run --release --example 05_classifier        # once: the judge
-//! cargo run --release --example 06_evaluate          # every sampler: about 2 hours on 2 cores
+//! cargo run --release --example 06_evaluate          # every sampler: about 1.5 hours on 2 cores
 //! cargo run --release --example 06_evaluate -- --samplers heun,unipc --nfe 5,9 --count 256
 //! cargo run --release --example 06_evaluate -- --quick
 //! ```
