@@ -184,16 +184,30 @@ pub fn unipc_predict(x: &[f32], now: &[f32], lambda: f64, lambda_next: f64, past
         2 => vec![0.5],
         _ => solve(r[..order - 1].iter().map(|row| row[..order - 1].to_vec()).collect(), b[..order - 1].to_vec()),
     };
+    let (mut terms, c_now) = unipc_terms(x, now, h, b_h, past, &rhos, &rks);
+    terms[1].0 += c_now;
+    combine(&terms)
+}
+
+/// The terms both UniPC updates share: e^(−h) x̃ − (e^(−h) − 1) m₀ − B(h) Σ_k ρ_k (m_k − m₀)/r_k over `past`,
+/// with the m₀ part of the sum returned apart (the caller adds it to m₀'s coefficient).
+fn unipc_terms<'a>(
+    x: &'a [f32],
+    now: &'a [f32],
+    h: f64,
+    b_h: f64,
+    past: &[Past<'a>],
+    rhos: &[f64],
+    rks: &[f64],
+) -> (Vec<(f64, &'a [f32])>, f64) {
     let mut terms = vec![((-h).exp(), x), (-(-h).exp_m1(), now)];
     let mut c_now = 0.0;
     for (k, p) in past.iter().enumerate() {
-        // −B(h) ρ_k (m_k − m₀)/r_k
         let c = -b_h * rhos[k] / rks[k];
         terms.push((c, p.denoised));
         c_now -= c;
     }
-    terms[1].0 += c_now;
-    combine(&terms)
+    (terms, c_now)
 }
 
 /// The UniPC corrector (UniC) of order `past.len() + 1`: given the step from λ (where the sample was
@@ -214,13 +228,7 @@ pub fn unipc_correct(
     let (r, b, b_h) = unipc_system(h, &rks, order);
     let rhos = if order == 1 { vec![0.5] } else { solve(r, b) };
     // x̃' = e^(−h) x̃ − (e^(−h) − 1) m₀ − B(h) (Σ_k ρ_k (m_k − m₀)/r_k + ρ_last (m' − m₀))
-    let mut terms = vec![((-h).exp(), x_before), (-(-h).exp_m1(), before)];
-    let mut c_before = 0.0;
-    for (k, p) in past.iter().enumerate() {
-        let c = -b_h * rhos[k] / rks[k];
-        terms.push((c, p.denoised));
-        c_before -= c;
-    }
+    let (mut terms, c_before) = unipc_terms(x_before, before, h, b_h, past, &rhos, &rks);
     let c_after = -b_h * rhos[order - 1];
     terms.push((c_after, after));
     terms[1].0 += c_before - c_after;
