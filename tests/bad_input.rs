@@ -98,6 +98,13 @@ fn numeric_flags_out_of_range_nan_and_non_utf8_are_usage_errors() {
         ("06_evaluate", &["--quick", "--batch", "0"], "invalid value '0' for '--batch <BATCH>': out of range"),
         ("06_evaluate", &["--count", "0"], "invalid value '0' for '--count <COUNT>': out of range (2 to 100000)"),
         ("07_guidance", &["--quick", "--scales", "0,nan"], "--scales: a scale NaN: out of range"),
+        ("06_evaluate", &["--quick", "--nfe", "4,0"], "invalid value '0' for '--nfe <NFE>': out of range (1 to 1000)"),
+        ("03_train_mnist", &["--quick", "--objective", "wave"], "--objective \"wave\": unknown (diffusion, flow)"),
+        (
+            "03_train_mnist",
+            &["--quick", "--time-sampling", "logit-normal:0,-1"],
+            "--time-sampling \"logit-normal:0,-1\": unknown",
+        ),
     ];
     for (name, args, expected) in cases {
         refused(name, args, 2, expected, "");

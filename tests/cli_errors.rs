@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{example, fails, scratch};
+use common::{example, fails, scratch, succeeds};
 use std::path::PathBuf;
 
 #[test]
@@ -104,5 +104,25 @@ fn a_diverging_run_exits_non_zero_and_keeps_its_last_checkpoint() {
     assert!(err.starts_with("error: training diverged at step 2: the loss is "), "{err}");
     assert!(err.ends_with(&format!("the last good checkpoint is {}", kept.display())), "{err}");
     assert!(kept.exists());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A flow-matching run stopped and resumed from its checkpoint (which records the flow prediction, schedule
+/// and timestep sampling), then sampled by 04 from the weights it wrote.
+#[test]
+fn a_flow_matching_run_resumes_and_its_weights_sample() {
+    let dir = scratch("flow");
+    let out = dir.to_str().unwrap();
+    succeeds("03_train_mnist", &["--quick", "--objective", "flow", "--stop-at", "2", "--out", out]);
+    let checkpoints = dir.join("checkpoints");
+    succeeds("03_train_mnist", &["--quick", "--resume", checkpoints.to_str().unwrap(), "--out", out]);
+    let weights = dir.join("model.safetensors");
+    let png = dir.join("heun.png");
+    let args = ["--checkpoint", weights.to_str().unwrap(), "--sampler", "heun", "--steps", "5", "--count", "4"];
+    let printed = succeeds("04_sample", &[&args[..], &["--out", png.to_str().unwrap()]].concat());
+    assert!(
+        printed.contains("flow prediction, flow schedule") && printed.contains("with 5 network evaluations"),
+        "{printed}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
