@@ -129,6 +129,26 @@ fn changed_weights_files_are_refused_and_absurd_configs_never_allocate() {
     };
     sample_ok(&weights);
     refused("04_sample", &["--checkpoint", w, "--steps", "51"], 2, "--steps 51: this model has T = 50 timesteps", "");
+    let out11 = dir.join("11");
+    let no_counterpart = "this model has no diffusers counterpart: its U-Net has the compact skip topology";
+    refused(
+        "11_diffusers",
+        &["--checkpoint", w, "--out", out11.to_str().unwrap()],
+        2,
+        no_counterpart,
+        "--preset diffusers-mnist",
+    );
+    assert!(!out11.exists(), "nothing is written for a model that cannot be exported");
+    let not_a_pipeline = dir.join("not-a-pipeline");
+    std::fs::create_dir_all(&not_a_pipeline).unwrap();
+    let folder = not_a_pipeline.to_str().unwrap();
+    refused(
+        "04_sample",
+        &["--checkpoint", folder],
+        1,
+        folder,
+        "without unet/config.json: not a diffusers pipeline folder",
+    );
 
     // Not re-signed: any changed byte is caught by the checksum, whatever it changed.
     let bytes = std::fs::read(&weights).unwrap();

@@ -9,6 +9,7 @@
 //! 03 --eval-every 3 (with 05's classifier) ─ eval.csv, and the same loss.csv as without
 //! 03 --conditional --out D/03c ────── 07 (with 05's classifier), 04 --label
 //! 03 --stop-at 3 --out D/03r, then 03 --resume D/03r/checkpoints: the same files as the straight run
+//! 03 --preset diffusers-mnist --out D/03d ─ 11 ─ D/11/mnist-ddpm/ (a diffusers folder) ─ 04: the same images
 //! ```
 
 mod common;
@@ -192,5 +193,41 @@ fn the_readme_path_runs_as_a_chain_on_what_each_example_wrote() {
     let printed = succeeds("03_train_mnist", &resume);
     assert!(printed.contains("nothing left to train"), "{printed}");
     assert_eq!(bytes(&resumed_weights), bytes(&weights));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_model_written_as_a_diffusers_folder_samples_the_same_images_from_it() {
+    let dir = scratch("diffusers-path");
+    let run03 = dir.join("03d");
+    let mut train = TRAIN.to_vec();
+    train[1] = "diffusers-mnist";
+    succeeds("03_train_mnist", &[&train[..], &["--out", s(&run03)]].concat());
+    let weights = run03.join("model.safetensors");
+    let printed = succeeds("11_diffusers", &["--checkpoint", s(&weights), "--out", s(&dir.join("11"))]);
+    assert!(printed.contains("read back: the same config, weights and output, bit for bit"), "{printed}");
+    let folder = dir.join("11").join("mnist-ddpm");
+    for file in [
+        "model_index.json",
+        "unet/config.json",
+        "unet/diffusion_pytorch_model.safetensors",
+        "scheduler/scheduler_config.json",
+    ] {
+        assert!(folder.join(file).is_file(), "{file}");
+    }
+    assert!(dir.join("11").join("probe.safetensors").is_file());
+    let scheduler = text(&folder.join("scheduler/scheduler_config.json"));
+    assert!(scheduler.contains("\"num_train_timesteps\": 50"), "{scheduler}");
+    let (from_folder, from_weights) = (Trained::load(&folder).unwrap(), Trained::load(&weights).unwrap());
+    assert_eq!(from_folder.model.config, from_weights.model.config);
+    assert_eq!(from_folder.schedule, from_weights.schedule);
+
+    // 04 on the folder draws what it draws from the weights file.
+    let sample = ["--steps", "3", "--count", "4"];
+    let (a, b) = (dir.join("04").join("weights.png"), dir.join("04").join("folder.png"));
+    succeeds("04_sample", &[&sample[..], &["--checkpoint", s(&weights), "--out", s(&a)]].concat());
+    succeeds("04_sample", &[&sample[..], &["--checkpoint", s(&folder), "--out", s(&b)]].concat());
+    png_size(&b);
+    assert_eq!(bytes(&a), bytes(&b));
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -10,7 +10,8 @@
 //!    written out ([`process::ddpm`]), and the general loss with ε, x₀ and v targets ([`process::objective`]).
 //! 3. [`sampling`]: DDPM, DDIM and DPM-Solver++ ([`sampling::sampler`]); img2img, inpainting and
 //!    interpolation ([`sampling::control`]).
-//! 4. [`training`]: the training loop ([`training::train`]) and the files it writes ([`training::checkpoint`]).
+//! 4. [`training`]: the training loop ([`training::train`]) and the files it writes ([`training::checkpoint`]),
+//!    diffusers' pipeline folders among them ([`training::checkpoint::diffusers`]).
 //! 5. [`data`]: MNIST-style IDX files, CIFAR-10, 2-D toy sets, and the order a run visits them in.
 //! 6. [`eval`]: a digit classifier trained with the engine, and the Fréchet distance of its features.
 //!

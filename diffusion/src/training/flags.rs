@@ -29,7 +29,7 @@ pub struct TrainFlags {
     /// Use only the first N images, 0 for all [default: 0; --quick: 64]
     #[arg(long, value_parser = in_range(0..=10_000_000usize))]
     pub limit: Option<usize>,
-    /// U-Net preset: small, tiny, rgb32
+    /// U-Net preset: small, tiny, rgb32, diffusers-mnist (diffusers' UNet2DModel, see 11_diffusers)
     #[arg(long, default_value = "small")]
     pub preset: String,
     /// Training steps [default: 3000; --quick: 3]

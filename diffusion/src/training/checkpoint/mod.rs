@@ -20,6 +20,7 @@ use crate::error::{Error, Result};
 use checksum::checksum;
 
 mod checksum;
+pub mod diffusers;
 mod state;
 mod trained;
 pub use state::{check_format, list_checkpoints, save_rotating, Checkpoint, FORMAT, FORMAT_VERSION};
@@ -57,11 +58,17 @@ impl Entry {
 /// A `checksum` entry ([`checksum::checksum`]) covers every tensor and every other entry.
 /// Tensors go in the order the crate itself uses (wider dtypes first, then by name), so each stays aligned
 /// to its element size; offsets count from the start of the data.
-fn encode(mut tensors: Vec<Entry>, mut metadata: BTreeMap<String, String>) -> Vec<u8> {
+fn encode(tensors: Vec<Entry>, mut metadata: BTreeMap<String, String>) -> Vec<u8> {
     assert!(!metadata.contains_key("checksum"), "encode: the checksum entry is computed here");
     let sum =
         checksum(tensors.iter().map(|t| (t.name.as_str(), t.dtype, t.shape.as_slice(), t.bytes.as_slice())), &metadata);
     metadata.insert("checksum".into(), sum);
+    encode_exact(tensors, &metadata)
+}
+
+/// [`encode`] without adding a checksum: the file holds exactly `metadata` (diffusers' weights files hold
+/// `{"format": "pt"}` alone).
+fn encode_exact(mut tensors: Vec<Entry>, metadata: &BTreeMap<String, String>) -> Vec<u8> {
     let width = |d: Dtype| if d == Dtype::I64 { 8 } else { 4 };
     tensors.sort_by(|a, b| width(b.dtype).cmp(&width(a.dtype)).then_with(|| a.name.cmp(&b.name)));
     let quote = |s: &str| serde_json::to_string(s).expect("a string always encodes");

@@ -9,6 +9,7 @@ use std::path::Path;
 use autograd::{ParamStore, Tensor};
 use rand::rngs::StdRng;
 
+use super::diffusers::Pipeline;
 use super::{check_element_count, load_weights, read_metadata, save_weights, tensor_shape, Checkpoint, FORMAT};
 use crate::error::{Error, Result};
 use crate::metadata::Fields;
@@ -47,7 +48,10 @@ impl Trained {
     /// A model with random weights (for the examples' quick modes: the code runs, the images are noise).
     pub fn untrained(config: UNetConfig, timesteps: usize, seed: u64) -> Trained {
         let mut params = ParamStore::new();
-        let metadata = config.to_metadata();
+        let mut metadata = config.to_metadata();
+        metadata.insert("schedule".into(), "linear".into());
+        metadata.insert("timesteps".into(), timesteps.to_string());
+        metadata.insert("train.prediction".into(), Prediction::Epsilon.name().into());
         let model = UNet::new(config, &mut params, seed);
         let schedule = NoiseSchedule::linear_scaled(timesteps);
         Trained { model, params, prediction: Prediction::Epsilon, schedule, metadata }
@@ -103,9 +107,12 @@ impl Trained {
     }
 
     /// Reads the metadata, builds the model it describes, then loads its weights; any problem is an error
-    /// naming the file.
+    /// naming the file. A folder is read as a diffusers pipeline folder ([`super::diffusers::import`]).
     pub fn load(path: impl AsRef<Path>) -> Result<Trained> {
         let path = path.as_ref();
+        if path.is_dir() {
+            return Ok(Trained::from_pipeline(super::diffusers::import(path)?));
+        }
         let metadata = read_metadata(path)?;
         let fields = Fields::new(path, &metadata);
         let config = if metadata.keys().any(|k| k.starts_with("unet.")) {
@@ -141,6 +148,28 @@ impl Trained {
             other => return Err(Error::format(path, format!("has an unknown format {other:?}"))),
         }
         Ok(Trained { model, params, prediction, schedule, metadata })
+    }
+}
+
+impl Trained {
+    /// A model read from a diffusers pipeline folder, with the metadata a weights file would have.
+    pub fn from_pipeline(pipeline: Pipeline) -> Trained {
+        let Pipeline { model, params, schedule, schedule_name, prediction } = pipeline;
+        let mut metadata = model.config.to_metadata();
+        metadata.extend([
+            ("preset".to_string(), "diffusers".to_string()),
+            ("schedule".to_string(), schedule_name),
+            ("timesteps".to_string(), schedule.steps().to_string()),
+            ("train.prediction".to_string(), prediction.name().to_string()),
+        ]);
+        Trained { model, params, prediction, schedule, metadata }
+    }
+
+    /// Writes the model as a diffusers `DDPMPipeline` folder ([`super::diffusers::export`]); its metadata's
+    /// `schedule` names the β schedule.
+    pub fn export_diffusers(&self, folder: &Path) -> Result<()> {
+        let name = self.metadata.get("schedule").map_or("", String::as_str);
+        super::diffusers::export(&self.model, &self.params, (&self.schedule, name), self.prediction, folder)
     }
 }
 
