@@ -10,6 +10,7 @@
 //! 03 --conditional --out D/03c ────── 07 (with 05's classifier), 04 --label
 //! 03 --stop-at 3 --out D/03r, then 03 --resume D/03r/checkpoints: the same files as the straight run
 //! 03 --preset diffusers-mnist --out D/03d ─ 11 ─ D/11/mnist-ddpm/ (a diffusers folder) ─ 04: the same images
+//! 03's weights ─ 12 (progressive distillation, 4 → 2 → 1 steps) ─ D/12/steps-N/model.safetensors ─ 04 in N steps
 //! ```
 
 mod common;
@@ -105,6 +106,26 @@ fn the_readme_path_runs_as_a_chain_on_what_each_example_wrote() {
         let evaluations = if sampler[1] == "ddpm" { "50" } else { "3" };
         assert!(printed.contains(&format!("with {evaluations} network evaluations")), "{printed}");
         png_size(&png);
+    }
+
+    // 12 distils the weights, round by round; 04 draws from each student in its own steps.
+    let run12 = dir.join("12");
+    let distill = ["--from-steps", "4", "--to-steps", "1", "--round-steps", "2", "--batch", "2"];
+    let printed = succeeds("12_distill", &[&distill[..], &["--checkpoint", s(&weights), "--out", s(&run12)]].concat());
+    assert!(printed.contains("| 1 |") && printed.contains("all rounds:"), "{printed}");
+    for steps in [2, 1] {
+        let student = run12.join(format!("steps-{steps}"));
+        assert_eq!(csv_rows(&student.join("loss.csv"), "step,loss,lr").len(), 2);
+        png_size(&student.join("samples.png"));
+        let trained = Trained::load(student.join("model.safetensors")).unwrap();
+        assert_eq!(trained.metadata["distill.steps"], steps.to_string());
+        assert_eq!(trained.metadata["schedule"], "linear");
+        let png = student.join("04.png");
+        let flags = ["--sampler", "ddim", "--spacing", "trailing", "--steps", &steps.to_string(), "--count", "4"];
+        let student_weights = student.join("model.safetensors");
+        let printed =
+            succeeds("04_sample", &[&flags[..], &["--checkpoint", s(&student_weights), "--out", s(&png)]].concat());
+        assert!(printed.contains(&format!("with {steps} network evaluations")), "{printed}");
     }
 
     // 05 trains the judge; 06 evaluates the main job's weights with it.

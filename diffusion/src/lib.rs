@@ -14,12 +14,14 @@
 //!    diffusers' pipeline folders among them ([`training::checkpoint::diffusers`]).
 //! 5. [`data`]: MNIST-style IDX files, CIFAR-10, 2-D toy sets, and the order a run visits them in.
 //! 6. [`eval`]: a digit classifier trained with the engine, and the Fréchet distance of its features.
+//! 7. [`distill`]: a trained model distilled into one of few steps (progressive distillation).
 //!
 //! Around them: [`error`] is the error type of every file and command-line boundary, [`metadata`] reads the
 //! string metadata of the files, [`cli`] reads the examples' flags, [`plot`] writes PNGs.
 
 pub mod cli;
 pub mod data;
+pub mod distill;
 pub mod error;
 pub mod eval;
 pub mod metadata;

@@ -196,11 +196,18 @@ pub fn training_loss(
         return tape.mse_loss(&output, &target);
     }
     let weights: Vec<f32> = t.iter().map(|&tb| weighting.weight(prediction, schedule.snr(tb)) as f32).collect();
-    let diff = tape.sub(&output, &target);
+    weighted_mse(tape, &output, &target, &weights)
+}
+
+/// The mean over the batch of `weights[b]` times row b's mean squared error between `output` and `target`.
+pub fn weighted_mse(tape: &mut Tape, output: &Var, target: &Var, weights: &[f32]) -> Var {
+    let batch = weights.len();
+    let row = output.value().numel() / batch;
+    let diff = tape.sub(output, target);
     let sq = tape.mul(&diff, &diff);
     let flat = tape.reshape(&sq, &[batch, row]);
     let per_sample = tape.mean(&flat, &[1], false);
-    let w = tape.constant(Tensor::from_vec(&[batch], weights));
+    let w = tape.constant(Tensor::from_vec(&[batch], weights.to_vec()));
     let weighted = tape.mul(&per_sample, &w);
     tape.mean_all(&weighted)
 }

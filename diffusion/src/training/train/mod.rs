@@ -17,7 +17,8 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use autograd::optim::{clip_grad_norm, Ema, Optimizer};
-use autograd::{ParamStore, Tape, Tensor};
+use autograd::{ParamStore, Tape, Tensor, Var};
+use rand::rngs::StdRng;
 
 use crate::data::order::{keyed_rng, Stream};
 use crate::error::{check_range, Error, Result};
@@ -297,6 +298,57 @@ pub fn train(
     config: &TrainConfig,
     resume: Option<Checkpoint>,
 ) -> Result<(Ema, TrainReport)> {
+    train_with(model, params, schedule, images, labels, config, resume, &Denoising)
+}
+
+/// What a training step minimises for a batch of clean images x_0: a loss on `tape` of the `model`'s
+/// predictions, drawing whatever it draws from `rng` (the step's own stream).
+pub trait Objective: Sync {
+    #[allow(clippy::too_many_arguments)]
+    fn loss(
+        &self,
+        tape: &mut Tape,
+        model: &dyn Denoiser,
+        params: &ParamStore,
+        schedule: &NoiseSchedule,
+        config: &TrainConfig,
+        x_0: &Tensor,
+        rng: &mut StdRng,
+    ) -> Var;
+}
+
+/// The denoising loss of [`training_loss`] with the config's prediction target, weighting and timestep
+/// sampling: what [`train`] minimises.
+pub struct Denoising;
+
+impl Objective for Denoising {
+    fn loss(
+        &self,
+        tape: &mut Tape,
+        model: &dyn Denoiser,
+        params: &ParamStore,
+        schedule: &NoiseSchedule,
+        config: &TrainConfig,
+        x_0: &Tensor,
+        rng: &mut StdRng,
+    ) -> Var {
+        let (prediction, weighting, sampling) = (config.prediction, config.weighting, config.time_sampling);
+        training_loss(tape, model, params, schedule, prediction, weighting, sampling, x_0, rng)
+    }
+}
+
+/// [`train`] minimising another [`Objective`] (distillation's, for one).
+#[allow(clippy::too_many_arguments)]
+pub fn train_with(
+    model: &impl Trainable,
+    params: &mut ParamStore,
+    schedule: &NoiseSchedule,
+    images: &Tensor,
+    labels: Option<&[usize]>,
+    config: &TrainConfig,
+    resume: Option<Checkpoint>,
+    objective: &dyn Objective,
+) -> Result<(Ema, TrainReport)> {
     let labels = check_labels(model, images, labels)?;
     config.validate(schedule.steps()).map_err(Error::Usage)?;
     model
@@ -328,7 +380,8 @@ pub fn train(
             };
             let lr = config.lr_at(step);
             tape.profile_mark("(outside the tape: batch, logs)");
-            last_loss = learning_step(&mut tape, &*denoiser, params, &mut state, schedule, config, &x_0, step, lr)
+            let step_state = (&mut state, step, lr);
+            last_loss = learning_step(&mut tape, &*denoiser, params, step_state, schedule, config, objective, &x_0)
                 .map_err(|problem| diverged(step, problem, &last_checkpoint))?;
             log.write(step + 1, last_loss, lr)?;
             progress.update(step + 1, config.steps, last_loss, config.batch, step + 1 == end);
@@ -374,20 +427,18 @@ fn learning_step(
     tape: &mut Tape,
     model: &dyn Denoiser,
     params: &mut ParamStore,
-    state: &mut State,
+    (state, step, lr): (&mut State, usize, f32),
     schedule: &NoiseSchedule,
     config: &TrainConfig,
+    objective: &dyn Objective,
     x_0: &Tensor,
-    step: usize,
-    lr: f32,
 ) -> std::result::Result<f32, String> {
     let mut rng = keyed_rng(config.seed, Stream::Step, step as u64);
-    let (prediction, weighting, sampling) = (config.prediction, config.weighting, config.time_sampling);
-    let loss = training_loss(tape, model, params, schedule, prediction, weighting, sampling, x_0, &mut rng);
+    let loss = objective.loss(tape, model, params, schedule, config, x_0, &mut rng);
     let value = loss.value().item();
     if !value.is_finite() {
         tape.clear();
-        return Err(explain_non_finite_loss(model, params, schedule, config, x_0, step, value));
+        return Err(explain_non_finite_loss(model, params, schedule, config, objective, x_0, step, value));
     }
     let mut grads = tape.backward(&loss);
     tape.profile_mark("(outside the tape: gradients out of backward)");

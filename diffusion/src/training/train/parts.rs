@@ -10,11 +10,10 @@ use std::time::Instant;
 use autograd::optim::{Adam, Ema};
 use autograd::{ParamStore, Tape, Tensor};
 
-use super::TrainConfig;
+use super::{Objective, TrainConfig};
 use crate::data::order::{epoch_order, keyed_rng, Stream};
 use crate::error::{Error, Result};
 use crate::model::denoiser::Denoiser;
-use crate::process::objective::training_loss;
 use crate::process::schedule::NoiseSchedule;
 use crate::training::checkpoint::Checkpoint;
 
@@ -216,11 +215,13 @@ pub(super) fn loss_csv(path: &Path, start: usize) -> Result<BufWriter<File>> {
 /// Why the loss of `step` is not finite: the first parameter that is not, or else the first activation
 /// that is not, found by running the step's forward pass again (same batch, same random draws) with the
 /// tape's finite check on.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn explain_non_finite_loss(
     model: &dyn Denoiser,
     params: &ParamStore,
     schedule: &NoiseSchedule,
     config: &TrainConfig,
+    objective: &dyn Objective,
     x_0: &Tensor,
     step: usize,
     loss: f32,
@@ -234,8 +235,7 @@ pub(super) fn explain_non_finite_loss(
     let mut tape = Tape::new();
     tape.enable_finite_check();
     let mut rng = keyed_rng(config.seed, Stream::Step, step as u64);
-    let (prediction, weighting, sampling) = (config.prediction, config.weighting, config.time_sampling);
-    let _ = training_loss(&mut tape, model, params, schedule, prediction, weighting, sampling, x_0, &mut rng);
+    let _ = objective.loss(&mut tape, model, params, schedule, config, x_0, &mut rng);
     let Some(first) = tape.first_non_finite() else { return format!("the loss is {loss}") };
     let layer = match first.params.first() {
         Some(&id) => format!(" of {}", params.name(id).rsplit_once('.').map_or(params.name(id), |(layer, _)| layer)),

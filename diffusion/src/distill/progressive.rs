@@ -1,0 +1,237 @@
+//! Progressive distillation (Salimans & Ho 2022, "Progressive Distillation for Fast Sampling of Diffusion
+//! Models", Algorithm 2), on this project's discrete timesteps.
+//!
+//! A student of N deterministic DDIM steps visits the trailing timesteps s_0 > s_1 > … > s_{N−1} (and then
+//! the clean image); its teacher takes 2N steps over the trailing timesteps of 2N, which are the student's
+//! and one midpoint m_i inside each of its intervals (trailing spacing halves exactly: the 2N grid's even
+//! points are the N grid). With α = √ᾱ, σ = √(1 − ᾱ), each training example is
+//! ```text
+//! x ~ data,  i ~ U{0 … N−1},  t = s_i,  t'' = s_{i+1} (or clean: α'' = 1, σ'' = 0),  ε ~ N(0, I)
+//! z_t   = α_t x + σ_t ε
+//! z_t'  = DDIM_teacher(z_t,  t  → m_i)        two teacher steps (x̂ clipped to [−1, 1], as sampling does)
+//! z_t'' = DDIM_teacher(z_t', m_i → t'')
+//! x̃     = (z_t'' − (σ_t''/σ_t) z_t) / (α_t'' − (σ_t''/σ_t) α_t)      the x̂ with which ONE DDIM step from
+//!                                                                     z_t lands exactly on z_t''
+//! ε̃     = (z_t − α_t x̃)/σ_t,   the student's target o* = the prediction of (x̃, ε̃) (ε, x₀ or v)
+//! loss  = w_t · ‖o_student(z_t, t) − o*‖²,   w_t = max(SNR_t, 1) in x space ("truncated SNR", §4),
+//!         carried to the student's output space: ε: max(SNR, 1)/SNR, x₀: max(SNR, 1), v: max(SNR, 1)/(1 + SNR)
+//! ```
+//! The student starts as a copy of its teacher; [`Progressive`] is the [`Objective`] the training loop
+//! minimises, so a round is an ordinary training run ([`crate::training::train::train_with`]).
+
+use autograd::{ParamStore, Tape, Tensor, Var};
+use rand::rngs::StdRng;
+use rand::RngExt;
+
+use crate::model::denoiser::Denoiser;
+use crate::process::objective::{weighted_mse, Prediction};
+use crate::process::schedule::NoiseSchedule;
+use crate::sampling::sampler::{timesteps, Spacing};
+use crate::training::train::{Objective, TrainConfig};
+
+/// The [`Objective`] of one round: the student learns `steps` DDIM steps from `teacher`'s 2 · `steps`.
+pub struct Progressive<'a> {
+    pub teacher: &'a dyn Denoiser,
+    pub teacher_params: &'a ParamStore,
+    pub prediction: Prediction,
+    /// The student's step count N.
+    pub steps: usize,
+    /// The clip of the teacher's x̂ (1: images in [−1, 1]).
+    pub clip: Option<f32>,
+}
+
+/// The student's timesteps (trailing spacing of `steps`, descending) and the teacher's (of 2 · `steps`),
+/// with `teacher[2i] = student[i]`.
+pub fn grids(schedule: &NoiseSchedule, steps: usize) -> (Vec<usize>, Vec<usize>) {
+    let student = timesteps(schedule, steps, Spacing::Trailing);
+    let teacher = timesteps(schedule, 2 * steps, Spacing::Trailing);
+    assert!(
+        teacher.len() == 2 * student.len() && student.iter().enumerate().all(|(i, &s)| teacher[2 * i] == s),
+        "progressive distillation: {steps} steps of a T = {} schedule do not halve exactly",
+        schedule.steps()
+    );
+    (student, teacher)
+}
+
+/// (α, σ) of timestep `t`, or of the clean image (1, 0).
+fn alpha_sigma(schedule: &NoiseSchedule, t: Option<usize>) -> (f32, f32) {
+    let ab = t.map_or(1.0, |t| schedule.alpha_bar[t]);
+    (ab.sqrt() as f32, (1.0 - ab).sqrt() as f32)
+}
+
+/// The truncated-SNR weight max(SNR, 1) of an x-space loss, carried to the space of `prediction`'s output.
+/// For ε it is 1/SNR below SNR 1: infinite at SNR 0, where an ε-model carries no information about x (a
+/// zero-terminal-SNR schedule needs a v- or x₀-model to be distilled).
+pub fn truncated_snr_weight(prediction: Prediction, snr: f64) -> f64 {
+    let w = snr.max(1.0);
+    match prediction {
+        Prediction::Epsilon => w / snr,
+        Prediction::Sample => w,
+        Prediction::Velocity => w / (1.0 + snr),
+        Prediction::Flow => panic!("progressive distillation: flow matching is not distilled here"),
+    }
+}
+
+/// x̃: the x̂ with which one DDIM step from z_t (α, σ) lands on z_t'' (α'', σ''), for one value.
+/// ```text
+/// z_t'' = α'' x̃ + σ'' (z_t − α x̃)/σ   ⇒   x̃ = (z_t'' − (σ''/σ) z_t) / (α'' − (σ''/σ) α)
+/// ```
+pub fn student_target(z_t: f32, z_next: f32, (a, s): (f32, f32), (a2, s2): (f32, f32)) -> f32 {
+    let ratio = s2 / s;
+    (z_next - ratio * z_t) / (a2 - ratio * a)
+}
+
+impl Progressive<'_> {
+    /// One deterministic DDIM step of the teacher from z (row b at timestep `from[b]`) to `to[b]` (`None`:
+    /// the clean image), its x̂ clipped.
+    fn teacher_step(&self, schedule: &NoiseSchedule, z: &Tensor, from: &[usize], to: &[Option<usize>]) -> Tensor {
+        let mut tape = Tape::inference();
+        let input = tape.constant(z.clone());
+        let output = self.teacher.predict(&mut tape, self.teacher_params, &input, from);
+        let row = z.numel() / from.len();
+        let mut next = Vec::with_capacity(z.numel());
+        for (b, (&t, &t2)) in from.iter().zip(to).enumerate() {
+            let ((a, s), (a2, s2)) = (alpha_sigma(schedule, Some(t)), alpha_sigma(schedule, t2));
+            let range = b * row..(b + 1) * row;
+            for (&o, &zt) in output.value().data()[range.clone()].iter().zip(&z.data()[range]) {
+                let (mut x0, mut eps) = self.prediction.to_x0_eps(o, zt, schedule.alpha_bar[t]);
+                if let Some(c) = self.clip {
+                    x0 = x0.clamp(-c, c);
+                    eps = (zt - a * x0) / s;
+                }
+                next.push(a2 * x0 + s2 * eps);
+            }
+        }
+        Tensor::from_vec(z.shape(), next)
+    }
+}
+
+impl Objective for Progressive<'_> {
+    fn loss(
+        &self,
+        tape: &mut Tape,
+        model: &dyn Denoiser,
+        params: &ParamStore,
+        schedule: &NoiseSchedule,
+        _config: &TrainConfig,
+        x_0: &Tensor,
+        rng: &mut StdRng,
+    ) -> Var {
+        let (student, teacher) = grids(schedule, self.steps);
+        let batch = x_0.shape()[0];
+        let row = x_0.numel() / batch;
+        let steps: Vec<usize> = (0..batch).map(|_| rng.random_range(0..self.steps)).collect();
+        let t: Vec<usize> = steps.iter().map(|&i| student[i]).collect();
+        let mid: Vec<usize> = steps.iter().map(|&i| teacher[2 * i + 1]).collect();
+        let end: Vec<Option<usize>> = steps.iter().map(|&i| student.get(i + 1).copied()).collect();
+        let eps = Tensor::randn(x_0.shape(), rng);
+        let z_t = schedule.q_sample(x_0, &t, &eps);
+        let z_mid = self.teacher_step(schedule, &z_t, &t, &mid.iter().map(|&m| Some(m)).collect::<Vec<_>>());
+        let z_end = self.teacher_step(schedule, &z_mid, &mid, &end);
+
+        let mut target = Vec::with_capacity(x_0.numel());
+        let mut weights = Vec::with_capacity(batch);
+        for b in 0..batch {
+            let ((a, s), next) = (alpha_sigma(schedule, Some(t[b])), alpha_sigma(schedule, end[b]));
+            let ab = schedule.alpha_bar[t[b]];
+            let range = b * row..(b + 1) * row;
+            for (&z, &z2) in z_t.data()[range.clone()].iter().zip(&z_end.data()[range]) {
+                let x = student_target(z, z2, (a, s), next);
+                target.push(self.prediction.target(x, (z - a * x) / s, ab));
+            }
+            weights.push(truncated_snr_weight(self.prediction, schedule.snr(t[b])) as f32);
+        }
+        let z_t = tape.constant(z_t);
+        let target = tape.constant(Tensor::from_vec(x_0.shape(), target));
+        let output = model.predict_train(tape, params, &z_t, &t, rng);
+        weighted_mse(tape, &output, &target, &weights)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    /// The exact denoiser of data that is one value `c` everywhere, predicting `prediction`'s target, plus
+    /// `error`: DDIM with it lands on c in any number of steps, so two steps and one agree.
+    struct PointMass {
+        c: f32,
+        prediction: Prediction,
+        schedule: NoiseSchedule,
+        error: f32,
+    }
+
+    impl Denoiser for PointMass {
+        fn predict(&self, tape: &mut Tape, _: &ParamStore, x_t: &Var, t: &[usize]) -> Var {
+            let row = x_t.value().numel() / t.len();
+            let out = x_t.value().data().iter().enumerate().map(|(i, &z)| {
+                let ab = self.schedule.alpha_bar[t[i / row]];
+                let eps = (z - ab.sqrt() as f32 * self.c) / (1.0 - ab).sqrt() as f32;
+                self.prediction.target(self.c, eps, ab) + self.error
+            });
+            tape.constant(Tensor::from_vec(x_t.shape(), out.collect()))
+        }
+    }
+
+    #[test]
+    fn an_exact_teacher_gives_a_zero_loss_to_itself_and_not_to_a_wrong_student() {
+        let schedule = NoiseSchedule::linear_scaled(1000);
+        for prediction in [Prediction::Epsilon, Prediction::Sample, Prediction::Velocity] {
+            let exact = |error| PointMass { c: 0.4, prediction, schedule: schedule.clone(), error };
+            let teacher = exact(0.0);
+            let params = ParamStore::new();
+            let objective =
+                Progressive { teacher: &teacher, teacher_params: &params, prediction, steps: 4, clip: Some(1.0) };
+            let x_0 = Tensor::from_vec(&[8, 1, 2, 2], vec![0.4; 32]);
+            let config = TrainConfig::new(1, 8, "unused");
+            let loss = |student: &PointMass| {
+                let mut tape = Tape::new();
+                let rng = &mut StdRng::seed_from_u64(3);
+                objective.loss(&mut tape, student, &params, &schedule, &config, &x_0, rng).value().item()
+            };
+            let (same, wrong) = (loss(&exact(0.0)), loss(&exact(0.01)));
+            assert!(same < 1e-6, "{prediction:?}: {same}");
+            assert!(wrong > 1e-5, "{prediction:?}: {wrong}");
+        }
+    }
+
+    #[test]
+    fn the_teacher_grid_is_the_student_grid_with_midpoints() {
+        let schedule = NoiseSchedule::linear_scaled(1000);
+        for steps in [1, 2, 4, 8, 16, 32, 64] {
+            let (student, teacher) = grids(&schedule, steps);
+            assert_eq!((student.len(), teacher.len(), student[0]), (steps, 2 * steps, 999));
+            assert!(teacher.windows(2).all(|w| w[0] > w[1]));
+        }
+        assert_eq!(grids(&schedule, 2), (vec![999, 499], vec![999, 749, 499, 249]));
+    }
+
+    #[test]
+    fn the_student_target_is_worked_by_hand() {
+        // α = 0.6, σ = 0.8 at t; α'' = 0.8, σ'' = 0.6 at t''; z_t = 1.0; two teacher steps gave z_t'' = 0.5.
+        // x̃ = (0.5 − 0.75 · 1.0)/(0.8 − 0.75 · 0.6) = −0.25/0.35.
+        let x = student_target(1.0, 0.5, (0.6, 0.8), (0.8, 0.6));
+        assert!((x - (-0.25 / 0.35)).abs() < 1e-6, "{x}");
+        // One DDIM step with it lands on z_t'': α'' x̃ + σ'' (z_t − α x̃)/σ = 0.5.
+        let landed = 0.8 * x + 0.6 * (1.0 - 0.6 * x) / 0.8;
+        assert!((landed - 0.5).abs() < 1e-6, "{landed}");
+        // To the clean image (α'' = 1, σ'' = 0) the target is the teacher's endpoint itself.
+        assert_eq!(student_target(1.0, 0.3, (0.6, 0.8), (1.0, 0.0)), 0.3);
+    }
+
+    #[test]
+    fn truncated_snr_is_the_same_loss_in_every_output_space() {
+        // At SNR 4 (α = 0.894, σ = 0.447) an x error δ is an ε error 2δ and a v error δ/σ: the weighted
+        // losses must agree.
+        let snr: f64 = 4.0;
+        let (a, s) = ((snr / (1.0 + snr)).sqrt(), (1.0 / (1.0 + snr)).sqrt());
+        let dx = 0.1;
+        let x_loss = snr.max(1.0) * dx * dx;
+        let de = -dx * a / s; // x = (z − σε)/α
+        let dv = -dx / s; // x = αz − σv
+        assert!((truncated_snr_weight(Prediction::Epsilon, snr) * de * de - x_loss).abs() < 1e-12);
+        assert!((truncated_snr_weight(Prediction::Velocity, snr) * dv * dv - x_loss).abs() < 1e-12);
+        assert_eq!(truncated_snr_weight(Prediction::Sample, 0.25), 1.0);
+    }
+}
