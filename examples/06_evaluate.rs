@@ -25,6 +25,7 @@ use std::time::Instant;
 use autograd::Tensor;
 use diffusion::cli::{self, exit_on_error, in_range, Common, Parser, Weights};
 use diffusion::data::idx::{read_images, shipped_mnist_dir};
+use diffusion::distill::{consistency, students};
 use diffusion::eval::classifier::{self, split_idx, train_classifier, ClassifierTraining};
 use diffusion::eval::evaluate::{Reference, SamplerTable};
 use diffusion::plot::image_grid;
@@ -85,26 +86,62 @@ fn run() -> Result<()> {
     std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
     println!("\n| sampler | NFE | Fréchet distance | mean confidence | classes 0-9 | time for {count} |\n|---|---|---|---|---|---|");
     let mut table = SamplerTable::default();
+    let write = |table: &SamplerTable| -> Result<()> {
+        let (csv, chart) = table.write(&reference, &out)?;
+        println!(
+            "\nwrote {}, {} (dashed grey: the real-vs-real floor) and a grid per row",
+            csv.display(),
+            chart.display()
+        );
+        Ok(())
+    };
+    // Draws `count` digits with `draw`, scores them, and writes a grid of the first 64.
+    let mut score = |name: &str, evaluations: usize, draw: &dyn Fn(&mut StdRng) -> Tensor| -> Result<()> {
+        let mut rng = StdRng::seed_from_u64(seed + 1);
+        let started = Instant::now();
+        let images = draw(&mut rng);
+        let (score, _) = reference.score(&judge, &judge_params, &images);
+        table.push(name, evaluations, score, started.elapsed().as_secs_f64());
+        let shown = 64.min(count);
+        let grid = Tensor::from_vec(&[shown, 1, 28, 28], images.data()[..shown * 784].to_vec());
+        image_grid(&grid, 8, 2).write_png(out.join(format!("{name}_{evaluations}.png")))
+    };
     for method in methods {
         // DDPM takes every timestep; the others each count of --nfe (Heun: its nearest odd count below).
         let steps_list = if method == Method::Ddpm { vec![trained.schedule.steps()] } else { counts.clone() };
         for steps in steps_list {
             let config = SamplerConfig { method, steps, spacing, clip_x0: Some(1.0) };
             let evaluations = method.evaluations(sampler_timesteps(&trained.schedule, &config).len());
-            let mut rng = StdRng::seed_from_u64(seed + 1);
-            let started = Instant::now();
-            let images = trained.sample_batched(&config, count, batch, &mut rng);
-            let (score, _) = reference.score(&judge, &judge_params, &images);
-            let name = method.short_name();
-            table.push(name, evaluations, score, started.elapsed().as_secs_f64());
-            let shown = 64.min(count);
-            let grid = Tensor::from_vec(&[shown, 1, 28, 28], images.data()[..shown * 784].to_vec());
-            image_grid(&grid, 8, 2).write_png(out.join(format!("{name}_{evaluations}.png")))?;
+            score(method.short_name(), evaluations, &|rng| trained.sample_batched(&config, count, batch, rng))?;
         }
     }
-    let (csv, chart) = table.write(&reference, &out)?;
-    println!("\nwrote {}, {} (dashed grey: the real-vs-real floor) and a grid per row", csv.display(), chart.display());
-    Ok(())
+    // Example 12's students, each with DDIM in its own steps (x̂ unclipped), and its consistency model.
+    let Some(dir) = &flags.distilled else { return write(&table) };
+    for (steps, path) in students(dir)? {
+        let student = Trained::load(&path)?;
+        student.require_digits()?;
+        let config =
+            SamplerConfig { method: Method::Ddim { eta: 0.0 }, steps, spacing: Spacing::Trailing, clip_x0: None };
+        score("distilled", steps, &|rng| student.sample_batched(&config, count, batch, rng))?;
+    }
+    let path = dir.join("consistency").join("model.safetensors");
+    if path.is_file() {
+        let m = Trained::load(&path)?;
+        for steps in [1, 2] {
+            let ts = consistency::sampler_timesteps(&m.schedule, steps);
+            let draw = |rng: &mut StdRng| {
+                let images: Vec<f32> = (0..count.div_ceil(batch))
+                    .flat_map(|i| {
+                        let shape = [batch.min(count - i * batch), 1, 28, 28];
+                        consistency::sample(&m.model, &m.params, &m.schedule, m.prediction, &ts, &shape, rng).into_vec()
+                    })
+                    .collect();
+                Tensor::from_vec(&[count, 1, 28, 28], images)
+            };
+            score("consistency", steps, &draw)?;
+        }
+    }
+    write(&table)
 }
 
 /// Every sampler, in the order of the table.
@@ -138,4 +175,7 @@ struct Flags {
     /// Timestep spacing of every sampler but DDPM
     #[arg(long, default_value = "karras")]
     spacing: String,
+    /// Also score example 12's students in this folder (steps-N/), each with DDIM in its N steps
+    #[arg(long)]
+    distilled: Option<PathBuf>,
 }

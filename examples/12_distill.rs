@@ -4,20 +4,29 @@
 //! deterministic DDIM step what the teacher takes in two; then it is the teacher, and the count halves
 //! again: 64 → 32 → 16 → 8 → 4 → 2 → 1. Each round is an ordinary training run of the loop in
 //! `training/train/` on the objective of `diffusion/src/distill/progressive.rs`, and writes
-//! `out/12/steps-N/`: the student's weights (`model.safetensors`, which examples 04 and 06 sample with
-//! `--sampler ddim --spacing trailing --steps N`), its `loss.csv` and a grid drawn in its N steps.
+//! `out/12/steps-N/`: the student's weights (`model.safetensors`, which example 04 samples with
+//! `--sampler ddim --spacing trailing --steps N --no-clip`, and 06 with `--distilled out/12`), its `loss.csv`
+//! and a grid drawn in its N steps. A student is sampled without clipping x̂: the x̂ it learns is the one
+//! that makes its single step land where the teacher's two did, which need not lie in [−1, 1].
+//! Then easy consistency tuning (`distill/consistency.rs`) from the original model writes
+//! `out/12/consistency/` (sampled in 1 and 2 steps by 06 `--distilled`; its grid is 2 steps).
+//! Distil a v-prediction model (03 `--prediction v`): the README shows why ε distils badly.
 //!
 //! ```text
-//! cargo run --release --example 12_distill                   # from out/03/model.safetensors
-//! cargo run --release --example 06_evaluate -- --checkpoint out/12/steps-4/model.safetensors --samplers ddim --spacing trailing --nfe 4
+//! cargo run --release --example 12_distill -- --checkpoint out/03v/model.safetensors --lr 1e-4 --out out/12v
+//! cargo run --release --example 12_distill                   # from out/03/model.safetensors (ε)
+//! cargo run --release --example 06_evaluate -- --samplers ddim --spacing trailing --nfe 1,2,4,8,16,32,64 --distilled out/12
 //! cargo run --release --example 12_distill -- --quick        # an untrained model, two short rounds
 //! ```
 
+use std::collections::BTreeMap;
+use std::path::Path;
 use std::time::Instant;
 
 use autograd::Tensor;
 use diffusion::cli::{self, exit_on_error, in_range, Common, Parser, Weights};
 use diffusion::data::idx::{read_images, shipped_mnist_dir};
+use diffusion::distill::consistency::{ConsistencyUNet, Ect};
 use diffusion::distill::progressive::{grids, Progressive};
 use diffusion::model::unet::UNetConfig;
 use diffusion::sampling::sampler::{Method, SamplerConfig, Spacing};
@@ -35,6 +44,7 @@ fn run() -> Result<()> {
     let (quick, seed, out) = (c.quick, c.seed, c.out("12"));
     let (from, to) = (flags.from_steps.unwrap_or(c.q(64, 4)), flags.to_steps.unwrap_or(c.q(1, 2)));
     let (round_steps, batch) = (flags.round_steps.unwrap_or(c.q(400, 2)), flags.batch.unwrap_or(c.q(32, 2)));
+    let ect_steps = flags.consistency_steps.unwrap_or(c.q(600, 2));
     if !from.is_power_of_two() || !to.is_power_of_two() || to >= from {
         return Err(Error::Usage(format!("--from-steps {from} --to-steps {to}: powers of two, from above to")));
     }
@@ -55,47 +65,55 @@ fn run() -> Result<()> {
         teacher.schedule.steps()
     );
 
+    // A run of `steps` training steps into `dir`, the teacher's schedule and data recorded beside its weights.
+    let inherited = |k: &str| !["train.", "unet.", "format", "step"].iter().any(|p| k.starts_with(p));
+    let run_metadata: BTreeMap<String, String> =
+        teacher.metadata.iter().filter(|(k, _)| inherited(k)).map(|(k, v)| (k.clone(), v.clone())).collect();
+    let config = |dir: &Path, steps: usize, lr: f32, entries: [(&str, String); 2]| {
+        let mut config = TrainConfig::new(steps, batch, dir);
+        (config.lr, config.warmup, config.ema_decay, config.seed) = (lr, steps.min(20), flags.ema, seed);
+        (config.checkpoint_every, config.keep_checkpoints, config.grid_images) = (0, 1, c.q(64, 4));
+        config.prediction = teacher.prediction;
+        config.run_metadata = run_metadata.clone();
+        config.run_metadata.extend(entries.map(|(k, v)| (format!("distill.{k}"), v)));
+        config
+    };
+    let original = teacher.params.clone();
     let mut rounds = Vec::new();
     let mut steps = from / 2;
     while steps >= to {
         let dir = out.join(format!("steps-{steps}"));
-        let mut config = TrainConfig::new(round_steps, batch, &dir);
-        config.lr = flags.lr;
-        config.warmup = round_steps.min(20);
-        config.ema_decay = flags.ema;
-        config.prediction = teacher.prediction;
-        config.seed = seed;
-        config.checkpoint_every = 0;
-        config.keep_checkpoints = 1;
-        config.grid_images = c.q(64, 4);
+        let mut config =
+            config(&dir, round_steps, flags.lr, [("method", "progressive".into()), ("steps", steps.to_string())]);
         config.grid_sampler =
-            SamplerConfig { method: Method::Ddim { eta: 0.0 }, steps, spacing: Spacing::Trailing, clip_x0: Some(1.0) };
-        // What the teacher's file says of the run (schedule, data, preset), without its own bookkeeping.
-        let inherited = |k: &str| !["train.", "unet.", "format", "step"].iter().any(|p| k.starts_with(p));
-        config.run_metadata =
-            teacher.metadata.iter().filter(|(k, _)| inherited(k)).map(|(k, v)| (k.clone(), v.clone())).collect();
-        config.run_metadata.extend([
-            ("distill.method".to_string(), "progressive".to_string()),
-            ("distill.steps".to_string(), steps.to_string()),
-            ("distill.sampler".to_string(), "ddim, trailing spacing".to_string()),
-        ]);
+            SamplerConfig { method: Method::Ddim { eta: 0.0 }, steps, spacing: Spacing::Trailing, clip_x0: None };
         grids(&teacher.schedule, steps); // checks that the teacher's grid halves
-        let objective = Progressive {
-            teacher: &teacher.model,
-            teacher_params: &teacher.params,
-            prediction: teacher.prediction,
-            steps,
-            clip: Some(1.0),
-        };
+        let (model, prediction) = (&teacher.model, teacher.prediction);
+        let objective =
+            Progressive { teacher: model, teacher_params: &teacher.params, prediction, steps, clip: Some(1.0) };
         println!("round: {} teacher steps → {steps}", 2 * steps);
         let mut student = teacher.params.clone();
         let started = Instant::now();
         let (ema, report) =
-            train_with(&teacher.model, &mut student, &teacher.schedule, &images, None, &config, None, &objective)?;
+            train_with(model, &mut student, &teacher.schedule, &images, None, &config, None, &objective)?;
         let minutes = started.elapsed().as_secs_f64() / 60.0;
-        rounds.push((steps, minutes, report.final_loss, dir.join("model.safetensors")));
+        rounds.push((steps.to_string(), minutes, report.final_loss, dir.join("model.safetensors")));
         teacher.params = ema.params().clone();
         steps /= 2;
+    }
+    // Easy consistency tuning, from the original model.
+    if ect_steps > 0 {
+        let dir = out.join("consistency");
+        let entries = [("method", "consistency".into()), ("steps", "1,2".into())];
+        let config = config(&dir, ect_steps, flags.consistency_lr, entries);
+        let model = ConsistencyUNet { unet: &teacher.model, prediction: teacher.prediction, grid_steps: 2 };
+        let objective = Ect { prediction: teacher.prediction, steps: ect_steps, stages: 8 };
+        println!("consistency tuning: {ect_steps} steps, Δ from T/4 halving to 1");
+        let mut params = original;
+        let started = Instant::now();
+        let (_, report) = train_with(&model, &mut params, &teacher.schedule, &images, None, &config, None, &objective)?;
+        let minutes = started.elapsed().as_secs_f64() / 60.0;
+        rounds.push(("consistency (1, 2)".into(), minutes, report.final_loss, dir.join("model.safetensors")));
     }
     println!("\n| student steps | minutes | final loss | weights |\n|---|---|---|---|");
     for (steps, minutes, loss, path) in &rounds {
@@ -103,9 +121,14 @@ fn run() -> Result<()> {
     }
     let total: f64 = rounds.iter().map(|r| r.1).sum();
     println!("all rounds: {total:.1} min");
-    if let Some((steps, _, _, path)) = rounds.iter().find(|r| r.0 == 4).or(rounds.last()) {
-        println!("\nnext:\n  cargo run --release --example 06_evaluate -- --checkpoint {} --samplers ddim --spacing trailing --nfe {steps}", path.display());
-    }
+    let nfe: Vec<&str> = rounds.iter().map(|r| r.0.as_str()).filter(|s| s.parse::<usize>().is_ok()).collect();
+    println!("\nnext (each student beside the teacher's DDIM in as many steps):");
+    println!(
+        "  cargo run --release --example 06_evaluate -- --checkpoint {} --samplers ddim --spacing trailing --nfe {} --distilled {}",
+        flags.weights.checkpoint.display(),
+        nfe.join(","),
+        out.display()
+    );
     Ok(())
 }
 
@@ -131,6 +154,12 @@ struct Flags {
     /// Peak learning rate of each round (20 warmup steps, then cosine decay)
     #[arg(long, default_value_t = 2e-4, value_parser = in_range(1e-8f32..=1.0))]
     lr: f32,
+    /// Steps of consistency tuning after the rounds (0: none) [default: 600; --quick: 2]
+    #[arg(long, value_parser = in_range(0..=10_000_000usize))]
+    consistency_steps: Option<usize>,
+    /// Peak learning rate of consistency tuning
+    #[arg(long, default_value_t = 1e-4, value_parser = in_range(1e-8f32..=1.0))]
+    consistency_lr: f32,
     /// EMA decay of the student's weights (the next round's teacher)
     #[arg(long, default_value_t = 0.995, value_parser = in_range(0.0f32..=0.999_999))]
     ema: f32,

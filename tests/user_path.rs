@@ -10,7 +10,8 @@
 //! 03 --conditional --out D/03c ────── 07 (with 05's classifier), 04 --label
 //! 03 --stop-at 3 --out D/03r, then 03 --resume D/03r/checkpoints: the same files as the straight run
 //! 03 --preset diffusers-mnist --out D/03d ─ 11 ─ D/11/mnist-ddpm/ (a diffusers folder) ─ 04: the same images
-//! 03's weights ─ 12 (progressive distillation, 4 → 2 → 1 steps) ─ D/12/steps-N/model.safetensors ─ 04 in N steps
+//! 03's weights ─ 12 (progressive distillation 4 → 2 → 1, consistency tuning) ─ D/12/steps-N/, consistency/
+//!                ─ 04 on each student in its N steps, 06 --distilled D/12
 //! ```
 
 mod common;
@@ -110,9 +111,13 @@ fn the_readme_path_runs_as_a_chain_on_what_each_example_wrote() {
 
     // 12 distils the weights, round by round; 04 draws from each student in its own steps.
     let run12 = dir.join("12");
-    let distill = ["--from-steps", "4", "--to-steps", "1", "--round-steps", "2", "--batch", "2"];
+    let distill =
+        ["--from-steps", "4", "--to-steps", "1", "--round-steps", "2", "--batch", "2", "--consistency-steps", "2"];
     let printed = succeeds("12_distill", &[&distill[..], &["--checkpoint", s(&weights), "--out", s(&run12)]].concat());
-    assert!(printed.contains("| 1 |") && printed.contains("all rounds:"), "{printed}");
+    assert!(printed.contains("| 1 |") && printed.contains("| consistency (1, 2) |"), "{printed}");
+    let consistency = Trained::load(run12.join("consistency").join("model.safetensors")).unwrap();
+    assert_eq!(consistency.metadata["distill.method"], "consistency");
+    png_size(&run12.join("consistency").join("samples.png"));
     for steps in [2, 1] {
         let student = run12.join(format!("steps-{steps}"));
         assert_eq!(csv_rows(&student.join("loss.csv"), "step,loss,lr").len(), 2);
@@ -134,13 +139,16 @@ fn the_readme_path_runs_as_a_chain_on_what_each_example_wrote() {
     diffusion::eval::classifier::load(&classifier).unwrap();
     let run06 = dir.join("06");
     let args = ["--checkpoint", s(&weights), "--classifier", s(&classifier), "--count", "16", "--out", s(&run06)];
-    succeeds("06_evaluate", &[&args[..], &["--samplers", "ddpm,ddim,heun,unipc", "--nfe", "3,5"]].concat());
+    let samplers = ["--samplers", "ddpm,ddim,heun,unipc", "--nfe", "3,5", "--distilled", s(&run12)];
+    succeeds("06_evaluate", &[&args[..], &samplers[..]].concat());
     let header = "sampler,nfe,frechet,floor,ceiling,confidence,seconds,histogram";
     let rows = csv_rows(&run06.join("evaluation.csv"), header);
     let runs: Vec<(&str, &str)> = rows.iter().map(|r| (r[0].as_str(), r[1].as_str())).collect();
     let expected = [("ddpm", "50"), ("ddim", "3"), ("ddim", "5"), ("heun", "3"), ("heun", "5")];
     assert_eq!(runs[..5], expected);
-    assert_eq!(runs[5..], [("unipc", "3"), ("unipc", "5")]);
+    let distilled = [("distilled", "2"), ("distilled", "1"), ("consistency", "1"), ("consistency", "2")];
+    assert_eq!(runs[5..7], [("unipc", "3"), ("unipc", "5")]);
+    assert_eq!(runs[7..], distilled);
     for row in &rows {
         let [frechet, floor, ceiling]: [f64; 3] = [2, 3, 4].map(|i| row[i].parse().unwrap());
         assert!(frechet.is_finite() && 0.0 <= floor && floor < ceiling, "{row:?}");

@@ -114,6 +114,7 @@ impl Objective for Progressive<'_> {
         params: &ParamStore,
         schedule: &NoiseSchedule,
         _config: &TrainConfig,
+        _step: usize,
         x_0: &Tensor,
         rng: &mut StdRng,
     ) -> Var {
@@ -188,7 +189,7 @@ mod tests {
             let loss = |student: &PointMass| {
                 let mut tape = Tape::new();
                 let rng = &mut StdRng::seed_from_u64(3);
-                objective.loss(&mut tape, student, &params, &schedule, &config, &x_0, rng).value().item()
+                objective.loss(&mut tape, student, &params, &schedule, &config, 0, &x_0, rng).value().item()
             };
             let (same, wrong) = (loss(&exact(0.0)), loss(&exact(0.01)));
             assert!(same < 1e-6, "{prediction:?}: {same}");

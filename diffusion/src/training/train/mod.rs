@@ -301,8 +301,8 @@ pub fn train(
     train_with(model, params, schedule, images, labels, config, resume, &Denoising)
 }
 
-/// What a training step minimises for a batch of clean images x_0: a loss on `tape` of the `model`'s
-/// predictions, drawing whatever it draws from `rng` (the step's own stream).
+/// What a training step minimises for a batch of clean images x_0 at step `step` of the run: a loss on
+/// `tape` of the `model`'s predictions, drawing whatever it draws from `rng` (the step's own stream).
 pub trait Objective: Sync {
     #[allow(clippy::too_many_arguments)]
     fn loss(
@@ -312,6 +312,7 @@ pub trait Objective: Sync {
         params: &ParamStore,
         schedule: &NoiseSchedule,
         config: &TrainConfig,
+        step: usize,
         x_0: &Tensor,
         rng: &mut StdRng,
     ) -> Var;
@@ -329,6 +330,7 @@ impl Objective for Denoising {
         params: &ParamStore,
         schedule: &NoiseSchedule,
         config: &TrainConfig,
+        _step: usize,
         x_0: &Tensor,
         rng: &mut StdRng,
     ) -> Var {
@@ -434,7 +436,7 @@ fn learning_step(
     x_0: &Tensor,
 ) -> std::result::Result<f32, String> {
     let mut rng = keyed_rng(config.seed, Stream::Step, step as u64);
-    let loss = objective.loss(tape, model, params, schedule, config, x_0, &mut rng);
+    let loss = objective.loss(tape, model, params, schedule, config, step, x_0, &mut rng);
     let value = loss.value().item();
     if !value.is_finite() {
         tape.clear();

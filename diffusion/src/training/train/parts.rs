@@ -235,7 +235,7 @@ pub(super) fn explain_non_finite_loss(
     let mut tape = Tape::new();
     tape.enable_finite_check();
     let mut rng = keyed_rng(config.seed, Stream::Step, step as u64);
-    let _ = objective.loss(&mut tape, model, params, schedule, config, x_0, &mut rng);
+    let _ = objective.loss(&mut tape, model, params, schedule, config, step, x_0, &mut rng);
     let Some(first) = tape.first_non_finite() else { return format!("the loss is {loss}") };
     let layer = match first.params.first() {
         Some(&id) => format!(" of {}", params.name(id).rsplit_once('.').map_or(params.name(id), |(layer, _)| layer)),
