@@ -128,16 +128,7 @@ fn run() -> Result<()> {
     if path.is_file() {
         let m = Trained::load(&path)?;
         for steps in [1, 2] {
-            let ts = consistency::sampler_timesteps(&m.schedule, steps);
-            let draw = |rng: &mut StdRng| {
-                let images: Vec<f32> = (0..count.div_ceil(batch))
-                    .flat_map(|i| {
-                        let shape = [batch.min(count - i * batch), 1, 28, 28];
-                        consistency::sample(&m.model, &m.params, &m.schedule, m.prediction, &ts, &shape, rng).into_vec()
-                    })
-                    .collect();
-                Tensor::from_vec(&[count, 1, 28, 28], images)
-            };
+            let draw = |rng: &mut StdRng| consistency::sample_trained(&m, steps, count, batch, rng);
             score("consistency", steps, &draw)?;
         }
     }

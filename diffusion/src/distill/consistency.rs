@@ -34,6 +34,7 @@ use crate::model::unet::UNet;
 use crate::process::objective::Prediction;
 use crate::process::schedule::NoiseSchedule;
 use crate::sampling::sampler::nearest_timestep;
+use crate::training::checkpoint::Trained;
 use crate::training::train::{Objective, TrainConfig, Trainable};
 
 /// σ_d, the data's standard deviation in EDM's preconditioning.
@@ -197,6 +198,21 @@ pub fn sample(
         x = Tensor::from_vec(shape, f.value().data().iter().map(|v| v.clamp(-1.0, 1.0)).collect());
     }
     x
+}
+
+/// `count` images from a trained consistency model in `steps` evaluations, `batch` at a time (each batch goes
+/// on drawing from `rng`), as one tensor [count, C, H, W].
+pub fn sample_trained(model: &Trained, steps: usize, count: usize, batch: usize, rng: &mut StdRng) -> Tensor {
+    let c = &model.model.config;
+    let item = [c.image_channels, c.image_size, c.image_size];
+    let ts = sampler_timesteps(&model.schedule, steps);
+    let mut images = Vec::with_capacity(count * item.iter().product::<usize>());
+    for start in (0..count).step_by(batch.max(1)) {
+        let shape = [batch.min(count - start), item[0], item[1], item[2]];
+        let x = sample(&model.model, &model.params, &model.schedule, model.prediction, &ts, &shape, rng);
+        images.extend_from_slice(x.data());
+    }
+    Tensor::from_vec(&[count, item[0], item[1], item[2]], images)
 }
 
 /// A U-Net read as a consistency model: trained by the ordinary loop (it is the U-Net to the loss), with
