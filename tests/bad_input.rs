@@ -59,6 +59,12 @@ fn refused(name: &str, args: &[&str], code: i32, start: &str, part: &str) {
 fn numeric_flags_out_of_range_nan_and_non_utf8_are_usage_errors() {
     let cases: &[(&str, &[&str], &str)] = &[
         ("03_train_mnist", &["--batch", "0"], "invalid value '0' for '--batch <BATCH>': out of range (1 to 65536)"),
+        ("12_distill", &["--quick", "--from-steps", "3"], "--from-steps 3 --to-steps 2: powers of two, from above to"),
+        ("12_distill", &["--quick", "--from-steps", "128"], "--from-steps 128: the model has T = 100"),
+        ("12_distill", &["--lr", "nan"], "invalid value 'nan' for '--lr <LR>': out of range"),
+        ("12_distill", &["--batch", "0"], "invalid value '0' for '--batch <BATCH>': out of range (1 to 4096)"),
+        ("12_distill", &["--round-steps", "0"], "invalid value '0' for '--round-steps <ROUND_STEPS>': out of range"),
+        ("12_distill", &["--consistency-lr", "-1"], "invalid value '-1' for '--consistency-lr <CONSISTENCY_LR>'"),
         ("03_train_mnist", &["--batch", "1000000"], "invalid value '1000000' for '--batch <BATCH>': out of range"),
         (
             "03_train_mnist",

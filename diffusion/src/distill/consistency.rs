@@ -31,7 +31,7 @@ use rand::SeedableRng;
 
 use crate::model::denoiser::Denoiser;
 use crate::model::unet::UNet;
-use crate::process::objective::Prediction;
+use crate::process::objective::{row_mean_squares, weighted_mean, Prediction};
 use crate::process::schedule::NoiseSchedule;
 use crate::sampling::sampler::nearest_timestep;
 use crate::training::checkpoint::Trained;
@@ -155,17 +155,12 @@ pub fn pseudo_huber(tape: &mut Tape, a: &Var, b: &Var, weights: &[f32]) -> Var {
     let batch = weights.len();
     let row = a.value().numel() / batch;
     let c = 0.00054 * (row as f32).sqrt();
-    let diff = tape.sub(a, b);
-    let sq = tape.mul(&diff, &diff);
-    let flat = tape.reshape(&sq, &[batch, row]);
-    let mean = tape.mean(&flat, &[1], false);
+    let mean = row_mean_squares(tape, a, b, batch);
     let sum = tape.mul_scalar(&mean, row as f32);
     let shifted = tape.add_scalar(&sum, c * c);
     let root = tape.sqrt(&shifted);
     let d = tape.add_scalar(&root, -c);
-    let w = tape.constant(Tensor::from_vec(&[batch], weights.to_vec()));
-    let weighted = tape.mul(&d, &w);
-    tape.mean_all(&weighted)
+    weighted_mean(tape, &d, weights)
 }
 
 /// The timesteps of Song et al.'s multistep sampler in `steps` evaluations: T − 1, then (for 2) the

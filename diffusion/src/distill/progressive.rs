@@ -26,7 +26,7 @@ use rand::RngExt;
 use crate::model::denoiser::Denoiser;
 use crate::process::objective::{weighted_mse, Prediction};
 use crate::process::schedule::NoiseSchedule;
-use crate::sampling::sampler::{timesteps, Spacing};
+use crate::sampling::sampler::{estimate, timesteps, Spacing};
 use crate::training::train::{Objective, TrainConfig};
 
 /// The [`Objective`] of one round: the student learns `steps` DDIM steps from `teacher`'s 2 · `steps`.
@@ -91,14 +91,10 @@ impl Progressive<'_> {
         let row = z.numel() / from.len();
         let mut next = Vec::with_capacity(z.numel());
         for (b, (&t, &t2)) in from.iter().zip(to).enumerate() {
-            let ((a, s), (a2, s2)) = (alpha_sigma(schedule, Some(t)), alpha_sigma(schedule, t2));
+            let (a2, s2) = alpha_sigma(schedule, t2);
             let range = b * row..(b + 1) * row;
             for (&o, &zt) in output.value().data()[range.clone()].iter().zip(&z.data()[range]) {
-                let (mut x0, mut eps) = self.prediction.to_x0_eps(o, zt, schedule.alpha_bar[t]);
-                if let Some(c) = self.clip {
-                    x0 = x0.clamp(-c, c);
-                    eps = (zt - a * x0) / s;
-                }
+                let (x0, eps) = estimate(self.prediction, o, zt, schedule.alpha_bar[t], self.clip);
                 next.push(a2 * x0 + s2 * eps);
             }
         }

@@ -201,14 +201,23 @@ pub fn training_loss(
 
 /// The mean over the batch of `weights[b]` times row b's mean squared error between `output` and `target`.
 pub fn weighted_mse(tape: &mut Tape, output: &Var, target: &Var, weights: &[f32]) -> Var {
-    let batch = weights.len();
-    let row = output.value().numel() / batch;
-    let diff = tape.sub(output, target);
+    let per_sample = row_mean_squares(tape, output, target, weights.len());
+    weighted_mean(tape, &per_sample, weights)
+}
+
+/// Row b's mean of (a − b)² over its elements: [batch].
+pub fn row_mean_squares(tape: &mut Tape, a: &Var, b: &Var, batch: usize) -> Var {
+    let row = a.value().numel() / batch;
+    let diff = tape.sub(a, b);
     let sq = tape.mul(&diff, &diff);
     let flat = tape.reshape(&sq, &[batch, row]);
-    let per_sample = tape.mean(&flat, &[1], false);
-    let w = tape.constant(Tensor::from_vec(&[batch], weights.to_vec()));
-    let weighted = tape.mul(&per_sample, &w);
+    tape.mean(&flat, &[1], false)
+}
+
+/// The mean over the batch of `weights[b]` · `per_sample[b]`.
+pub fn weighted_mean(tape: &mut Tape, per_sample: &Var, weights: &[f32]) -> Var {
+    let w = tape.constant(Tensor::from_vec(&[weights.len()], weights.to_vec()));
+    let weighted = tape.mul(per_sample, &w);
     tape.mean_all(&weighted)
 }
 

@@ -99,6 +99,21 @@ fn config_round_trips_through_metadata_and_bad_configs_are_errors() {
     let err = UNetConfig::from_metadata(&Fields::new(path, &meta)).unwrap_err().to_string();
     let expected = "level 0 has 8 channels, not a multiple of groups";
     assert_eq!(err, format!("model.safetensors: describes an impossible U-Net: {expected}"));
+    for (key, value, problem) in [
+        ("unet.norm_eps", "NaN", "norm_eps NaN is not in (0, 1]"),
+        ("unet.downsample_padding", "7", "downsample_padding 7: out of range (0 to 1)"),
+        ("unet.freq_shift", "8", "freq_shift 8 is not below half the time_embedding_dim 16"),
+        ("unet.topology", "ring", "unknown unet.topology \"ring\""),
+    ] {
+        let mut meta = UNetConfig::tiny().to_metadata();
+        meta.insert(key.into(), value.into());
+        let err = UNetConfig::from_metadata(&Fields::new(path, &meta)).unwrap_err().to_string();
+        assert!(err.contains(problem), "{key}: {err}");
+    }
+    let mut width = UNetConfig { heads: Heads::Width(8), ..UNetConfig::tiny() }.to_metadata();
+    width.insert("unet.head_width".into(), "0".into());
+    let err = UNetConfig::from_metadata(&Fields::new(path, &width)).unwrap_err().to_string();
+    assert!(err.contains("head_width 0: out of range (1 to 2048)"), "{err}");
     meta.insert("unet.channel_mult".into(), "1,x".into());
     let err = UNetConfig::from_metadata(&Fields::new(path, &meta)).unwrap_err().to_string();
     assert!(err.contains("\"unet.channel_mult\" entry that is not a valid list"), "{err}");

@@ -474,21 +474,22 @@ impl<'a, D: Denoiser> Stepper<'a, D> {
 
 /// (x̂_0, ε̂) from the network output; with clipping, x̂_0 is clamped and ε̂ recomputed from it.
 fn estimates(prediction: Prediction, output: &Tensor, x_t: &Tensor, ab: f64, clip: Option<f32>) -> (Tensor, Tensor) {
-    let n = x_t.numel();
-    let (mut x0, mut eps) = (Vec::with_capacity(n), Vec::with_capacity(n));
-    let (a, s) = (ab.sqrt() as f32, (1.0 - ab).sqrt() as f32);
-    for (&o, &x) in output.data().iter().zip(x_t.data()) {
-        let (mut x0_hat, mut eps_hat) = prediction.to_x0_eps(o, x, ab);
-        if let Some(c) = clip {
-            x0_hat = x0_hat.clamp(-c, c);
-            if s > 0.0 {
-                eps_hat = (x - a * x0_hat) / s;
-            }
-        }
-        x0.push(x0_hat);
-        eps.push(eps_hat);
-    }
+    let (x0, eps): (Vec<f32>, Vec<f32>) =
+        output.data().iter().zip(x_t.data()).map(|(&o, &x)| estimate(prediction, o, x, ab, clip)).unzip();
     (Tensor::from_vec(x_t.shape(), x0), Tensor::from_vec(x_t.shape(), eps))
+}
+
+/// [`estimates`] for one value: (x̂_0, ε̂) of the network output `o` at x_t = `x`, ᾱ = `ab`.
+pub fn estimate(prediction: Prediction, o: f32, x: f32, ab: f64, clip: Option<f32>) -> (f32, f32) {
+    let (mut x0_hat, mut eps_hat) = prediction.to_x0_eps(o, x, ab);
+    if let Some(c) = clip {
+        x0_hat = x0_hat.clamp(-c, c);
+        let s = (1.0 - ab).sqrt() as f32;
+        if s > 0.0 {
+            eps_hat = (x - ab.sqrt() as f32 * x0_hat) / s;
+        }
+    }
+    (x0_hat, eps_hat)
 }
 
 fn ddpm_update(schedule: &NoiseSchedule, t: usize, x_t: &Tensor, x0: &Tensor, rng: &mut StdRng) -> Tensor {
