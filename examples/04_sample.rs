@@ -9,6 +9,7 @@
 //! `--guidance` are explained by example 07.
 //!
 //! ```text
+//! cargo run --release --example 04_sample                             # SDE-DPM-Solver++(2M), 20 steps
 //! cargo run --release --example 04_sample -- --sampler ddim --steps 50
 //! cargo run --release --example 04_sample -- --sampler dpm --steps 20
 //! cargo run --release --example 04_sample -- --sampler heun --spacing karras --steps 15   # EDM's sampler
@@ -118,8 +119,9 @@ struct Flags {
     random_weights: Option<String>,
     #[command(flatten)]
     weights: Weights,
-    /// ddpm, ddim, dpm (DPM-Solver++ 2M), dpm3m, dpm-sde, euler, euler-a, heun or unipc
-    #[arg(long, default_value = "dpm")]
+    /// ddpm, ddim, dpm (DPM-Solver++ 2M), dpm3m, dpm-sde (its SDE variant, the best at 20), euler, euler-a,
+    /// heun or unipc
+    #[arg(long, default_value = "dpm-sde")]
     sampler: String,
     /// Network evaluations, ddpm: all T [default: 20; --quick: 4]
     #[arg(long, value_parser = in_range(diffusion::sampling::sampler::SAMPLER_STEPS))]

@@ -9,7 +9,7 @@
 //! checks that it is the same model. The mapping is in `diffusion/src/training/checkpoint/diffusers/`.
 //!
 //! ```text
-//! cargo run --release --example 03_train_mnist -- --preset diffusers-mnist --out out/03d
+//! cargo run --release --example 03_train_mnist -- --preset diffusers-mnist --objective diffusion --out out/03d
 //! cargo run --release --example 11_diffusers -- --checkpoint out/03d/model.safetensors
 //! python diffusion/tests/reference/diffusers/parity.py check out/11/mnist-ddpm out/11/probe.safetensors
 //! cargo run --release --example 04_sample -- --checkpoint out/11/mnist-ddpm      # sampled here again
@@ -106,7 +106,7 @@ fn run() -> Result<()> {
 struct Flags {
     #[command(flatten)]
     common: Common,
-    /// Weights or a checkpoint of a `diffusers-mnist` model from example 03 (03 --preset diffusers-mnist)
+    /// Weights or a checkpoint of a `diffusers-mnist` diffusion model (03 --preset diffusers-mnist --objective diffusion)
     #[arg(long, default_value = "out/03d/model.safetensors")]
     checkpoint: std::path::PathBuf,
 }

@@ -10,11 +10,13 @@
 //! that makes its single step land where the teacher's two did, which need not lie in [−1, 1].
 //! Then easy consistency tuning (`distill/consistency.rs`) from the original model writes
 //! `out/12/consistency/` (sampled in 1 and 2 steps by 06 `--distilled`; its grid is 2 steps).
-//! Distil a v-prediction model (03 `--prediction v`): the README shows why ε distils badly.
+//! By default it distils the main job's flow-matching model (its network input and velocity target are
+//! carried through `Prediction`); the README's measurements are of a v-prediction teacher (03
+//! `--prediction v`) and show why an ε model distils badly.
 //!
 //! ```text
 //! cargo run --release --example 12_distill -- --checkpoint out/03v/model.safetensors --lr 1e-4 --out out/12v
-//! cargo run --release --example 12_distill                   # from out/03/model.safetensors (ε)
+//! cargo run --release --example 12_distill                   # from out/03/model.safetensors (flow)
 //! cargo run --release --example 06_evaluate -- --samplers ddim --spacing trailing --nfe 1,2,4,8,16,32,64 --distilled out/12
 //! cargo run --release --example 12_distill -- --quick        # an untrained model, two short rounds
 //! ```

@@ -18,7 +18,9 @@ use diffusion::training::checkpoint::{read_metadata, save_weights, Checkpoint, T
 /// A trained `tiny` run: 4 steps, T = 50, checkpoints at 2 and 4.
 fn tiny_run(dir: &Path) -> PathBuf {
     let out = dir.join("run");
+    // A linear-schedule ε model: the header edits below name its schedule and prediction.
     let args = ["--preset", "tiny", "--steps", "4", "--batch", "2", "--limit", "16", "--timesteps", "50"];
+    let args = [&args[..], &["--schedule", "linear"]].concat();
     let more = ["--checkpoint-every", "2", "--grid", "1", "--sampler-steps", "2", "--out", out.to_str().unwrap()];
     succeeds("03_train_mnist", &[&args[..], &more[..]].concat());
     out
@@ -95,7 +97,12 @@ fn numeric_flags_out_of_range_nan_and_non_utf8_are_usage_errors() {
             &["--warmup", "18446744073709551615"],
             "invalid value '18446744073709551615' for '--warmup <WARMUP>': out of range",
         ),
-        ("03_train_mnist", &["--timesteps", "15"], "--schedule linear --timesteps 15: the linear schedule"),
+        (
+            "03_train_mnist",
+            &["--schedule", "linear", "--timesteps", "15"],
+            "--schedule linear --timesteps 15: the linear",
+        ),
+        ("03_train_mnist", &["--timesteps", "15"], "grid sampler steps 20: out of range (1 to 15)"),
         ("04_sample", &["--count", "0"], "invalid value '0' for '--count <COUNT>': out of range (1 to 100000)"),
         ("04_sample", &["--count", "100000000"], "invalid value '100000000' for '--count <COUNT>': out of range"),
         ("04_sample", &["--steps", "0"], "invalid value '0' for '--steps <STEPS>': out of range"),

@@ -84,7 +84,7 @@ pub fn consistency(
         k_z.extend(z.data()[b * row..(b + 1) * row].iter().map(|v| cz * v));
         k_o.extend(std::iter::repeat_n(co, row));
     }
-    let input = tape.constant(z.clone());
+    let input = tape.constant(prediction.network_input(schedule, z, t));
     let output = match rng {
         Some(rng) => model.predict_train(tape, params, &input, t, rng),
         None => model.predict(tape, params, &input, t),

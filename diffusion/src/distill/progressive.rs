@@ -59,17 +59,12 @@ fn alpha_sigma(schedule: &NoiseSchedule, t: Option<usize>) -> (f32, f32) {
     (ab.sqrt() as f32, (1.0 - ab).sqrt() as f32)
 }
 
-/// The truncated-SNR weight max(SNR, 1) of an x-space loss, carried to the space of `prediction`'s output.
-/// For ε it is 1/SNR below SNR 1: infinite at SNR 0, where an ε-model carries no information about x (a
-/// zero-terminal-SNR schedule needs a v- or x₀-model to be distilled).
+/// The truncated-SNR weight max(SNR, 1) of an x-space loss, carried to the space of `prediction`'s output
+/// ([`Prediction::x0_factor`]: ε 1/SNR, x₀ 1, v 1/(1 + SNR), flow 1/(1 + √SNR)²). For ε it grows as 1/SNR
+/// at low SNR: infinite at SNR 0, where an ε-model carries no information about x (a zero-terminal-SNR
+/// schedule needs a v-, x₀- or flow model to be distilled).
 pub fn truncated_snr_weight(prediction: Prediction, snr: f64) -> f64 {
-    let w = snr.max(1.0);
-    match prediction {
-        Prediction::Epsilon => w / snr,
-        Prediction::Sample => w,
-        Prediction::Velocity => w / (1.0 + snr),
-        Prediction::Flow => panic!("progressive distillation: flow matching is not distilled here"),
-    }
+    snr.max(1.0) * prediction.x0_factor(snr)
 }
 
 /// x̃: the x̂ with which one DDIM step from z_t (α, σ) lands on z_t'' (α'', σ''), for one value.
@@ -86,7 +81,7 @@ impl Progressive<'_> {
     /// the clean image), its x̂ clipped.
     fn teacher_step(&self, schedule: &NoiseSchedule, z: &Tensor, from: &[usize], to: &[Option<usize>]) -> Tensor {
         let mut tape = Tape::inference();
-        let input = tape.constant(z.clone());
+        let input = tape.constant(self.prediction.network_input(schedule, z, from));
         let output = self.teacher.predict(&mut tape, self.teacher_params, &input, from);
         let row = z.numel() / from.len();
         let mut next = Vec::with_capacity(z.numel());
@@ -138,7 +133,7 @@ impl Objective for Progressive<'_> {
             }
             weights.push(truncated_snr_weight(self.prediction, schedule.snr(t[b])) as f32);
         }
-        let z_t = tape.constant(z_t);
+        let z_t = tape.constant(self.prediction.network_input(schedule, &z_t, &t));
         let target = tape.constant(Tensor::from_vec(x_0.shape(), target));
         let output = model.predict_train(tape, params, &z_t, &t, rng);
         weighted_mse(tape, &output, &target, &weights)
@@ -162,8 +157,9 @@ mod tests {
     impl Denoiser for PointMass {
         fn predict(&self, tape: &mut Tape, _: &ParamStore, x_t: &Var, t: &[usize]) -> Var {
             let row = x_t.value().numel() / t.len();
-            let out = x_t.value().data().iter().enumerate().map(|(i, &z)| {
+            let out = x_t.value().data().iter().enumerate().map(|(i, &input)| {
                 let ab = self.schedule.alpha_bar[t[i / row]];
+                let z = input / self.prediction.input_scale(ab); // flow matching's network sees z_t
                 let eps = (z - ab.sqrt() as f32 * self.c) / (1.0 - ab).sqrt() as f32;
                 self.prediction.target(self.c, eps, ab) + self.error
             });
@@ -173,8 +169,11 @@ mod tests {
 
     #[test]
     fn an_exact_teacher_gives_a_zero_loss_to_itself_and_not_to_a_wrong_student() {
-        let schedule = NoiseSchedule::linear_scaled(1000);
-        for prediction in [Prediction::Epsilon, Prediction::Sample, Prediction::Velocity] {
+        for prediction in [Prediction::Epsilon, Prediction::Sample, Prediction::Velocity, Prediction::Flow] {
+            let schedule = match prediction {
+                Prediction::Flow => NoiseSchedule::flow(1000),
+                _ => NoiseSchedule::linear_scaled(1000),
+            };
             let exact = |error| PointMass { c: 0.4, prediction, schedule: schedule.clone(), error };
             let teacher = exact(0.0);
             let params = ParamStore::new();
@@ -229,6 +228,8 @@ mod tests {
         let dv = -dx / s; // x = αz − σv
         assert!((truncated_snr_weight(Prediction::Epsilon, snr) * de * de - x_loss).abs() < 1e-12);
         assert!((truncated_snr_weight(Prediction::Velocity, snr) * dv * dv - x_loss).abs() < 1e-12);
+        let du = -dx * (1.0 + snr.sqrt()); // x = z − t·u, t = 1/(1 + √SNR) = 1/3
+        assert!((truncated_snr_weight(Prediction::Flow, snr) * du * du - x_loss).abs() < 1e-12);
         assert_eq!(truncated_snr_weight(Prediction::Sample, 0.25), 1.0);
     }
 }

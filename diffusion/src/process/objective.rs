@@ -17,7 +17,8 @@
 //! (Hang et al. 2023, "Efficient Diffusion Training via Min-SNR Weighting Strategy", eq. 8 and §3.4), which
 //! keeps the easy low-noise timesteps from dominating training:
 //! ```text
-//! SNR_t = ᾱ_t / (1 − ᾱ_t);   weight = min(SNR, γ)/SNR (ε),  min(SNR, γ) (x_0),  min(SNR, γ)/(SNR + 1) (v)
+//! SNR_t = ᾱ_t / (1 − ᾱ_t);   weight = min(SNR, γ) · k,   k = ‖δx̂_0‖²/‖δoutput‖² (Prediction::x0_factor):
+//! k = 1/SNR (ε),  1 (x_0),  1/(SNR + 1) (v),  1/(1 + √SNR)² (flow: δx̂_0 = −t·δu, t = 1/(1 + √SNR))
 //! ```
 
 use autograd::{ParamStore, Tape, Tensor, Var};
@@ -59,6 +60,35 @@ impl Prediction {
         match self {
             Prediction::Flow => (1.0 / (alpha_bar.sqrt() + (1.0 - alpha_bar).sqrt())) as f32,
             _ => 1.0,
+        }
+    }
+
+    /// The network's input for x_t [B, …] at the timesteps `t` (one per row): x_t itself, or for flow
+    /// matching z_t, x_t times [`Prediction::input_scale`].
+    pub fn network_input(self, schedule: &NoiseSchedule, x_t: &Tensor, t: &[usize]) -> Tensor {
+        if self != Prediction::Flow {
+            return x_t.clone();
+        }
+        let row = x_t.numel() / t.len();
+        let mut z = x_t.clone();
+        for (b, &tb) in t.iter().enumerate() {
+            let scale = self.input_scale(schedule.alpha_bar[tb]);
+            z.data_mut()[b * row..(b + 1) * row].iter_mut().for_each(|v| *v *= scale);
+        }
+        z
+    }
+
+    /// How an error in the network's output carries to x̂_0 at `snr`: ‖δx̂_0‖² = k · ‖δoutput‖². A weight w
+    /// of an x-space loss is w · k in the output's space (min-SNR-γ here, truncated SNR in distillation).
+    pub fn x0_factor(self, snr: f64) -> f64 {
+        match self {
+            // x̂_0 = (x_t − √(1−ᾱ) ε̂)/√ᾱ:  k = (1 − ᾱ)/ᾱ = 1/SNR
+            Prediction::Epsilon => 1.0 / snr.max(1e-20),
+            Prediction::Sample => 1.0,
+            // x̂_0 = √ᾱ x_t − √(1−ᾱ) v̂:  k = 1 − ᾱ = 1/(SNR + 1)
+            Prediction::Velocity => 1.0 / (snr + 1.0),
+            // x̂_0 = z_t − t û,  t = √(1−ᾱ)/(√ᾱ + √(1−ᾱ)) = 1/(1 + √SNR):  k = t²
+            Prediction::Flow => 1.0 / (1.0 + snr.sqrt()).powi(2),
         }
     }
 
@@ -144,14 +174,7 @@ impl Weighting {
     pub fn weight(self, prediction: Prediction, snr: f64) -> f64 {
         match self {
             Weighting::Uniform => 1.0,
-            Weighting::MinSnr(gamma) => {
-                let clipped = snr.min(gamma);
-                match prediction {
-                    Prediction::Epsilon => clipped / snr.max(1e-20),
-                    Prediction::Sample => clipped,
-                    Prediction::Velocity | Prediction::Flow => clipped / (snr + 1.0),
-                }
-            }
+            Weighting::MinSnr(gamma) => snr.min(gamma) * prediction.x0_factor(snr),
         }
     }
 }
@@ -174,14 +197,8 @@ pub fn training_loss(
     let row = x_0.numel() / batch;
     let t: Vec<usize> = (0..batch).map(|_| sampling.draw(schedule.steps(), rng)).collect();
     let eps = Tensor::randn(x_0.shape(), rng);
-    let mut x_t = schedule.q_sample(x_0, &t, &eps);
-    if prediction == Prediction::Flow {
-        for (b, &tb) in t.iter().enumerate() {
-            let scale = prediction.input_scale(schedule.alpha_bar[tb]);
-            x_t.data_mut()[b * row..(b + 1) * row].iter_mut().for_each(|v| *v *= scale);
-        }
-    }
-    let x_t = tape.constant(x_t);
+    let x_t = schedule.q_sample(x_0, &t, &eps);
+    let x_t = tape.constant(prediction.network_input(schedule, &x_t, &t));
     let mut target = Vec::with_capacity(x_0.numel());
     for (b, &tb) in t.iter().enumerate() {
         let range = b * row..(b + 1) * row;
@@ -269,6 +286,19 @@ mod tests {
         assert_eq!(TimeSampling::from_name("logit-normal:0,-1"), None);
     }
 
+    /// x0_factor is the square of ∂x̂_0/∂output that to_x0_eps implies, for every prediction.
+    #[test]
+    fn x0_factor_is_the_squared_slope_of_x0_hat() {
+        for ab in [0.999, 0.64, 0.2, 0.003] {
+            let snr = ab / (1.0 - ab);
+            for p in [Prediction::Epsilon, Prediction::Sample, Prediction::Velocity, Prediction::Flow] {
+                let slope = p.to_x0_eps(1.0, 0.4, ab).0 as f64 - p.to_x0_eps(0.0, 0.4, ab).0 as f64;
+                let k = p.x0_factor(snr);
+                assert!((slope * slope - k).abs() < 1e-5 * k.max(1.0), "{p:?} at ᾱ {ab}: {} vs {k}", slope * slope);
+            }
+        }
+    }
+
     #[test]
     fn min_snr_weights() {
         let w = Weighting::MinSnr(5.0);
@@ -278,6 +308,8 @@ mod tests {
         assert!((w.weight(Prediction::Velocity, 20.0) - 5.0 / 21.0).abs() < 1e-12);
         assert_eq!(w.weight(Prediction::Epsilon, 2.0), 1.0);
         assert!((w.weight(Prediction::Velocity, 2.0) - 2.0 / 3.0).abs() < 1e-12);
+        // flow at SNR 4: t = 1/(1 + 2) = 1/3, weight min(4, 5)/9
+        assert!((w.weight(Prediction::Flow, 4.0) - 4.0 / 9.0).abs() < 1e-12);
         assert_eq!(Weighting::Uniform.weight(Prediction::Sample, 123.0), 1.0);
     }
 }

@@ -11,7 +11,8 @@ use crate::process::schedule::TIMESTEPS;
 use crate::sampling::sampler::SAMPLER_STEPS;
 use crate::training::train::limits;
 
-/// Train a U-Net on handwritten digits (the main job): AdamW, warmup and cosine decay, clipping, EMA.
+/// Train a U-Net on handwritten digits (the main job): flow matching, AdamW, warmup and cosine decay,
+/// clipping, EMA.
 #[derive(Parser, Debug)]
 #[command(name = "03_train_mnist")]
 pub struct TrainFlags {
@@ -32,7 +33,7 @@ pub struct TrainFlags {
     /// U-Net preset: small, tiny, rgb32, diffusers-mnist (diffusers' UNet2DModel, see 11_diffusers)
     #[arg(long, default_value = "small")]
     pub preset: String,
-    /// Training steps [default: 3000; --quick: 3]
+    /// Training steps [default: 4500; --quick: 3]
     #[arg(long, value_parser = in_range(limits::STEPS))]
     pub steps: Option<usize>,
     /// Images per step [default: 32; --quick: 4]
@@ -59,14 +60,15 @@ pub struct TrainFlags {
     /// Beta schedule: linear, cosine, sigmoid
     #[arg(long, default_value = "linear")]
     pub schedule: String,
-    /// Network target: epsilon, x0, v (or flow, with --objective flow)
+    /// Network target of --objective diffusion: epsilon, x0, v
     #[arg(long, default_value = "epsilon")]
     pub prediction: String,
-    /// diffusion, or flow: flow matching on the straight path (sets --prediction flow --schedule flow)
-    #[arg(long, default_value = "diffusion")]
-    pub objective: String,
+    /// flow: flow matching on the straight path (prediction and schedule flow); or diffusion (--prediction,
+    /// --schedule) [default: flow; diffusion when --prediction or --schedule is given]
+    #[arg(long)]
+    pub objective: Option<String>,
     /// How the timesteps of a batch are drawn: uniform, logit-normal, logit-normal:<mean>,<std>
-    /// [default: uniform; with --objective flow: logit-normal]
+    /// [default: logit-normal with flow matching, uniform with diffusion]
     #[arg(long)]
     pub time_sampling: Option<String>,
     /// Min-SNR-gamma loss weighting (0: uniform)
@@ -87,7 +89,7 @@ pub struct TrainFlags {
     /// Images in each sample grid [default: 64; --quick: 4]
     #[arg(long, value_parser = in_range(limits::GRID_IMAGES))]
     pub grid: Option<usize>,
-    /// DPM-Solver++ steps of the grids [default: 20; --quick: 3]
+    /// SDE-DPM-Solver++(2M) steps of the grids [default: 20; --quick: 3]
     #[arg(long, value_parser = in_range(SAMPLER_STEPS))]
     pub sampler_steps: Option<usize>,
     /// Steps between checkpoints [default: 500; --quick: 2]
@@ -117,15 +119,19 @@ pub struct TrainFlags {
 }
 
 impl TrainFlags {
-    /// The (prediction, schedule, timestep sampling) of the run: `--objective flow` sets the first two to
-    /// flow (giving either as well is an error) and samples logit-normal unless `--time-sampling` says.
+    /// The (prediction, schedule, timestep sampling) of the run: flow matching sets the first two to flow
+    /// (giving either as well is an error) and samples logit-normal unless `--time-sampling` says. Flow
+    /// matching is the default (the README's recipe search); `--prediction` or `--schedule` alone mean
+    /// diffusion.
     pub fn objective(&self, given: &Given) -> Result<(String, String, TimeSampling)> {
-        let flow = match self.objective.as_str() {
-            "diffusion" => false,
-            "flow" => true,
-            other => return Err(Error::Usage(format!("--objective {other:?}: unknown (diffusion, flow)"))),
+        let diffusion_flags = given.contains("prediction") || given.contains("schedule");
+        let flow = match self.objective.as_deref() {
+            None => !diffusion_flags,
+            Some("diffusion") => false,
+            Some("flow") => true,
+            Some(other) => return Err(Error::Usage(format!("--objective {other:?}: unknown (diffusion, flow)"))),
         };
-        if flow && (given.contains("prediction") || given.contains("schedule")) {
+        if flow && diffusion_flags {
             return Err(Error::Usage("--objective flow sets --prediction flow and --schedule flow".into()));
         }
         let default = if flow { "logit-normal" } else { "uniform" };

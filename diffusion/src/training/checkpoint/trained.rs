@@ -16,7 +16,7 @@ use crate::metadata::Fields;
 use crate::model::unet::{UNet, UNetConfig};
 use crate::process::objective::Prediction;
 use crate::process::schedule::NoiseSchedule;
-use crate::sampling::sampler::{sample, SamplerConfig};
+use crate::sampling::sampler::{sample_batched, SamplerConfig};
 
 /// What weights files say in their `format` entry, and the newest version this code writes and reads:
 /// 2 has a `checksum` entry; 1 (before 2026-12) had none, and until then no `unet.*` config either.
@@ -95,15 +95,8 @@ impl Trained {
     /// one tensor [count, C, H, W].
     pub fn sample_batched(&self, config: &SamplerConfig, count: usize, batch: usize, rng: &mut StdRng) -> Tensor {
         let c = &self.model.config;
-        let item = [c.image_channels, c.image_size, c.image_size];
-        let mut images = Vec::with_capacity(count * item.iter().product::<usize>());
-        for start in (0..count).step_by(batch.max(1)) {
-            let shape = [batch.min(count - start), item[0], item[1], item[2]];
-            images.extend_from_slice(
-                sample(&self.model, &self.params, &self.schedule, self.prediction, config, &shape, rng).data(),
-            );
-        }
-        Tensor::from_vec(&[count, item[0], item[1], item[2]], images)
+        let shape = [count, c.image_channels, c.image_size, c.image_size];
+        sample_batched(&self.model, &self.params, &self.schedule, self.prediction, config, &shape, batch, rng)
     }
 
     /// Reads the metadata, builds the model it describes, then loads its weights; any problem is an error

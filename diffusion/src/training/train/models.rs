@@ -16,7 +16,7 @@ use crate::model::mlp::MlpDenoiser;
 use crate::model::unet::UNet;
 use crate::plot::image_grid;
 use crate::process::schedule::NoiseSchedule;
-use crate::sampling::sampler::sample;
+use crate::sampling::sampler::{sample, sample_batched};
 
 /// Writes the model's sample grid ([`Trainable::grid`]) to `path`; false if the model draws none.
 pub fn write_grid(
@@ -48,8 +48,9 @@ impl Trainable for UNet {
         self.config.check_memory(batch, training)
     }
 
-    /// `grid_images` samples with a fixed seed (the same noise every time); a class-conditional model draws
-    /// class i in row i (⌊grid_images / classes⌋ of each), guided with `grid_guidance`.
+    /// `grid_images` samples with a fixed seed (the same noise every time), drawn at most a training batch
+    /// at a time (so the grid needs no more memory than a step); a class-conditional model draws class i in
+    /// row i (⌊grid_images / classes⌋ of each), guided with `grid_guidance`.
     fn grid(&self, params: &ParamStore, schedule: &NoiseSchedule, config: &TrainConfig) -> Option<(Tensor, usize)> {
         let c = &self.config;
         let shape = [config.grid_images, c.image_channels, c.image_size, c.image_size];
@@ -59,12 +60,18 @@ impl Trainable for UNet {
         Some(if let Some(per_class) = config.grid_images.checked_div(c.num_classes) {
             let cols = per_class.max(1);
             let labels: Vec<usize> = (0..cols * c.num_classes).map(|i| i / cols).collect();
-            let shape = [labels.len(), shape[1], shape[2], shape[3]];
-            let guided = Guided { model: self, labels, scale: config.grid_guidance };
-            (sample(&guided, params, schedule, prediction, sampler, &shape, &mut rng), cols)
+            let mut images = Vec::with_capacity(labels.len() * shape[1..].iter().product::<usize>());
+            for chunk in labels.chunks(config.batch.max(1)) {
+                let guided = Guided { model: self, labels: chunk.to_vec(), scale: config.grid_guidance };
+                let shape = [chunk.len(), shape[1], shape[2], shape[3]];
+                images
+                    .extend_from_slice(sample(&guided, params, schedule, prediction, sampler, &shape, &mut rng).data());
+            }
+            (Tensor::from_vec(&[labels.len(), shape[1], shape[2], shape[3]], images), cols)
         } else {
             let cols = (config.grid_images as f64).sqrt().ceil() as usize;
-            (sample(self, params, schedule, prediction, sampler, &shape, &mut rng), cols)
+            let batch = config.batch;
+            (sample_batched(self, params, schedule, prediction, sampler, &shape, batch, &mut rng), cols)
         })
     }
 }
