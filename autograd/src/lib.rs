@@ -42,5 +42,5 @@ pub mod vector;
 
 pub use gradcheck::{gradcheck, gradcheck_with, GradcheckConfig};
 pub use params::{ParamId, ParamStore};
-pub use tape::{Gradients, NodeId, NonFinite, Op, Tape, Var};
+pub use tape::{Gradients, NodeId, NonFinite, Op, RecordedOp, Tape, Var};
 pub use tensor::Tensor;

@@ -74,6 +74,25 @@ pub trait Op: Send + Sync {
     /// Given `dout` = ∂L/∂output, returns ∂L/∂input for each input (in the order they were recorded).
     /// `wants[i]` says whether input i needs its gradient; the op may return `None` where it is false.
     fn backward(&self, dout: &Tensor, wants: &[bool]) -> Vec<Option<Tensor>>;
+
+    /// The op's settings that its shapes do not show, for [`Tape::recorded_ops`] and the graph printout
+    /// (a convolution's stride and padding); empty for most ops.
+    fn attributes(&self) -> String {
+        String::new()
+    }
+}
+
+/// One op as the tape recorded it ([`Tape::recorded_ops`]): what a benchmark needs to rerun its kernel on
+/// the same shapes.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct RecordedOp {
+    pub name: &'static str,
+    /// [`Op::attributes`], e.g. `"stride 2, padding 1"`.
+    pub attributes: String,
+    pub input_shapes: Vec<Vec<usize>>,
+    /// Per input: whether a gradient flows back to it (false for constants).
+    pub needs_grad: Vec<bool>,
+    pub output_shape: Vec<usize>,
 }
 
 /// One entry of the tape: a leaf, where a gradient ends, or an op, through which it flows back.
@@ -311,6 +330,21 @@ impl Tape {
         result
     }
 
+    /// Every op recorded so far, in order (call it before [`Tape::backward`], which consumes the tape).
+    pub fn recorded_ops(&self) -> Vec<RecordedOp> {
+        let op_nodes = self.nodes.iter().filter_map(|node| match node {
+            Node::Op { op, inputs, input_shapes, shape } => Some(RecordedOp {
+                name: op.name(),
+                attributes: op.attributes(),
+                input_shapes: input_shapes.clone(),
+                needs_grad: inputs.iter().map(Option::is_some).collect(),
+                output_shape: shape.clone(),
+            }),
+            _ => None,
+        });
+        op_nodes.collect()
+    }
+
     /// The recorded graph, one node per line: id, op, output shape, and input ids with their shapes.
     pub fn graph(&self) -> String {
         let mut out = String::new();
@@ -318,7 +352,10 @@ impl Tape {
             let what = match node {
                 Node::Param { id: p, .. } => format!("param #{}", p.0),
                 Node::Input { .. } => "leaf".to_string(),
-                Node::Op { op, .. } => op.name().to_string(),
+                Node::Op { op, .. } => match op.attributes() {
+                    a if a.is_empty() => op.name().to_string(),
+                    a => format!("{} ({a})", op.name()),
+                },
             };
             let _ = write!(out, "%{id:<3} {what:<16} {:?}", node.shape());
             if let Node::Op { inputs, input_shapes, .. } = node {

@@ -92,6 +92,9 @@ impl Op for Conv2dOp {
     fn name(&self) -> &'static str {
         "conv2d"
     }
+    fn attributes(&self) -> String {
+        format!("stride {}, padding {}", self.shape.stride, self.shape.padding)
+    }
     fn backward(&self, dy: &Tensor, wants: &[bool]) -> Vec<Option<Tensor>> {
         // forward: y[n,o,i,j] = bias[o] + Σ_{c,u,v} weight[o,c,u,v] · x[n, c, i·s − p + u, j·s − p + v]
         let (dx, dweight, dbias) =

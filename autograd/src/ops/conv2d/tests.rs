@@ -41,6 +41,26 @@ fn conv2d_gradcheck_stride_2_and_1x1_and_no_bias() {
 }
 
 /// Odd shapes: sizes 1, 3, 7, 13 and a 65-channel case, 1×1, 3×3 and 5×5 kernels, strides 1 and 2.
+#[test]
+fn the_tape_records_a_convolutions_stride_padding_and_which_inputs_need_gradients() {
+    let mut params = crate::ParamStore::new();
+    let w = params.add("w", randn(&[4, 2, 3, 3], 1));
+    let mut tape = Tape::new();
+    let x = tape.constant(randn(&[1, 2, 9, 9], 2));
+    let wv = tape.param(&params, w);
+    let y = tape.conv2d(&x, &wv, None, 2, 1);
+    assert_eq!(y.shape(), [1, 4, 5, 5]);
+    let ops = tape.recorded_ops();
+    assert_eq!(ops.len(), 1, "the parameter leaf is not an op");
+    assert_eq!((ops[0].name, ops[0].attributes.as_str()), ("conv2d", "stride 2, padding 1"));
+    assert_eq!(ops[0].input_shapes, [vec![1, 2, 9, 9], vec![4, 2, 3, 3]]);
+    assert_eq!(
+        (ops[0].needs_grad.as_slice(), ops[0].output_shape.as_slice()),
+        ([false, true].as_slice(), [1, 4, 5, 5].as_slice())
+    );
+    assert!(tape.graph().contains("conv2d (stride 2, padding 1)"), "{}", tape.graph());
+}
+
 fn odd_shapes() -> Vec<([usize; 4], [usize; 4], usize, usize)> {
     vec![
         ([1, 1, 7, 13], [3, 1, 3, 3], 1, 1),

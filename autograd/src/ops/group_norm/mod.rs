@@ -90,6 +90,9 @@ impl Op for GroupNormOp {
     fn name(&self) -> &'static str {
         self.name
     }
+    fn attributes(&self) -> String {
+        format!("groups {}", self.shape.groups)
+    }
     fn backward(&self, dy: &Tensor, wants: &[bool]) -> Vec<Option<Tensor>> {
         // forward: x̂ = (x − μ)·rstd, rstd = 1/√(var(x) + ε) per (image, group); y = γ_c·x̂ + β_c
         //          (fused with SiLU: z = γ_c·x̂ + β_c, y = z·σ(z))

@@ -26,6 +26,17 @@ fn group_norm_silu_gradcheck() {
     }
 }
 
+#[test]
+fn the_tape_records_the_number_of_groups() {
+    let mut tape = Tape::new();
+    let x = tape.leaf(Tensor::randn_seeded(&[2, 6, 3, 5], 7));
+    let (w, b) = (tape.leaf(Tensor::ones(&[6])), tape.leaf(Tensor::zeros(&[6])));
+    let _ = tape.group_norm_silu(&x, 3, &w, &b, 1e-5);
+    let ops = tape.recorded_ops();
+    assert_eq!((ops[0].name, ops[0].attributes.as_str()), ("group_norm_silu", "groups 3"));
+    assert_eq!(ops[0].needs_grad, [true, true, true]);
+}
+
 /// The fused op against its naive chain rule, and against the two ops it replaces, which it must equal bit
 /// for bit (it computes the same expressions on the same values), at every SIMD level.
 #[test]
