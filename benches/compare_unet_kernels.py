@@ -71,7 +71,7 @@ def main():
             totals[phase][1] += calls * mt
             slower += mo > mt
             ratio = f"**{mo / mt:.2f}**" if mo > mt else f"{mo / mt:.2f}"
-            label = what + (f" ({'/'.join(variants)})" if index and "attention" in what else "")
+            label = what + (f" ({'/'.join(variants)})" if "attention" in what else "")
             print(f"| {index} | {label} | {calls} | {phase} | {', '.join(fmt(v) for v in ours)} | "
                   f"{', '.join(fmt(v) for v in theirs)} | {ratio} |")
     for phase, (o, t) in totals.items():

@@ -29,7 +29,7 @@ use diffusion::model::unet::{UNet, UNetConfig};
 
 const BATCH: usize = 32;
 
-/// The kernels this bench times, with how many times one forward pass calls each.
+/// The ops whose kernels this bench times (every other op of the U-Net is elementwise or a copy).
 const KERNELS: &[&str] = &["conv2d", "group_norm", "group_norm_silu", "scaled_dot_product_attention"];
 
 /// The distinct kernel calls of one forward pass of `small` at batch 32, in first-call order, each with

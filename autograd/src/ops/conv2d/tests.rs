@@ -40,7 +40,6 @@ fn conv2d_gradcheck_stride_2_and_1x1_and_no_bias() {
     gradcheck(&xs, |t, v| t.conv2d(&v[0], &v[1], None, 1, 0)).unwrap();
 }
 
-/// Odd shapes: sizes 1, 3, 7, 13 and a 65-channel case, 1×1, 3×3 and 5×5 kernels, strides 1 and 2.
 #[test]
 fn the_tape_records_a_convolutions_stride_padding_and_which_inputs_need_gradients() {
     let mut params = crate::ParamStore::new();
@@ -61,6 +60,7 @@ fn the_tape_records_a_convolutions_stride_padding_and_which_inputs_need_gradient
     assert!(tape.graph().contains("conv2d (stride 2, padding 1)"), "{}", tape.graph());
 }
 
+/// Odd shapes: sizes 1, 3, 7, 13 and a 65-channel case, 1×1, 3×3 and 5×5 kernels, strides 1 and 2.
 fn odd_shapes() -> Vec<([usize; 4], [usize; 4], usize, usize)> {
     vec![
         ([1, 1, 7, 13], [3, 1, 3, 3], 1, 1),
