@@ -49,47 +49,177 @@ pub fn is_same_conv(s: &ConvShape) -> bool {
     s.stride == 1 && s.kh == s.kw && s.kh % 2 == 1 && s.kh > 1 && 2 * s.padding + 1 == s.kh
 }
 
-/// The flat padded layout of one image for a "same" convolution (the module doc's `wp`, `qr`, `plane`).
+/// True for the strided convolutions this file's kernel runs on phase planes (`strided.rs`): stride 2 or
+/// more, a square kernel bigger than 1×1, any padding.
+pub fn is_strided_conv(s: &ConvShape) -> bool {
+    s.stride > 1 && s.kh == s.kw && s.kh > 1
+}
+
+/// The flat padded layout of one image for [`direct_image`] (the module doc's `wp`, `qr`, `plane`). For a
+/// strided convolution (`strided.rs`) each channel is `stride²` phase planes of `phase` floats; for a
+/// "same" one there is one phase and `phase` = `plane`.
 #[derive(Clone, Copy, Debug)]
 pub struct Flat {
+    /// The output's rows and columns (a "same" convolution's are the input's).
     pub h: usize,
     pub w: usize,
+    /// The input's rows and columns.
+    pub in_h: usize,
+    pub in_w: usize,
     pub pad: usize,
     pub k: usize,
+    pub stride: usize,
+    /// Length of a row of the flat layout: w + (k−1)/stride (w + 2·pad for a "same" convolution).
     pub wp: usize,
     /// Positions per tile: qr is a multiple of it.
     pub tile: usize,
     pub qr: usize,
+    /// One phase plane; `plane` = stride²·`phase`.
+    pub phase: usize,
     pub plane: usize,
 }
 
 impl Flat {
-    /// The layout with qr = h·wp rounded up to a multiple of `tile` positions.
+    /// The layout with qr = h·wp (output rows × flat row) rounded up to a multiple of `tile` positions.
     pub fn new(s: &ConvShape, tile: usize) -> Flat {
-        let (wp, hp) = (s.w + 2 * s.padding, s.h + 2 * s.padding);
-        let qr = (s.h * wp).next_multiple_of(tile);
-        // The last tile reads up to qr − 1 + (k−1)·wp + (k−1); the plane must hold that, and be at least the
-        // padded image. A multiple of 16 keeps every channel 64-byte aligned relative to the first.
-        let plane = (qr + (s.kh - 1) * (wp + 1)).max(hp * wp).next_multiple_of(16);
-        Flat { h: s.h, w: s.w, pad: s.padding, k: s.kh, wp, tile, qr, plane }
+        assert!(s.kh == s.kw, "the flat layout needs a square kernel: {s:?}");
+        let reach = (s.kh - 1) / s.stride; // how far past its own position a tap reads, in a phase plane
+        let (wp, hp) = (s.ow + reach, s.oh + reach);
+        let qr = (s.oh * wp).next_multiple_of(tile);
+        // The last tile reads up to qr − 1 + reach·(wp + 1); a phase plane must hold that, and be at least
+        // the padded image's phase. A multiple of 16 keeps every plane 64-byte aligned relative to the first.
+        let phase = (qr + reach * (wp + 1)).max(hp * wp).next_multiple_of(16);
+        Flat {
+            h: s.oh,
+            w: s.ow,
+            in_h: s.h,
+            in_w: s.w,
+            pad: s.padding,
+            k: s.kh,
+            stride: s.stride,
+            wp,
+            tile,
+            qr,
+            phase,
+            plane: s.stride * s.stride * phase,
+        }
     }
 
-    /// Tap t = ky·k + kx reads input q + ky·wp + kx.
+    /// Tap t = ky·k + kx reads input q + ky·wp + kx; with a stride, q + (ky/s)·wp + kx/s in phase plane
+    /// (ky mod s, kx mod s).
     pub(super) fn taps(&self) -> Vec<usize> {
-        (0..self.k * self.k).map(|t| (t / self.k) * self.wp + t % self.k).collect()
+        let s = self.stride;
+        let at = |ky: usize, kx: usize| ((ky % s) * s + kx % s) * self.phase + (ky / s) * self.wp + kx / s;
+        (0..self.k * self.k).map(|t| at(t / self.k, t % self.k)).collect()
     }
 
-    /// xpad [c, plane] ← x [c, h, w] with a zero border of `pad` and zeros after.
+    /// xpad [c, plane] ← x [c, in_h, in_w] with a zero border of `pad` and zeros after; with a stride,
+    /// phase plane (a, b) holds xpad[s·i + a, s·j + b] at i·wp + j.
     pub fn pad(&self, x: &[f32], c: usize, xpad: &mut [f32]) {
-        for (src, dst) in x.chunks_exact(self.h * self.w).zip(xpad.chunks_exact_mut(self.plane)).take(c) {
-            let mut next = 0; // dst[..next] is written
-            for (y, row) in src.chunks_exact(self.w).enumerate() {
-                let at = (y + self.pad) * self.wp + self.pad;
-                dst[next..at].fill(0.0);
-                dst[at..at + self.w].copy_from_slice(row);
-                next = at + self.w;
+        for (src, dst) in x.chunks_exact(self.in_h * self.in_w).zip(xpad.chunks_exact_mut(self.plane)).take(c) {
+            if self.stride == 1 {
+                self.pad_plane(src, dst);
+            } else {
+                self.pad_phases(src, dst);
             }
-            dst[next..].fill(0.0);
+        }
+    }
+
+    /// One channel, stride 1: each row copied to its place in the zero-bordered plane.
+    fn pad_plane(&self, src: &[f32], dst: &mut [f32]) {
+        let mut next = 0; // dst[..next] is written
+        for (y, row) in src.chunks_exact(self.in_w).enumerate() {
+            let at = (y + self.pad) * self.wp + self.pad;
+            dst[next..at].fill(0.0);
+            dst[at..at + self.in_w].copy_from_slice(row);
+            next = at + self.in_w;
+        }
+        dst[next..].fill(0.0);
+    }
+
+    /// Column j of a phase plane of column phase b holds input column s·j + b − pad, which is inside the
+    /// image for j in j0..j1 (returned).
+    pub(super) fn phase_columns(&self, b: usize) -> (usize, usize) {
+        let s = self.stride;
+        let j0 = self.pad.saturating_sub(b).div_ceil(s).min(self.wp);
+        (j0, (self.in_w + self.pad).saturating_sub(b).div_ceil(s).clamp(j0, self.wp))
+    }
+
+    /// One channel, stride s: every input pixel goes to the one phase plane that holds it.
+    fn pad_phases(&self, src: &[f32], dst: &mut [f32]) {
+        let s = self.stride;
+        let rows = self.h + (self.k - 1) / s; // the rows of a phase plane the taps read
+        let input_row = |i: usize, a: usize| {
+            let iy = (s * i + a).checked_sub(self.pad).filter(|&iy| iy < self.in_h)?;
+            Some(&src[iy * self.in_w..][..self.in_w])
+        };
+        for plane in dst.chunks_exact_mut(self.phase) {
+            plane[rows * self.wp..].fill(0.0);
+        }
+        if s == 2 {
+            // The U-Net's stride: each input row split once into its two column phases.
+            let columns = self.split_columns_of();
+            let (top, bottom) = dst.split_at_mut(2 * self.phase);
+            for (a, planes) in [top, bottom].into_iter().enumerate() {
+                let (even, odd) = planes.split_at_mut(self.phase);
+                let (even, odd) = (&mut even[..rows * self.wp], &mut odd[..rows * self.wp]);
+                let rows = even.chunks_exact_mut(self.wp).zip(odd.chunks_exact_mut(self.wp));
+                for (i, (even, odd)) in rows.enumerate() {
+                    match input_row(i, a) {
+                        Some(row) => split_columns(row, self.pad, columns, even, odd),
+                        None => (even.fill(0.0), odd.fill(0.0)).1,
+                    }
+                }
+            }
+            return;
+        }
+        for (phase, plane) in dst.chunks_exact_mut(self.phase).enumerate() {
+            let (a, b) = (phase / s, phase % s);
+            let (j0, j1) = self.phase_columns(b);
+            for (i, out) in plane[..rows * self.wp].chunks_exact_mut(self.wp).enumerate() {
+                let Some(row) = input_row(i, a) else {
+                    out.fill(0.0);
+                    continue;
+                };
+                out[..j0].fill(0.0);
+                out[j1..].fill(0.0);
+                let taken = row[s * j0 + b - self.pad..].iter().step_by(s);
+                out[j0..j1].iter_mut().zip(taken).for_each(|(o, &v)| *o = v);
+            }
+        }
+    }
+
+    /// Stride 2: the columns j0..j1 each of the even and odd column phases holds (`phase_columns`), and
+    /// p0..p1, those both hold.
+    fn split_columns_of(&self) -> SplitColumns {
+        let ((e0, e1), (o0, o1)) = (self.phase_columns(0), self.phase_columns(1));
+        let p0 = e0.max(o0);
+        SplitColumns { even: (e0, e1), odd: (o0, o1), pairs: (p0, e1.min(o1).max(p0)) }
+    }
+}
+
+/// Which columns of a stride-2 layout's two column phases come from the image ([`Flat::split_columns_of`]).
+#[derive(Clone, Copy)]
+struct SplitColumns {
+    even: (usize, usize),
+    odd: (usize, usize),
+    pairs: (usize, usize),
+}
+
+/// Stride 2: one input row into its even and odd columns of the padded layout, even[j] = row[2j − pad]
+/// and odd[j] = row[2j + 1 − pad] where those are inside the row, zeros elsewhere. The columns both phases
+/// hold are read as pairs, which the compiler turns into vector loads and shuffles.
+fn split_columns(row: &[f32], pad: usize, columns: SplitColumns, even: &mut [f32], odd: &mut [f32]) {
+    let SplitColumns { even: (e0, e1), odd: (o0, o1), pairs: (p0, p1) } = columns;
+    let pairs = row[2 * p0 - pad..][..2 * (p1 - p0)].chunks_exact(2);
+    for ((e, o), pair) in even[p0..p1].iter_mut().zip(&mut odd[p0..p1]).zip(pairs) {
+        (*e, *o) = (pair[0], pair[1]);
+    }
+    for (out, (j0, j1), b) in [(even, (e0, e1), 0), (odd, (o0, o1), 1)] {
+        out[..j0].fill(0.0);
+        out[j1..].fill(0.0);
+        for j in (j0..p0.min(j1)).chain(p1.max(j0)..j1) {
+            out[j] = row[2 * j + b - pad];
         }
     }
 }
@@ -133,7 +263,7 @@ pub fn forward_tile(level: Simd) -> (usize, usize) {
 /// The flat layout for [`direct_image`] at this level: tiles of 3 vectors of positions, or of 2 where that
 /// rounds h·wp up less (a 7×7 image is 63 positions: 64 in tiles of 32, but 96 in tiles of 48).
 pub fn forward_flat(level: Simd, s: &ConvShape) -> Flat {
-    let (lanes, q) = (forward_tile(level).1, s.h * (s.w + 2 * s.padding));
+    let (lanes, q) = (forward_tile(level).1, Flat::new(s, 1).qr);
     let nv = if q.next_multiple_of(2 * lanes) < q.next_multiple_of(3 * lanes) { 2 } else { 3 };
     Flat::new(s, nv * lanes)
 }
@@ -142,6 +272,9 @@ pub fn forward_flat(level: Simd, s: &ConvShape) -> Flat {
 pub struct DirectImage<'a> {
     pub xpad: &'a [f32],
     pub flat: &'a Flat,
+    /// Where each tap reads, relative to an output position: `flat.taps()`, or one phase's taps for a
+    /// strided convolution's input gradient (`strided.rs`).
+    pub taps: &'a [usize],
     pub c_in: usize,
     pub packed: &'a [f32],
     pub c_out: usize,
@@ -153,51 +286,51 @@ pub struct DirectImage<'a> {
 /// [`pack_weight`] with this level's C), for a layout from [`forward_flat`]. The same loop computes the
 /// forward (weight packed as is) and the input gradient (weight rotated, dy as xpad).
 pub fn direct_image(level: Simd, job: DirectImage) {
-    let DirectImage { xpad, flat, c_in, packed, c_out, bias, y } = job;
+    let DirectImage { xpad, flat, taps, c_in, packed, c_out, bias, y } = job;
     crate::cpu::check_supported(level);
-    let taps = flat.taps();
     let (c, lanes) = forward_tile(level);
     let nv = flat.tile / lanes;
     // Everything the tiles read and write, checked once here: inputs up to the last tile's last tap, every
     // channel block of the packed weight, bias for every channel, a full qr per output row.
     assert!((nv == 2 || nv == 3) && flat.tile == nv * lanes && flat.qr.is_multiple_of(flat.tile));
-    assert!(flat.plane >= flat.qr + taps[taps.len() - 1] && xpad.len() >= c_in * flat.plane);
+    let farthest = taps.iter().copied().max().unwrap_or(0);
+    assert!(flat.plane >= flat.qr + farthest && xpad.len() >= c_in * flat.plane);
     assert!(packed.len() >= c_out.div_ceil(c) * c * c_in * taps.len() && y.len() >= c_out * flat.h * flat.w);
     assert!(bias.is_none_or(|b| b.len() >= c_out));
-    let args = DirectImage { xpad, flat, c_in, packed, c_out, bias, y };
+    let args = DirectImage { xpad, flat, taps, c_in, packed, c_out, bias, y };
     // SAFETY: the level is supported (checked above), and the asserts cover every access of the tiles.
     unsafe {
         match (level, nv) {
             #[cfg(target_arch = "x86_64")]
-            (Simd::Avx512, 2) => direct_avx512::<2>(args, &taps),
+            (Simd::Avx512, 2) => direct_avx512::<2>(args),
             #[cfg(target_arch = "x86_64")]
-            (Simd::Avx512, _) => direct_avx512::<3>(args, &taps),
+            (Simd::Avx512, _) => direct_avx512::<3>(args),
             #[cfg(target_arch = "x86_64")]
-            (Simd::Avx2, 2) => direct_avx2::<2>(args, &taps),
+            (Simd::Avx2, 2) => direct_avx2::<2>(args),
             #[cfg(target_arch = "x86_64")]
-            (Simd::Avx2, _) => direct_avx2::<3>(args, &taps),
+            (Simd::Avx2, _) => direct_avx2::<3>(args),
             #[cfg(target_arch = "aarch64")]
-            (_, 2) => direct_tiles::<vector::Neon, 8, 2>(args, &taps),
+            (_, 2) => direct_tiles::<vector::Neon, 8, 2>(args),
             #[cfg(target_arch = "aarch64")]
-            _ => direct_tiles::<vector::Neon, 8, 3>(args, &taps),
+            _ => direct_tiles::<vector::Neon, 8, 3>(args),
             #[cfg(not(target_arch = "aarch64"))]
-            (_, 2) => direct_tiles::<vector::Portable, 4, 2>(args, &taps),
+            (_, 2) => direct_tiles::<vector::Portable, 4, 2>(args),
             #[cfg(not(target_arch = "aarch64"))]
-            _ => direct_tiles::<vector::Portable, 4, 3>(args, &taps),
+            _ => direct_tiles::<vector::Portable, 4, 3>(args),
         }
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn direct_avx512<const NV: usize>(args: DirectImage, taps: &[usize]) {
-    direct_tiles::<vector::Avx512, 8, NV>(args, taps)
+unsafe fn direct_avx512<const NV: usize>(args: DirectImage) {
+    direct_tiles::<vector::Avx512, 8, NV>(args)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn direct_avx2<const NV: usize>(args: DirectImage, taps: &[usize]) {
-    direct_tiles::<vector::Avx2, 4, NV>(args, taps)
+unsafe fn direct_avx2<const NV: usize>(args: DirectImage) {
+    direct_tiles::<vector::Avx2, 4, NV>(args)
 }
 
 /// The tile loop: for each L = NV·lanes positions q0.., for each block of C output channels, the register
@@ -208,8 +341,7 @@ unsafe fn direct_avx2<const NV: usize>(args: DirectImage, taps: &[usize]) {
 /// V's instruction set is available, and [`direct_image`]'s asserts hold.
 #[inline(always)]
 unsafe fn direct_tiles<V: F32Vector, const C: usize, const NV: usize>(
-    DirectImage { xpad, flat, c_in, packed, c_out, bias, y }: DirectImage,
-    taps: &[usize],
+    DirectImage { xpad, flat, taps, c_in, packed, c_out, bias, y }: DirectImage,
 ) {
     let l = NV * V::LANES;
     let block = c_in * taps.len() * C; // one block of C channels in `packed`
@@ -295,7 +427,7 @@ impl Runs {
 /// is computed by the same operations either way). Must equal `conv2d_forward_naive` up to rounding.
 /// `level`: the SIMD level (the op passes `cpu::simd()`; tests run every level).
 pub fn conv2d_forward_direct(level: Simd, x: &[f32], weight: &[f32], bias: Option<&[f32]>, s: &ConvShape) -> Vec<f32> {
-    assert!(is_same_conv(s), "conv2d_forward_direct: not a same convolution: {s:?}");
+    assert!(is_same_conv(s) || is_strided_conv(s), "conv2d_forward_direct: not a same or strided convolution: {s:?}");
     let packed = Scratch::from(pack(level, weight, s, false));
     conv(level, SameConv { input: x, ch_in: s.c_in, packed: &packed, ch_out: s.c_out, bias, shape: s })
 }
@@ -308,19 +440,20 @@ pub fn pack(level: Simd, weight: &[f32], s: &ConvShape, rotate: bool) -> Vec<f32
 /// The direct "same" convolution of `job` (its weight from [`pack`]), per image: pad, then [`direct_image`].
 pub fn conv(level: Simd, job: SameConv) -> Vec<f32> {
     let SameConv { input, ch_in, packed, ch_out, bias, shape: s } = job;
-    debug_assert!(is_same_conv(s));
+    debug_assert!(is_same_conv(s) || is_strided_conv(s));
     let flat = forward_flat(level, s);
-    let (hw, c) = (s.h * s.w, forward_tile(level).0);
+    let taps = flat.taps();
+    let (in_hw, hw, c) = (s.h * s.w, s.ohw(), forward_tile(level).0);
     let block_len = ch_in * s.kh * s.kw * c; // one block of c channels in `packed`
     per_image(s.n, ch_out, hw, c, |n, co0, out_part| {
         let count = out_part.len() / hw;
         let mut xpad = crate::pool::scratch(ch_in * flat.plane); // [ch_in, plane]
-        flat.pad(&input[n * ch_in * hw..][..ch_in * hw], ch_in, &mut xpad);
+        flat.pad(&input[n * ch_in * in_hw..][..ch_in * in_hw], ch_in, &mut xpad);
         let bias = bias.map(|b| &b[co0..co0 + count]);
         let packed = &packed[co0 / c * block_len..];
         direct_image(
             level,
-            DirectImage { xpad: &xpad, flat: &flat, c_in: ch_in, packed, c_out: count, bias, y: out_part },
+            DirectImage { xpad: &xpad, flat: &flat, taps: &taps, c_in: ch_in, packed, c_out: count, bias, y: out_part },
         );
     })
 }

@@ -74,7 +74,8 @@ pub fn dweight_images(level: Simd, job: DweightImages) {
     let DweightImages { dyt, cp, xpad, images, flat, c_in, dweight_t } = job;
     crate::cpu::check_supported(level);
     let taps = flat.taps();
-    assert!(cp.is_multiple_of(dweight_channels(level)) && flat.plane >= flat.qr + taps[taps.len() - 1]);
+    let farthest = taps.iter().copied().max().unwrap_or(0);
+    assert!(cp.is_multiple_of(dweight_channels(level)) && flat.plane >= flat.qr + farthest);
     assert!(dyt.len() >= images * flat.qr * cp && xpad.len() >= images * c_in * flat.plane);
     assert!(dweight_t.len() >= c_in * taps.len() * cp);
     let args = DweightImages { dyt, cp, xpad, images, flat, c_in, dweight_t };
@@ -158,7 +159,7 @@ fn direct_dweight_group(s: &ConvShape) -> usize {
     512usize.div_ceil(Flat::new(s, 1).qr).clamp(1, s.n.max(1))
 }
 
-/// dweight of a "same" convolution on the direct kernels: per group of [`direct_dweight_group`] images, in
+/// dweight of a "same" or strided convolution on the direct kernels: per group of [`direct_dweight_group`] images, in
 /// parallel, dweight_g[co, ci, tap] = Σ_{n in g} Σ_q xpad_n[ci, q + tap] · dyᵀ_n[q, co], where dyᵀ_n is dy_n
 /// transposed into the flat layout with zeros in the junk columns (so they add nothing); then Σ_g in group
 /// order. Must equal `conv2d_backward_naive`'s dweight up to rounding.

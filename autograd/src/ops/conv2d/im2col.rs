@@ -1,5 +1,5 @@
-//! im2col + matrix product, the path of every convolution the other paths do not take (1×1, strided,
-//! unpadded). Chellapilla, Puri & Simard 2006: copy every receptive field of one image into a column of
+//! im2col + matrix product, the path of every convolution the other paths do not take (1×1, unpadded,
+//! and the gradients of those with few channels). Chellapilla, Puri & Simard 2006: copy every receptive field of one image into a column of
 //! `col` [ckk, ohw]; then the convolution of that image is one matrix product
 //! `y [c_out, ohw] = weight [c_out, ckk] · col`, which runs at matrix-product speed. Its two gradients are
 //! matrix products too: `dweight += dy · colᵀ` and `dcol = weightᵀ · dy`, which col2im adds back into dx.

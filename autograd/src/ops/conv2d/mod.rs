@@ -5,9 +5,9 @@
 //! - `shape.rs`: the sizes of one convolution, checked at the op's entry.
 //! - `naive.rs`: the definition as loops, the reference every other path is tested against.
 //! - `path.rs`: which path computes which shape, and why, in one screen (`enum Path`).
-//! - `im2col.rs`: im2col + matrix product, for 1×1, strided and unpadded convolutions.
+//! - `im2col.rs`: im2col + matrix product, for 1×1 and unpadded convolutions.
 //! - `direct.rs`: the register-tiled direct kernel of "same" convolutions; `direct_dweight.rs` its
-//!   weight gradient.
+//!   weight gradient; `strided.rs` the same kernels on strided convolutions, by phase planes.
 //! - `winograd.rs`: Winograd F(2×2, 3×3) for 3×3 "same" convolutions on large maps; `winograd_cm.rs` the
 //!   same with channels in the vector lanes, for small maps; `winograd_dweight.rs` the weight gradient in
 //!   the Winograd domain; `transpose.rs` the channel-minor transposes the last two need.
@@ -20,6 +20,7 @@ mod naive;
 mod parallel;
 mod path;
 mod shape;
+mod strided;
 #[cfg(test)]
 mod tests;
 mod transpose;
@@ -37,6 +38,7 @@ pub use path::{
     Packing, Path,
 };
 pub use shape::ConvShape;
+pub use strided::conv2d_backward_strided;
 pub use winograd::conv2d_forward_winograd;
 pub use winograd_cm::conv2d_forward_winograd_cm;
 

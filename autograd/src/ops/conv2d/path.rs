@@ -6,20 +6,22 @@
 //! | 3×3 "same" (stride 1, padding 1), ≥ 8 channels in and out, map ≥ 24×24 | Winograd F(2×2, 3×3), `winograd.rs` | Winograd, `winograd_dweight.rs` |
 //! | the same on a smaller map (the U-Net's 14×14 and 7×7) | Winograd, channel-minor, `winograd_cm.rs` | Winograd, `winograd_dweight.rs` |
 //! | other "same" convolutions (5×5, or fewer than 8 channels) | direct, `direct.rs` | direct, `direct_dweight.rs` |
-//! | everything else (1×1, strided, unpadded) | im2col + matrix product, `im2col.rs` | im2col |
+//! | strided, kernel bigger than 1×1 (the U-Net's stride-2 3×3 downsampling) | direct on phase planes, `strided.rs` | direct, `direct_dweight.rs` |
+//! | everything else (1×1, unpadded) | im2col + matrix product, `im2col.rs` | im2col |
 //!
 //! Why: Winograd does 2.25× fewer multiplications than the definition, but its transforms cost about what
 //! 1–2 input channels of products do, so few channels do not pay; on maps under 24×24 one channel has too
 //! few tiles to fill the vector lanes, so the channels go in the lanes instead. The direct kernel reads a
-//! zero-bordered copy of the image as one long row, which only "same" convolutions allow. Everything else is
-//! a matrix product after im2col. The gradients of "same" convolutions with fewer than
+//! zero-bordered copy of the image as one long row, which "same" convolutions allow, and strided ones once
+//! the image is split into phase planes (every stride-th row and column), one per tap's remainder. Everything
+//! else is a matrix product after im2col. The gradients of "same" and strided convolutions with fewer than
 //! [`DIRECT_GRADIENT_MIN_CHANNELS`] channels (a first or last layer) take im2col too. `naive.rs` is the
 //! definition every path is tested against.
 
 use rayon::prelude::*;
 
 use super::shape::{ConvShape, SameConv};
-use super::{direct, direct_dweight, im2col, winograd, winograd_cm, winograd_dweight};
+use super::{direct, direct_dweight, im2col, strided, winograd, winograd_cm, winograd_dweight};
 use crate::cpu;
 use crate::pool::Scratch;
 
@@ -29,7 +31,7 @@ use crate::pool::Scratch;
 pub enum Path {
     /// A kernel that reads the weight rearranged for it ([`pack_forward_weight`]).
     Packed(Packing),
-    /// Every other convolution (1×1, strided, unpadded): im2col + matrix product, on the weight as it is.
+    /// Every other convolution (1×1, unpadded): im2col + matrix product, on the weight as it is.
     Im2col,
 }
 
@@ -44,7 +46,8 @@ pub enum Packing {
     /// where one channel has too few tiles to fill the lanes.
     WinogradChannelMinor,
     /// The register-tiled direct kernel (`direct.rs`): the other "same" convolutions (other kernel sizes,
-    /// or fewer than 8 channels, as the U-Net's first and last layers).
+    /// or fewer than 8 channels, as the U-Net's first and last layers), and strided ones on phase planes
+    /// (`strided.rs`).
     Direct,
 }
 
@@ -66,6 +69,7 @@ pub fn forward_path(s: &ConvShape) -> Path {
         (true, true, _) => Path::Packed(Packing::Winograd),
         (true, false, _) => Path::Packed(Packing::WinogradChannelMinor),
         (false, _, true) => Path::Packed(Packing::Direct),
+        _ if direct::is_strided_conv(s) => Path::Packed(Packing::Direct),
         _ => Path::Im2col,
     }
 }
@@ -132,8 +136,9 @@ fn run(level: cpu::Simd, packing: Packing, job: SameConv) -> Vec<f32> {
 pub const DIRECT_GRADIENT_MIN_CHANNELS: usize = 8;
 
 /// The gradients of y = conv2d(x, weight) + bias: (dx if `want_dx`, dweight if `want_dweight`, dbias). Must
-/// equal `conv2d_backward_naive` up to rounding. "Same" convolutions take [`conv2d_backward_direct`]
-/// unless their channels are few ([`DIRECT_GRADIENT_MIN_CHANNELS`]); the rest takes im2col.
+/// equal `conv2d_backward_naive` up to rounding. "Same" convolutions take [`conv2d_backward_direct`] and
+/// strided ones `strided::conv2d_backward_strided`, unless their channels are few
+/// ([`DIRECT_GRADIENT_MIN_CHANNELS`]); the rest takes im2col.
 pub fn conv2d_backward(
     x: &[f32],
     weight: &[f32],
@@ -142,12 +147,13 @@ pub fn conv2d_backward(
     want_dx: bool,
     want_dweight: bool,
 ) -> (Option<Vec<f32>>, Option<Vec<f32>>, Vec<f32>) {
-    let direct_dx = direct::is_same_conv(s) && s.c_in >= DIRECT_GRADIENT_MIN_CHANNELS;
+    let strided = direct::is_strided_conv(s);
+    let direct_dx = (direct::is_same_conv(s) || strided) && s.c_in >= DIRECT_GRADIENT_MIN_CHANNELS;
     let direct_dweight = direct_dx && s.c_out >= DIRECT_GRADIENT_MIN_CHANNELS;
     let (mut dx, mut dweight) = (None, None);
     if (want_dx && direct_dx) || (want_dweight && direct_dweight) {
-        (dx, dweight) =
-            conv2d_backward_direct(cpu::simd(), x, weight, dy, s, want_dx && direct_dx, want_dweight && direct_dweight);
+        let backward = if strided { strided::conv2d_backward_strided } else { conv2d_backward_direct };
+        (dx, dweight) = backward(cpu::simd(), x, weight, dy, s, want_dx && direct_dx, want_dweight && direct_dweight);
     }
     let (im2col_dx, im2col_dweight) = (want_dx && !direct_dx, want_dweight && !direct_dweight);
     if im2col_dx || im2col_dweight {

@@ -30,6 +30,13 @@ fn conv2d_gradcheck_winograd() {
     gradcheck(&xs, |t, v| t.conv2d(&v[0], &v[1], None, 1, 1)).unwrap();
 }
 
+/// At least 8 channels, stride 2: the phase-plane direct kernels compute the forward and both gradients.
+#[test]
+fn conv2d_gradcheck_strided_direct() {
+    let xs = [randn(&[2, 8, 7, 6], 19), randn(&[9, 8, 3, 3], 20), randn(&[9], 21)];
+    gradcheck(&xs, |t, v| t.conv2d(&v[0], &v[1], Some(&v[2]), 2, 1)).unwrap();
+}
+
 #[test]
 fn conv2d_gradcheck_stride_2_and_1x1_and_no_bias() {
     let xs = [randn(&[2, 2, 7, 6], 4), randn(&[3, 2, 3, 3], 5)];
@@ -85,16 +92,28 @@ fn odd_shapes() -> Vec<([usize; 4], [usize; 4], usize, usize)> {
         ([3, 9, 5, 7], [8, 9, 3, 3], 1, 1),
         // Winograd on a large map (one channel's tiles in the lanes), an odd width.
         ([1, 8, 24, 25], [9, 8, 3, 3], 1, 1),
+        // Strided on phase planes with both gradients (≥ 8 channels): the U-Net's even 14×14, odd sizes,
+        // unpadded, 5×5, stride 3, a 2×2 patchify (no reach past a position), and a kernel smaller than
+        // its stride (phases no tap reads).
+        ([2, 9, 14, 14], [8, 9, 3, 3], 2, 1),
+        ([3, 8, 13, 11], [10, 8, 3, 3], 2, 1),
+        ([2, 8, 9, 10], [9, 8, 3, 3], 2, 0),
+        ([1, 8, 11, 13], [8, 8, 5, 5], 2, 2),
+        ([2, 8, 10, 11], [8, 8, 3, 3], 3, 1),
+        ([2, 8, 8, 9], [8, 8, 2, 2], 2, 0),
+        ([1, 8, 7, 7], [9, 8, 2, 2], 3, 1),
     ]
 }
 
 /// The direct path at every SIMD level this CPU has (the intrinsics and their portable twin), on every odd
-/// "same" shape, whatever its size.
+/// "same" or strided shape, whatever its size and channels.
 #[test]
 fn direct_equals_naive_at_every_simd_level() {
     for (i, (xs, ws, stride, padding)) in odd_shapes().into_iter().enumerate() {
         let s = ConvShape::new(&xs, &ws, stride, padding).unwrap();
-        if !(stride == 1 && ws[2] == ws[3] && ws[2] > 1 && 2 * padding + 1 == ws[2]) {
+        let same = stride == 1 && ws[2] == ws[3] && ws[2] > 1 && 2 * padding + 1 == ws[2];
+        let strided = stride > 1 && ws[2] == ws[3] && ws[2] > 1;
+        if !(same || strided) {
             continue;
         }
         let x = randn(&xs, i as u64);
@@ -104,10 +123,11 @@ fn direct_equals_naive_at_every_simd_level() {
         let naive_y = conv2d_forward_naive(x.data(), w.data(), Some(b.data()), &s);
         let (ndx, ndw, _) = conv2d_backward_naive(x.data(), w.data(), dy.data(), &s);
         for level in crate::cpu::available() {
-            let what = format!("{xs:?} * {ws:?} p{padding} at {level:?}");
+            let what = format!("{xs:?} * {ws:?} s{stride} p{padding} at {level:?}");
             let y = conv2d_forward_direct(level, x.data(), w.data(), Some(b.data()), &s);
             assert_close(&y, &naive_y, &format!("y {what}"));
-            let (dx, dw) = conv2d_backward_direct(level, x.data(), w.data(), dy.data(), &s, true, true);
+            let backward = if strided { conv2d_backward_strided } else { conv2d_backward_direct };
+            let (dx, dw) = backward(level, x.data(), w.data(), dy.data(), &s, true, true);
             assert_close(&dx.unwrap(), &ndx, &format!("dx {what}"));
             assert_close(&dw.unwrap(), &ndw, &format!("dweight {what}"));
         }
@@ -183,12 +203,15 @@ fn results_are_bit_identical_at_one_and_two_threads() {
         ([5, 6, 12, 12], [20, 6, 3, 3]),
     ];
     for (xs, ws) in shapes {
-        check_threads(&xs, &ws, ws[2] / 2);
+        check_threads(&xs, &ws, 1, ws[2] / 2);
     }
+    // Strided, on phase planes: five images, and one (its input channels split across threads for dx).
+    check_threads(&[5, 8, 14, 14], &[16, 8, 3, 3], 2, 1);
+    check_threads(&[1, 16, 13, 13], &[8, 16, 3, 3], 2, 1);
 }
 
-fn check_threads(xs: &[usize; 4], ws: &[usize; 4], padding: usize) {
-    let s = ConvShape::new(xs, ws, 1, padding).unwrap();
+fn check_threads(xs: &[usize; 4], ws: &[usize; 4], stride: usize, padding: usize) {
+    let s = ConvShape::new(xs, ws, stride, padding).unwrap();
     let x = randn(xs, 1);
     let w = randn(ws, 2);
     let dy = randn(&[s.n, s.c_out, s.oh, s.ow], 3);
@@ -266,7 +289,8 @@ fn each_shape_takes_its_documented_path() {
     assert_eq!(path([32, 1, 28, 28], 32, 3, 1, 1), packed(Packing::Direct), "the first layer: 1 channel in");
     assert_eq!(path([32, 32, 28, 28], 1, 3, 1, 1), packed(Packing::Direct), "the last layer: 1 channel out");
     assert_eq!(path([32, 32, 28, 28], 32, 5, 1, 2), packed(Packing::Direct), "5×5 same");
-    assert_eq!(path([32, 32, 28, 28], 32, 3, 2, 1), Path::Im2col, "downsampling, stride 2");
+    assert_eq!(path([32, 32, 28, 28], 32, 3, 2, 1), packed(Packing::Direct), "downsampling, stride 2");
+    assert_eq!(path([32, 32, 28, 28], 32, 1, 2, 0), Path::Im2col, "1×1, stride 2");
     assert_eq!(path([32, 128, 7, 7], 384, 1, 1, 0), Path::Im2col, "1×1 (attention's qkv)");
     assert_eq!(path([2, 8, 9, 9], 8, 3, 1, 0), Path::Im2col, "unpadded");
 }
