@@ -32,6 +32,11 @@ impl AttentionShape {
     pub fn scale(&self) -> f32 {
         1.0 / (self.d as f32).sqrt()
     }
+    /// Floats of one tile of scores: [TILE_Q, TILE_K], or less for short sequences (49 positions at 7×7
+    /// need 49 × 49, not the 128 × 256 a tile can hold, which zeroing cost more than the tile's products).
+    pub fn tile_len(&self) -> usize {
+        TILE_Q.min(self.sq) * TILE_K.min(self.sk)
+    }
     /// FLOPs of the forward: q·kᵀ and p·v, 2 per multiply-add.
     pub fn flops(&self) -> usize {
         2 * self.batch * self.sq * self.sk * (self.d + self.dv)
@@ -124,12 +129,52 @@ pub fn attention_backward_naive(
 #[inline(always)]
 fn online_softmax_tile(scores: &mut [f32], cols: usize, m: &mut [f32], l: &mut [f32], corr: &mut [f32]) {
     for (((row, m), l), c) in scores.chunks_mut(cols).zip(m.iter_mut()).zip(l.iter_mut()).zip(corr.iter_mut()) {
-        let new_max = cpu::max(row, *m);
+        let new_max = row_max(row, *m);
         *c = exp_fast(*m - new_max);
-        row.iter_mut().for_each(|v| *v = exp_fast(*v - new_max));
-        *l = *l * *c + cpu::sum(row);
+        *l = *l * *c + exp_and_sum(row, new_max);
         *m = new_max;
     }
+}
+
+/// Lanes of the row reductions below: one AVX-512 register. A row of the U-Net's attention is 49 scores
+/// (7×7 positions), which `cpu::max` and `cpu::sum`, built for long rows with 64 lanes, would leave all to
+/// their one-lane tail.
+const ROW_LANES: usize = 16;
+
+/// max(init, max_j row_j), ROW_LANES at a time (the maximum of the same numbers in any order is the same).
+#[inline(always)]
+fn row_max(row: &[f32], init: f32) -> f32 {
+    let chunks = row.chunks_exact(ROW_LANES);
+    let tail = chunks.remainder().iter().copied().fold(init, f32::max);
+    let mut acc = [init; ROW_LANES];
+    for chunk in chunks {
+        for (a, &v) in acc.iter_mut().zip(chunk) {
+            *a = a.max(v);
+        }
+    }
+    acc.into_iter().fold(tail, f32::max)
+}
+
+/// row_j ← e^(row_j − max) in place; returns Σ_j of the new values (ROW_LANES partial sums, then the tail).
+#[inline(always)]
+fn exp_and_sum(row: &mut [f32], max: f32) -> f32 {
+    let mut acc = [0.0f32; ROW_LANES];
+    let mut chunks = row.chunks_exact_mut(ROW_LANES);
+    for chunk in &mut chunks {
+        for (a, v) in acc.iter_mut().zip(chunk) {
+            *v = exp_fast(*v - max);
+            *a += *v;
+        }
+    }
+    let tail: f32 = chunks
+        .into_remainder()
+        .iter_mut()
+        .map(|v| {
+            *v = exp_fast(*v - max);
+            *v
+        })
+        .sum();
+    acc.iter().sum::<f32>() + tail
 }
 crate::multiversion!(fn online_softmax_tile_at(level: Simd, scores: &mut [f32], cols: usize, m: &mut [f32], l: &mut [f32], corr: &mut [f32]) => online_softmax_tile);
 
@@ -168,7 +213,7 @@ pub fn attention_forward_at(level: Simd, q: &[f32], k: &[f32], v: &[f32], s: &At
             &k[b * s.sk * s.d..][..s.sk * s.d],
             &v[b * s.sk * s.dv..][..s.sk * s.dv],
         );
-        let mut scores = vec![0.0f32; TILE_Q * TILE_K]; // [rows, cols] of one tile
+        let mut scores = vec![0.0f32; s.tile_len()]; // [rows, cols] of one tile
         let (mut m, mut l, mut corr) = (vec![0.0f32; TILE_Q], vec![0.0f32; TILE_Q], vec![0.0f32; TILE_Q]);
         for i0 in (0..s.sq).step_by(TILE_Q) {
             let rows = TILE_Q.min(s.sq - i0);
@@ -240,8 +285,7 @@ pub fn attention_backward_at(
         let lse_b = &lse[b * s.sq..][..s.sq];
         // D_i = Σ_c do_ic · o_ic
         let d_row: Vec<f32> = dob.chunks(s.dv).zip(ob.chunks(s.dv)).map(|(g, o)| cpu::dot(g, o)).collect();
-        let mut p = vec![0.0f32; TILE_Q * TILE_K];
-        let mut dp = vec![0.0f32; TILE_Q * TILE_K];
+        let (mut p, mut dp) = (vec![0.0f32; s.tile_len()], vec![0.0f32; s.tile_len()]);
         for i0 in (0..s.sq).step_by(TILE_Q) {
             let rows = TILE_Q.min(s.sq - i0);
             for j0 in (0..s.sk).step_by(TILE_K) {
