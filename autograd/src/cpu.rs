@@ -237,7 +237,40 @@ pub fn sum(x: &[f32]) -> f32 {
             acc[i] += c[i];
         }
     }
-    horizontal_sum(acc) + tail.iter().sum::<f32>()
+    horizontal_sum(acc) + sum_short(tail)
+}
+
+/// Lanes for what a reduction leaves past its last full chunk of [`LANES`]: 16 at a time, then one by one.
+/// A short slice is all tail (a 7×7 channel is 49 values), and summed one by one it would be a single
+/// chain of dependent adds, four cycles each.
+const TAIL_LANES: usize = 16;
+
+/// Σ x for a slice shorter than [`LANES`], [`TAIL_LANES`] at a time.
+#[inline(always)]
+fn sum_short(x: &[f32]) -> f32 {
+    let mut acc = [0.0f32; TAIL_LANES];
+    let chunks = x.chunks_exact(TAIL_LANES);
+    let rest: f32 = chunks.remainder().iter().sum();
+    for c in chunks {
+        for i in 0..TAIL_LANES {
+            acc[i] += c[i];
+        }
+    }
+    pairwise_sum(acc) + rest
+}
+
+/// Σ aᵢ·bᵢ for slices shorter than [`LANES`], like [`sum_short`].
+#[inline(always)]
+fn dot_short(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; TAIL_LANES];
+    let (ca, cb) = (a.chunks_exact(TAIL_LANES), b.chunks_exact(TAIL_LANES));
+    let rest: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in ca.zip(cb) {
+        for i in 0..TAIL_LANES {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    pairwise_sum(acc) + rest
 }
 
 /// max(init, max x), with [`LANES`] independent running maxima (a plain fold is one serial chain).
@@ -266,7 +299,7 @@ pub fn max(x: &[f32], init: f32) -> f32 {
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0.0f32; LANES];
     let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
-    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    let tail = dot_short(ca.remainder(), cb.remainder());
     for (x, y) in ca.zip(cb) {
         for i in 0..LANES {
             acc[i] += x[i] * y[i];
@@ -281,8 +314,7 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 pub fn sum_and_dot(a: &[f32], b: &[f32]) -> (f32, f32) {
     let (mut acc, mut acc_dot) = ([0.0f32; LANES], [0.0f32; LANES]);
     let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
-    let tail_sum: f32 = ca.remainder().iter().sum();
-    let tail_dot: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    let (tail_sum, tail_dot) = (sum_short(ca.remainder()), dot_short(ca.remainder(), cb.remainder()));
     for (x, y) in ca.zip(cb) {
         for i in 0..LANES {
             acc[i] += x[i];
@@ -333,7 +365,7 @@ mod tests {
 
     #[test]
     fn sum_and_dot_equals_sum_and_dot_exactly() {
-        for n in [0, 1, 63, 64, 65, 1000] {
+        for n in [0, 1, 15, 16, 17, 49, 63, 64, 65, 1000] {
             let a: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin()).collect();
             let b: Vec<f32> = (0..n).map(|i| (i as f32 * 0.11).cos()).collect();
             assert_eq!(sum_and_dot(&a, &b), (sum(&a), dot(&a, &b)), "n = {n}");
