@@ -273,12 +273,27 @@ fn dot_short(a: &[f32], b: &[f32]) -> f32 {
     pairwise_sum(acc) + rest
 }
 
+/// max(init, max x) for a slice shorter than [`LANES`], [`TAIL_LANES`] at a time (a row of attention
+/// scores at 7×7 is 49 values; the maximum is the same in any order).
+#[inline(always)]
+fn max_short(x: &[f32], init: f32) -> f32 {
+    let mut acc = [init; TAIL_LANES];
+    let chunks = x.chunks_exact(TAIL_LANES);
+    let rest = chunks.remainder().iter().copied().fold(init, f32::max);
+    for c in chunks {
+        for i in 0..TAIL_LANES {
+            acc[i] = acc[i].max(c[i]);
+        }
+    }
+    acc.into_iter().fold(rest, f32::max)
+}
+
 /// max(init, max x), with [`LANES`] independent running maxima (a plain fold is one serial chain).
 #[inline(always)]
 pub fn max(x: &[f32], init: f32) -> f32 {
     let mut acc = [init; LANES];
     let chunks = x.chunks_exact(LANES);
-    let tail = chunks.remainder().iter().copied().fold(init, f32::max);
+    let tail = max_short(chunks.remainder(), init);
     for c in chunks {
         for i in 0..LANES {
             acc[i] = acc[i].max(c[i]);
@@ -362,6 +377,14 @@ mod tests {
         sum(x)
     }
     multiversion!(fn total_at(level: Simd, x: &[f32]) -> f32 => total);
+
+    #[test]
+    fn max_equals_the_plain_fold_at_every_tail_length() {
+        for n in [0, 1, 15, 16, 17, 49, 63, 64, 65, 1000] {
+            let x: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin() * (i as f32)).collect();
+            assert_eq!(max(&x, -5.0), x.iter().copied().fold(-5.0, f32::max), "n = {n}");
+        }
+    }
 
     #[test]
     fn sum_and_dot_equals_sum_and_dot_exactly() {

@@ -260,12 +260,17 @@ pub fn forward_tile(level: Simd) -> (usize, usize) {
     }
 }
 
-/// The flat layout for [`direct_image`] at this level: tiles of 3 vectors of positions, or of 2 where that
-/// rounds h·wp up less (a 7×7 image is 63 positions: 64 in tiles of 32, but 96 in tiles of 48).
-pub fn forward_flat(level: Simd, s: &ConvShape) -> Flat {
-    let (lanes, q) = (forward_tile(level).1, Flat::new(s, 1).qr);
+/// Positions per tile of [`direct_image`] for `q` output positions at this level: 3 vectors, or 2 where
+/// that rounds q up less (a 7×7 image is 63 positions: 64 in tiles of 32, but 96 in tiles of 48).
+pub fn tile_positions(level: Simd, q: usize) -> usize {
+    let lanes = forward_tile(level).1;
     let nv = if q.next_multiple_of(2 * lanes) < q.next_multiple_of(3 * lanes) { 2 } else { 3 };
-    Flat::new(s, nv * lanes)
+    nv * lanes
+}
+
+/// The flat layout for [`direct_image`] at this level, in tiles of [`tile_positions`].
+pub fn forward_flat(level: Simd, s: &ConvShape) -> Flat {
+    Flat::new(s, tile_positions(level, Flat::new(s, 1).qr))
 }
 
 /// One image's direct convolution: what [`direct_image`] reads and writes.

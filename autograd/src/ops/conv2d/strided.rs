@@ -31,7 +31,7 @@
 //!
 //! Every result must equal `conv2d_forward_naive` / `conv2d_backward_naive` up to rounding.
 
-use super::direct::{direct_image, forward_tile, is_strided_conv, DirectImage, Flat};
+use super::direct::{direct_image, forward_tile, is_strided_conv, tile_positions, DirectImage, Flat};
 use super::direct_dweight::direct_dweight;
 use super::parallel::per_image;
 use super::shape::ConvShape;
@@ -98,13 +98,13 @@ pub fn strided_dx(level: Simd, weight: &[f32], dy: &[f32], s: &ConvShape) -> Vec
     assert!(is_strided_conv(s), "strided_dx: not a strided convolution: {s:?}");
     let forward = Flat::new(s, 1); // the forward's phase planes: where dx's pixels sit in them
     let (st, m, wp) = (s.stride, (s.kh - 1) / s.stride, forward.wp);
-    let (c, lanes) = forward_tile(level);
+    let c = forward_tile(level).0;
     // dy's flat layout, read by the phases of dx: rows of wp, m zero rows and columns before dy's own
     // (`Flat::pad` of a stride-1 layout with a border m on a row m longer than dy's puts exactly that there).
     // The output positions are a phase plane's oh + m rows, every column a real one.
     let rows = s.oh + m;
     let q = rows * wp;
-    let tile = if q.next_multiple_of(2 * lanes) < q.next_multiple_of(3 * lanes) { 2 } else { 3 } * lanes;
+    let tile = tile_positions(level, q);
     let qr = q.next_multiple_of(tile);
     let plane = (qr + m * (wp + 1)).max((s.oh + m) * wp).next_multiple_of(16);
     let flat = Flat {
