@@ -119,8 +119,8 @@ struct Flags {
     random_weights: Option<String>,
     #[command(flatten)]
     weights: Weights,
-    /// ddpm, ddim, dpm (DPM-Solver++ 2M), dpm3m, dpm-sde (its SDE variant, the best at 20), euler, euler-a,
-    /// heun or unipc
+    /// ddpm, ddim, ddim-overshoot (Meng et al.'s stochastic sampler for example 12's students), dpm
+    /// (DPM-Solver++ 2M), dpm3m, dpm-sde (its SDE variant, the best at 20), euler, euler-a, heun or unipc
     #[arg(long, default_value = "dpm-sde")]
     sampler: String,
     /// Network evaluations, ddpm: all T [default: 20; --quick: 4]

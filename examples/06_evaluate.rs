@@ -115,14 +115,17 @@ fn run() -> Result<()> {
             score(method.short_name(), evaluations, &|rng| trained.sample_batched(&config, count, batch, rng))?;
         }
     }
-    // Example 12's students, each with DDIM in its own steps (x̂ unclipped), and its consistency model.
+    // Example 12's students, each in its own steps (x̂ unclipped) with DDIM and with Meng et al.'s stochastic
+    // overshoot, and its consistency model.
     let Some(dir) = &flags.distilled else { return write(&table) };
     for (steps, path) in students(dir)? {
         let student = Trained::load(&path)?;
         student.require_digits()?;
-        let config =
-            SamplerConfig { method: Method::Ddim { eta: 0.0 }, steps, spacing: Spacing::Trailing, clip_x0: None };
-        score("distilled", steps, &|rng| student.sample_batched(&config, count, batch, rng))?;
+        for (name, method) in [("distilled", Method::Ddim { eta: 0.0 }), ("distilled-overshoot", Method::DdimOvershoot)]
+        {
+            let config = SamplerConfig { method, steps, spacing: Spacing::Trailing, clip_x0: None };
+            score(name, steps, &|rng| student.sample_batched(&config, count, batch, rng))?;
+        }
     }
     let path = dir.join("consistency").join("model.safetensors");
     if path.is_file() {
@@ -166,7 +169,8 @@ struct Flags {
     /// Timestep spacing of every sampler but DDPM
     #[arg(long, default_value = "karras")]
     spacing: String,
-    /// Also score example 12's students in this folder (steps-N/), each with DDIM in its N steps
+    /// Also score example 12's students in this folder (steps-N/), each in its N steps with DDIM and with DDIM
+    /// overshoot
     #[arg(long)]
     distilled: Option<PathBuf>,
 }

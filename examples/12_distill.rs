@@ -5,7 +5,8 @@
 //! again: 64 → 32 → 16 → 8 → 4 → 2 → 1. Each round is an ordinary training run of the loop in
 //! `training/train/` on the objective of `diffusion/src/distill/progressive.rs`, and writes
 //! `out/12/steps-N/`: the student's weights (`model.safetensors`, which example 04 samples with
-//! `--sampler ddim --spacing trailing --steps N --no-clip`, and 06 with `--distilled out/12`), its `loss.csv`
+//! `--sampler ddim --spacing trailing --steps N --no-clip`, or stochastically with `--sampler ddim-overshoot`,
+//! and 06 with `--distilled out/12`, both ways), its `loss.csv`
 //! and a grid drawn in its N steps. A student is sampled without clipping x̂: the x̂ it learns is the one
 //! that makes its single step land where the teacher's two did, which need not lie in [−1, 1].
 //! Then easy consistency tuning (`distill/consistency.rs`) from the original model writes

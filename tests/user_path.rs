@@ -127,7 +127,9 @@ fn the_readme_path_runs_as_a_chain_on_what_each_example_wrote() {
         // The main job's flow-matching model, distilled: the student keeps its teacher's path and target.
         assert_eq!((trained.metadata["schedule"].as_str(), trained.prediction.name()), ("flow", "flow"));
         let png = student.join("04.png");
-        let flags = ["--sampler", "ddim", "--spacing", "trailing", "--steps", &steps.to_string(), "--count", "4"];
+        // The 2-step student with Meng et al.'s stochastic overshoot, the 1-step one with DDIM.
+        let sampler = if steps == 2 { "ddim-overshoot" } else { "ddim" };
+        let flags = ["--sampler", sampler, "--spacing", "trailing", "--steps", &steps.to_string(), "--count", "4"];
         let student_weights = student.join("model.safetensors");
         let printed =
             succeeds("04_sample", &[&flags[..], &["--checkpoint", s(&student_weights), "--out", s(&png)]].concat());
@@ -147,7 +149,14 @@ fn the_readme_path_runs_as_a_chain_on_what_each_example_wrote() {
     let runs: Vec<(&str, &str)> = rows.iter().map(|r| (r[0].as_str(), r[1].as_str())).collect();
     let expected = [("ddpm", "50"), ("ddim", "3"), ("ddim", "5"), ("heun", "3"), ("heun", "5")];
     assert_eq!(runs[..5], expected);
-    let distilled = [("distilled", "2"), ("distilled", "1"), ("consistency", "1"), ("consistency", "2")];
+    let distilled = [
+        ("distilled", "2"),
+        ("distilled-overshoot", "2"),
+        ("distilled", "1"),
+        ("distilled-overshoot", "1"),
+        ("consistency", "1"),
+        ("consistency", "2"),
+    ];
     assert_eq!(runs[5..7], [("unipc", "3"), ("unipc", "5")]);
     assert_eq!(runs[7..], distilled);
     for row in &rows {

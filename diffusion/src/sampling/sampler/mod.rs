@@ -7,6 +7,11 @@
 //!     μ̃_t = β_t √ᾱ_{t−1}/(1−ᾱ_t) · x̂_0 + (1−ᾱ_{t−1}) √α_t/(1−ᾱ_t) · x_t,   σ_t² = β̃_t = β_t (1−ᾱ_{t−1})/(1−ᾱ_t)
 //! DDIM (Song et al. 2021, eq. 12), t → s on a subsequence:
 //!     x_s = √ᾱ_s x̂_0 + √(1 − ᾱ_s − σ²) ε̂ + σ z,   σ = η √((1−ᾱ_s)/(1−ᾱ_t)) √(1 − ᾱ_t/ᾱ_s)   (η = 0: deterministic)
+//! DDIM overshoot (Meng et al. 2023, "On Distillation of Guided Diffusion Models", §3.3: the N-step
+//! stochastic sampler of a distilled model), t → s with u the timestep after s (the data after the last):
+//!     x_u = √ᾱ_u x̂_0 + √(1−ᾱ_u) ε̂                      a deterministic DDIM step two intervals down, then
+//!     x_s = √(ᾱ_s/ᾱ_u) x_u + √(1 − ᾱ_s/ᾱ_u) z            the forward process back up one: q(x_s | x_u)
+//!         = DDIM's x_s above with σ² = 1 − ᾱ_s/ᾱ_u;  the last step (to the data) is deterministic
 //! DPM-Solver++(2M) (Lu et al. 2022, "DPM-Solver++", Alg. 2), t → s, with λ = ln(√ᾱ/√(1−ᾱ)), h = λ_s − λ_t:
 //!     D = x̂_0 (first step),  D = (1 + 1/2r) x̂_0 − (1/2r) x̂_0,prev  with r = h_prev/h (later steps)
 //!     x_s = (σ_s/σ_t) x_t − α_s (e^(−h) − 1) D,   α = √ᾱ, σ = √(1−ᾱ);  the last step (to σ = 0) returns x̂_0
@@ -58,6 +63,9 @@ pub enum Method {
     Ddpm,
     /// DDIM with noise scale η (0 = deterministic, 1 ≈ DDPM on the subsequence).
     Ddim { eta: f32 },
+    /// Meng et al.'s stochastic sampler for distilled models: from each timestep a deterministic DDIM step
+    /// two intervals down, then fresh noise back up one; N evaluations, like DDIM's.
+    DdimOvershoot,
     /// DPM-Solver++ (2M), multistep second order in x̂_0; good in 10–25 steps.
     DpmSolver2M,
     /// DPM-Solver++ (3M), multistep third order.
@@ -98,6 +106,7 @@ impl Method {
         match self {
             Method::Ddpm => "ddpm",
             Method::Ddim { .. } => "ddim",
+            Method::DdimOvershoot => "ddim-overshoot",
             Method::DpmSolver2M => "dpm-solver++",
             Method::DpmSolver3M => "dpm-solver++3m",
             Method::DpmSolver2MSde => "dpm-solver++sde",
@@ -112,6 +121,7 @@ impl Method {
         match self {
             Method::Ddpm => "ddpm".into(),
             Method::Ddim { eta } => format!("ddim(eta={eta})"),
+            Method::DdimOvershoot => "ddim-overshoot".into(),
             Method::DpmSolver2M => "dpm-solver++(2m)".into(),
             Method::DpmSolver3M => "dpm-solver++(3m)".into(),
             Method::DpmSolver2MSde => "sde-dpm-solver++(2m)".into(),
@@ -124,13 +134,15 @@ impl Method {
     }
 
     /// The names [`Method::from_name`] knows.
-    pub const NAMES: &'static str = "ddpm, ddim, dpm, dpm3m, dpm-sde, euler, euler-a, heun, unipc";
+    pub const NAMES: &'static str = "ddpm, ddim, ddim-overshoot, dpm, dpm3m, dpm-sde, euler, euler-a, heun, unipc";
 
-    /// The method a flag names: ddpm, ddim, dpm (2M), dpm3m, dpm-sde, euler, euler-a, heun, unipc (order 2).
+    /// The method a flag names: ddpm, ddim, ddim-overshoot, dpm (2M), dpm3m, dpm-sde, euler, euler-a, heun,
+    /// unipc (order 2).
     pub fn from_name(name: &str, eta: f32) -> Option<Method> {
         Some(match name {
             "ddpm" => Method::Ddpm,
             "ddim" => Method::Ddim { eta },
+            "ddim-overshoot" => Method::DdimOvershoot,
             "dpm" => Method::DpmSolver2M,
             "dpm3m" => Method::DpmSolver3M,
             "dpm-sde" => Method::DpmSolver2MSde,
@@ -283,7 +295,7 @@ pub fn sampler_timesteps(schedule: &NoiseSchedule, config: &SamplerConfig) -> Ve
     let total = schedule.steps();
     match config.method {
         Method::Ddpm => (0..total).rev().collect(),
-        Method::Ddim { .. } | Method::Euler | Method::EulerAncestral => {
+        Method::Ddim { .. } | Method::DdimOvershoot | Method::Euler | Method::EulerAncestral => {
             timesteps(schedule, config.steps, config.spacing)
         }
         // The last step, to σ = 0, takes one evaluation; the others two.
@@ -318,6 +330,9 @@ pub struct Stepper<'a, D: Denoiser> {
     /// Timesteps left in the run (set by [`Stepper::run`]): the multistep solvers lower their order on the
     /// last steps of short runs, and churn divides by the run's length.
     plan: Option<(usize, usize)>,
+    /// The timestep after the next one (set by [`Stepper::run`]; `None`: the data), where DDIM overshoot
+    /// steps before it noises back up to the next.
+    after_next: Option<usize>,
 }
 
 impl<'a, D: Denoiser> Stepper<'a, D> {
@@ -339,6 +354,7 @@ impl<'a, D: Denoiser> Stepper<'a, D> {
             history: Vec::new(),
             unipc_last: None,
             plan: None,
+            after_next: None,
         }
     }
 
@@ -356,7 +372,7 @@ impl<'a, D: Denoiser> Stepper<'a, D> {
         autograd::cpu::with_spinning_workers(|| {
             for (i, &t) in ts.iter().enumerate() {
                 trace(t, &x);
-                self.plan = Some((ts.len() - i, ts.len()));
+                (self.plan, self.after_next) = (Some((ts.len() - i, ts.len())), ts.get(i + 2).copied());
                 x = self.step(t, ts.get(i + 1).copied(), &x, rng);
             }
             x
@@ -373,7 +389,10 @@ impl<'a, D: Denoiser> Stepper<'a, D> {
 
     /// x at timestep `t` → x at `next` (`None`: the end of sampling).
     pub fn step(&mut self, t: usize, next: Option<usize>, x: &Tensor, rng: &mut StdRng) -> Tensor {
-        if !matches!(self.config.method, Method::Ddpm | Method::Ddim { .. } | Method::DpmSolver2M) {
+        if !matches!(
+            self.config.method,
+            Method::Ddpm | Method::Ddim { .. } | Method::DdimOvershoot | Method::DpmSolver2M
+        ) {
             return self.step_sigma(t, next, x, rng);
         }
         let ab = self.schedule.alpha_bar[t];
@@ -382,8 +401,18 @@ impl<'a, D: Denoiser> Stepper<'a, D> {
             Method::Ddpm => ddpm_update(self.schedule, t, x, &x0, rng),
             Method::Ddim { eta } => {
                 let ab_next = next.map_or(1.0, |s| self.schedule.alpha_bar[s]);
-                ddim_update(ab, ab_next, &x0, &eps, eta, rng)
+                let sigma = eta as f64 * ((1.0 - ab_next) / (1.0 - ab)).sqrt() * (1.0 - ab / ab_next).max(0.0).sqrt();
+                ddim_update(ab_next, &x0, &eps, sigma, rng)
             }
+            Method::DdimOvershoot => match next {
+                None => x0,
+                Some(s) => {
+                    // The forward process from ᾱ_u up to ᾱ_s adds the variance 1 − ᾱ_s/ᾱ_u.
+                    let ab_s = self.schedule.alpha_bar[s];
+                    let ab_u = self.after_next.map_or(1.0, |u| self.schedule.alpha_bar[u]);
+                    ddim_update(ab_s, &x0, &eps, (1.0 - ab_s / ab_u).max(0.0).sqrt(), rng)
+                }
+            },
             Method::DpmSolver2M => match next {
                 None => x0,
                 Some(s) => {
@@ -408,7 +437,7 @@ impl<'a, D: Denoiser> Stepper<'a, D> {
             // ᾱ_t = 0 (a zero-terminal-SNR schedule's last step): x̃ is undefined there, and every rule here
             // tends to the first-order (DDIM) step, taken in x; no history is kept from it.
             let (x0, eps) = self.denoise(t, &x);
-            return ddim_update(0.0, next.map_or(1.0, |s| ab[s]), &x0, &eps, 0.0, rng);
+            return ddim_update(next.map_or(1.0, |s| ab[s]), &x0, &eps, 0.0, rng);
         }
         let (lambda, lambda_next) = (-sigma.ln(), -sigma_next.ln());
         let xt: Vec<f32> = x.data().iter().map(|v| v / ab[t].sqrt() as f32).collect();
@@ -523,8 +552,8 @@ fn ddpm_update(schedule: &NoiseSchedule, t: usize, x_t: &Tensor, x0: &Tensor, rn
     Tensor::from_vec(x_t.shape(), data)
 }
 
-fn ddim_update(ab: f64, ab_next: f64, x0: &Tensor, eps: &Tensor, eta: f32, rng: &mut StdRng) -> Tensor {
-    let sigma = eta as f64 * ((1.0 - ab_next) / (1.0 - ab)).sqrt() * (1.0 - ab / ab_next).max(0.0).sqrt();
+/// DDIM's x_s = √ᾱ_s x̂_0 + √(1 − ᾱ_s − σ²) ε̂ + σ z (`ab_next` = ᾱ_s, fresh noise z of scale `sigma`).
+fn ddim_update(ab_next: f64, x0: &Tensor, eps: &Tensor, sigma: f64, rng: &mut StdRng) -> Tensor {
     let (a, d) = (ab_next.sqrt() as f32, (1.0 - ab_next - sigma * sigma).max(0.0).sqrt() as f32);
     let z = (sigma > 0.0).then(|| Tensor::randn(x0.shape(), rng));
     let data = (0..x0.numel())

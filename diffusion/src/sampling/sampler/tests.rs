@@ -158,13 +158,14 @@ fn euler_is_ddim() {
     assert!(worst < 1e-4, "largest difference {worst}");
 }
 
-/// The stochastic samplers (Euler ancestral, SDE-DPM-Solver++(2M), Heun with EDM's churn) draw N(μ, s²).
+/// The stochastic samplers (Euler ancestral, SDE-DPM-Solver++(2M), Heun with EDM's churn, DDIM overshoot)
+/// draw N(μ, s²).
 #[test]
 fn stochastic_samplers_draw_the_data_distribution() {
     let schedule = NoiseSchedule::linear(1000, 1e-4, 0.02);
     let oracle = GaussianOracle { mu: 0.7, s: 0.5, schedule, prediction: Prediction::Velocity };
     let churn = Churn { s_churn: 40.0, s_tmin: 0.05, s_tmax: 50.0, s_noise: 1.003 };
-    for method in [Method::EulerAncestral, Method::DpmSolver2MSde, Method::Heun { churn }] {
+    for method in [Method::EulerAncestral, Method::DpmSolver2MSde, Method::Heun { churn }, Method::DdimOvershoot] {
         let config = SamplerConfig { method, steps: 200, spacing: Spacing::Karras, clip_x0: None };
         let params = ParamStore::new();
         let x = sample(
@@ -179,6 +180,39 @@ fn stochastic_samplers_draw_the_data_distribution() {
         let (mean, std) = moments(&x);
         assert!((mean - 0.7).abs() < 0.03 && (std - 0.5).abs() < 0.03, "{}: mean {mean} std {std}", method.name());
     }
+}
+
+/// DDIM overshoot on data that is one value c, whose exact denoiser returns x̂_0 = c and the true ε: from
+/// t the step lands on x_u = √ᾱ_u c + √(1−ᾱ_u) ε two intervals down, and noising back up to s keeps
+/// √(ᾱ_s/ᾱ_u)·√(1−ᾱ_u) of ε in √(1−ᾱ_s) of noise in all; the last step returns c. (A full re-noising,
+/// x_s = √ᾱ_s c + √(1−ᾱ_s) z, would keep none of ε; DDIM would keep all of it.)
+#[test]
+fn ddim_overshoot_steps_two_intervals_down_and_noises_back_up_one() {
+    let schedule = NoiseSchedule::flow(1000);
+    let oracle = GaussianOracle { mu: 0.4, s: 0.0, schedule: schedule.clone(), prediction: Prediction::Flow };
+    let config = SamplerConfig { method: Method::DdimOvershoot, steps: 4, spacing: Spacing::Trailing, clip_x0: None };
+    let ts = sampler_timesteps(&schedule, &config);
+    assert_eq!(ts, vec![999, 749, 499, 249]);
+    let eps = Tensor::randn(&[4000, 1], &mut StdRng::seed_from_u64(1));
+    let ab = |t: usize| schedule.alpha_bar[t];
+    let x = Tensor::from_vec(&[4000, 1], eps.data().iter().map(|e| (1.0 - ab(999)).sqrt() as f32 * e).collect());
+    let x = Tensor::from_vec(&[4000, 1], x.data().iter().map(|v| v + ab(999).sqrt() as f32 * 0.4).collect());
+    let mut at_749 = None;
+    let params = ParamStore::new();
+    let mut stepper = Stepper::new(&oracle, &params, &schedule, Prediction::Flow, &config);
+    let end = stepper.run(&ts, x, &mut StdRng::seed_from_u64(2), |t, x| {
+        if t == 749 {
+            at_749 = Some(x.clone());
+        }
+    });
+    assert!(end.data().iter().all(|&v| (v - 0.4).abs() < 1e-4), "the last step returns c");
+    let noise: Vec<f32> = at_749.unwrap().data().iter().map(|v| v - ab(749).sqrt() as f32 * 0.4).collect();
+    let n = noise.len() as f64;
+    let var = noise.iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / n;
+    let kept = noise.iter().zip(eps.data()).map(|(&v, &e)| v as f64 * e as f64).sum::<f64>() / n;
+    let want_kept = (ab(749) / ab(499)).sqrt() * (1.0 - ab(499)).sqrt();
+    assert!((var - (1.0 - ab(749))).abs() < 0.03, "variance {var} against {}", 1.0 - ab(749));
+    assert!((kept - want_kept).abs() < 0.02, "ε kept {kept} against {want_kept}");
 }
 
 /// A flow-matching model (velocity on the straight path, flow schedule) samples N(μ, s²) with the ODE
