@@ -16,7 +16,7 @@ fn unknown_flags_and_bad_values_are_usage_errors() {
         (2, "error: invalid value 'ten' for '--steps <STEPS>': invalid digit found in string")
     );
     let (code, err) = fails(example("04_sample").args(["--sampler", "lms"]));
-    let names = "ddpm, ddim, dpm, dpm3m, dpm-sde, euler, euler-a, heun, unipc";
+    let names = "ddpm, ddim, ddim-overshoot, dpm, dpm3m, dpm-sde, euler, euler-a, heun, unipc";
     assert_eq!((code, err.as_str()), (2, format!("error: --sampler \"lms\": unknown ({names})").as_str()));
     let (code, err) = fails(example("03_train_mnist").args(["--preset", "huge"]));
     assert_eq!((code, err.as_str()), (2, "error: --preset \"huge\": unknown"));
