@@ -13,7 +13,7 @@
 //! `out/12/consistency/` (sampled in 1 and 2 steps by 06 `--distilled`; its grid is 2 steps).
 //! By default it distils the main job's flow-matching model (its network input and velocity target are
 //! carried through `Prediction`), with the settings the README measured: 700 steps a round at learning rate
-//! 1e-4, 1.8 times the main job's own training time. The README also measures a v-prediction teacher (03
+//! 1e-4, 1.6–1.8 times the main job's own training time. The README also measures a v-prediction teacher (03
 //! `--prediction v`) and says why an ε model distils badly.
 //!
 //! ```text
@@ -31,7 +31,7 @@ use autograd::Tensor;
 use diffusion::cli::{self, exit_on_error, in_range, Common, Parser, Weights};
 use diffusion::data::idx::{read_images, shipped_mnist_dir};
 use diffusion::distill::consistency::{ConsistencyUNet, Ect};
-use diffusion::distill::progressive::{grids, Progressive};
+use diffusion::distill::progressive::{grids, teacher_clip, Progressive};
 use diffusion::model::unet::UNetConfig;
 use diffusion::sampling::sampler::{Method, SamplerConfig, Spacing};
 use diffusion::training::checkpoint::Trained;
@@ -83,6 +83,9 @@ fn run() -> Result<()> {
         config
     };
     let original = teacher.params.clone();
+    // The teacher's two steps are taken as it is sampled: the trained model's x̂ clipped, a student's not
+    // (a student given as --checkpoint, or this run's from the second round on).
+    let mut clip = teacher_clip(&teacher.metadata);
     let mut rounds = Vec::new();
     let mut steps = from / 2;
     while steps >= to {
@@ -93,8 +96,7 @@ fn run() -> Result<()> {
             SamplerConfig { method: Method::Ddim { eta: 0.0 }, steps, spacing: Spacing::Trailing, clip_x0: None };
         grids(&teacher.schedule, steps); // checks that the teacher's grid halves
         let (model, prediction) = (&teacher.model, teacher.prediction);
-        let objective =
-            Progressive { teacher: model, teacher_params: &teacher.params, prediction, steps, clip: Some(1.0) };
+        let objective = Progressive { teacher: model, teacher_params: &teacher.params, prediction, steps, clip };
         println!("round: {} teacher steps → {steps}", 2 * steps);
         let mut student = teacher.params.clone();
         let started = Instant::now();
@@ -103,6 +105,7 @@ fn run() -> Result<()> {
         let minutes = started.elapsed().as_secs_f64() / 60.0;
         rounds.push((steps.to_string(), minutes, report.final_loss, dir.join("model.safetensors")));
         teacher.params = ema.params().clone();
+        clip = None;
         steps /= 2;
     }
     // Easy consistency tuning, from the original model.

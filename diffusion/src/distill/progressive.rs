@@ -8,7 +8,8 @@
 //! ```text
 //! x ~ data,  i ~ U{0 … N−1},  t = s_i,  t'' = s_{i+1} (or clean: α'' = 1, σ'' = 0),  ε ~ N(0, I)
 //! z_t   = α_t x + σ_t ε
-//! z_t'  = DDIM_teacher(z_t,  t  → m_i)        two teacher steps (x̂ clipped to [−1, 1], as sampling does)
+//! z_t'  = DDIM_teacher(z_t,  t  → m_i)        two teacher steps, x̂ clipped as the teacher is sampled
+//!                                              (a trained model's to [−1, 1], a student's not: `teacher_clip`)
 //! z_t'' = DDIM_teacher(z_t', m_i → t'')
 //! x̃     = (z_t'' − (σ_t''/σ_t) z_t) / (α_t'' − (σ_t''/σ_t) α_t)      the x̂ with which ONE DDIM step from
 //!                                                                     z_t lands exactly on z_t''
@@ -18,6 +19,8 @@
 //! ```
 //! The student starts as a copy of its teacher; [`Progressive`] is the [`Objective`] the training loop
 //! minimises, so a round is an ordinary training run ([`crate::training::train::train_with`]).
+
+use std::collections::BTreeMap;
 
 use autograd::{ParamStore, Tape, Tensor, Var};
 use rand::rngs::StdRng;
@@ -51,6 +54,18 @@ pub fn grids(schedule: &NoiseSchedule, steps: usize) -> (Vec<usize>, Vec<usize>)
         schedule.steps()
     );
     (student, teacher)
+}
+
+/// The clip of a teacher's x̂ in its two steps, as that teacher is sampled, from the metadata of its weights:
+/// a trained model's x̂ is an image, clipped to [−1, 1]; a student of an earlier round (`distill.method` =
+/// `progressive`, which example 12 records) is sampled unclipped, because the x̂ it learned is whatever makes
+/// its one step land where its teacher's two did, and clipping it would make its two steps in the target
+/// differ from its own sampling.
+pub fn teacher_clip(metadata: &BTreeMap<String, String>) -> Option<f32> {
+    match metadata.get("distill.method").map(String::as_str) {
+        Some("progressive") => None,
+        _ => Some(1.0),
+    }
 }
 
 /// (α, σ) of timestep `t`, or of the clean image (1, 0).
@@ -190,6 +205,14 @@ mod tests {
             assert!(same < 1e-6, "{prediction:?}: {same}");
             assert!(wrong > 1e-5, "{prediction:?}: {wrong}");
         }
+    }
+
+    #[test]
+    fn a_trained_teacher_is_clipped_and_a_student_teacher_is_not() {
+        let metadata = |entries: &[(&str, &str)]| entries.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        assert_eq!(teacher_clip(&metadata(&[("prediction", "flow")])), Some(1.0));
+        assert_eq!(teacher_clip(&metadata(&[("distill.method", "consistency")])), Some(1.0));
+        assert_eq!(teacher_clip(&metadata(&[("distill.method", "progressive"), ("distill.steps", "8")])), None);
     }
 
     #[test]
