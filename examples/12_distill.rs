@@ -31,7 +31,7 @@ use autograd::Tensor;
 use diffusion::cli::{self, exit_on_error, in_range, Common, Parser, Weights};
 use diffusion::data::idx::{read_images, shipped_mnist_dir};
 use diffusion::distill::consistency::{ConsistencyUNet, Ect};
-use diffusion::distill::progressive::{grids, teacher_clip, Progressive};
+use diffusion::distill::progressive::{grids, teacher_clip, Progressive, METHOD};
 use diffusion::model::unet::UNetConfig;
 use diffusion::sampling::sampler::{Method, SamplerConfig, Spacing};
 use diffusion::training::checkpoint::Trained;
@@ -90,8 +90,7 @@ fn run() -> Result<()> {
     let mut steps = from / 2;
     while steps >= to {
         let dir = out.join(format!("steps-{steps}"));
-        let mut config =
-            config(&dir, round_steps, flags.lr, [("method", "progressive".into()), ("steps", steps.to_string())]);
+        let mut config = config(&dir, round_steps, flags.lr, [("method", METHOD.into()), ("steps", steps.to_string())]);
         config.grid_sampler =
             SamplerConfig { method: Method::Ddim { eta: 0.0 }, steps, spacing: Spacing::Trailing, clip_x0: None };
         grids(&teacher.schedule, steps); // checks that the teacher's grid halves

@@ -19,6 +19,7 @@ mod common;
 use std::path::Path;
 
 use common::{scratch, succeeds};
+use diffusion::distill::progressive::teacher_clip;
 use diffusion::training::checkpoint::Trained;
 
 /// The main job's flags, shrunk: the `tiny` preset (sized for the 28×28 digits), 6 steps of 4 images.
@@ -111,6 +112,7 @@ fn the_readme_path_runs_as_a_chain_on_what_each_example_wrote() {
 
     // 12 distils the weights, round by round; 04 draws from each student in its own steps.
     let run12 = dir.join("12");
+    assert_eq!(teacher_clip(&Trained::load(&weights).unwrap().metadata), Some(1.0));
     let distill =
         ["--from-steps", "4", "--to-steps", "1", "--round-steps", "2", "--batch", "2", "--consistency-steps", "2"];
     let printed = succeeds("12_distill", &[&distill[..], &["--checkpoint", s(&weights), "--out", s(&run12)]].concat());
@@ -124,6 +126,8 @@ fn the_readme_path_runs_as_a_chain_on_what_each_example_wrote() {
         png_size(&student.join("samples.png"));
         let trained = Trained::load(student.join("model.safetensors")).unwrap();
         assert_eq!(trained.metadata["distill.steps"], steps.to_string());
+        // As the next round's teacher (12 --checkpoint <a student>), its x̂ is not clipped; the trained model's is.
+        assert_eq!(teacher_clip(&trained.metadata), None);
         // The main job's flow-matching model, distilled: the student keeps its teacher's path and target.
         assert_eq!((trained.metadata["schedule"].as_str(), trained.prediction.name()), ("flow", "flow"));
         let png = student.join("04.png");

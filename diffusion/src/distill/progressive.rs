@@ -63,10 +63,13 @@ pub fn grids(schedule: &NoiseSchedule, steps: usize) -> (Vec<usize>, Vec<usize>)
 /// differ from its own sampling.
 pub fn teacher_clip(metadata: &BTreeMap<String, String>) -> Option<f32> {
     match metadata.get("distill.method").map(String::as_str) {
-        Some("progressive") => None,
+        Some(METHOD) => None,
         _ => Some(1.0),
     }
 }
+
+/// The `distill.method` a round's student records in its weights' metadata (read by [`teacher_clip`]).
+pub const METHOD: &str = "progressive";
 
 /// (α, σ) of timestep `t`, or of the clean image (1, 0).
 fn alpha_sigma(schedule: &NoiseSchedule, t: Option<usize>) -> (f32, f32) {
