@@ -2,7 +2,8 @@
 //!
 //! Progressive distillation (Salimans & Ho 2022): a student, a copy of its teacher, learns to take in one
 //! deterministic DDIM step what the teacher takes in two; then it is the teacher, and the count halves
-//! again: 64 → 32 → 16 → 8 → 4 → 2 → 1. Each round is an ordinary training run of the loop in
+//! again: 64 → 32 → 16 → 8 → 4 → 2 → 1 (or, with `--factor 4`, the student learns four teacher steps in
+//! one: 64 → 16 → 4 → 1). Each round is an ordinary training run of the loop in
 //! `training/train/` on the objective of `diffusion/src/distill/progressive.rs`, and writes
 //! `out/12/steps-N/`: the student's weights (`model.safetensors`, which example 04 samples with
 //! `--sampler ddim --spacing trailing --steps N --no-clip`, or stochastically with `--sampler ddim-overshoot`,
@@ -52,6 +53,12 @@ fn run() -> Result<()> {
     if !from.is_power_of_two() || !to.is_power_of_two() || to >= from {
         return Err(Error::Usage(format!("--from-steps {from} --to-steps {to}: powers of two, from above to")));
     }
+    let factor = flags.factor;
+    if !factor.is_power_of_two() || (from / to).trailing_zeros() % factor.trailing_zeros() != 0 {
+        return Err(Error::Usage(format!(
+            "--factor {factor}: a power of two whose powers lead from --from-steps {from} to --to-steps {to}"
+        )));
+    }
     let mut teacher = match quick {
         true => Trained::untrained(UNetConfig::small(), 100, seed),
         false => Trained::load(&flags.weights.checkpoint)?,
@@ -87,16 +94,17 @@ fn run() -> Result<()> {
     // (a student given as --checkpoint, or this run's from the second round on).
     let mut clip = teacher_clip(&teacher.metadata);
     let mut rounds = Vec::new();
-    let mut steps = from / 2;
+    let mut steps = from / factor;
     while steps >= to {
         let dir = out.join(format!("steps-{steps}"));
         let mut config = config(&dir, round_steps, flags.lr, [("method", METHOD.into()), ("steps", steps.to_string())]);
         config.grid_sampler =
             SamplerConfig { method: Method::Ddim { eta: 0.0 }, steps, spacing: Spacing::Trailing, clip_x0: None };
-        grids(&teacher.schedule, steps); // checks that the teacher's grid halves
+        grids(&teacher.schedule, steps, factor); // checks that the teacher's grid contains the student's
         let (model, prediction) = (&teacher.model, teacher.prediction);
-        let objective = Progressive { teacher: model, teacher_params: &teacher.params, prediction, steps, clip };
-        println!("round: {} teacher steps → {steps}", 2 * steps);
+        let objective =
+            Progressive { teacher: model, teacher_params: &teacher.params, prediction, steps, factor, clip };
+        println!("round: {} teacher steps → {steps}", factor * steps);
         let mut student = teacher.params.clone();
         let started = Instant::now();
         let (ema, report) =
@@ -105,7 +113,7 @@ fn run() -> Result<()> {
         rounds.push((steps.to_string(), minutes, report.final_loss, dir.join("model.safetensors")));
         teacher.params = ema.params().clone();
         clip = None;
-        steps /= 2;
+        steps /= factor;
     }
     // Easy consistency tuning, from the original model.
     if ect_steps > 0 {
@@ -151,6 +159,9 @@ struct Flags {
     /// The last student's steps [default: 1; --quick: 2]
     #[arg(long, value_parser = in_range(1..=65_536usize))]
     to_steps: Option<usize>,
+    /// Teacher steps per student step (a power of two): each round divides the step count by it
+    #[arg(long, default_value_t = 2, value_parser = in_range(2..=65_536usize))]
+    factor: usize,
     /// Training steps per round [default: 700; --quick: 2]
     #[arg(long, value_parser = in_range(1..=10_000_000usize))]
     round_steps: Option<usize>,

@@ -63,6 +63,12 @@ fn numeric_flags_out_of_range_nan_and_non_utf8_are_usage_errors() {
         ("03_train_mnist", &["--batch", "0"], "invalid value '0' for '--batch <BATCH>': out of range (1 to 65536)"),
         ("12_distill", &["--quick", "--from-steps", "3"], "--from-steps 3 --to-steps 2: powers of two, from above to"),
         ("12_distill", &["--quick", "--from-steps", "128"], "--from-steps 128: the model has T = 100"),
+        (
+            "12_distill",
+            &["--quick", "--factor", "4"],
+            "--factor 4: a power of two whose powers lead from --from-steps 4",
+        ),
+        ("12_distill", &["--factor", "1"], "invalid value '1' for '--factor <FACTOR>': out of range"),
         ("12_distill", &["--lr", "nan"], "invalid value 'nan' for '--lr <LR>': out of range"),
         ("12_distill", &["--batch", "0"], "invalid value '0' for '--batch <BATCH>': out of range (1 to 4096)"),
         ("12_distill", &["--round-steps", "0"], "invalid value '0' for '--round-steps <ROUND_STEPS>': out of range"),

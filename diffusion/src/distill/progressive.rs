@@ -17,6 +17,8 @@
 //! loss  = w_t · ‖o_student(z_t, t) − o*‖²,   w_t = max(SNR_t, 1) in x space ("truncated SNR", §4),
 //!         carried to the student's output space: ε: max(SNR, 1)/SNR, x₀: max(SNR, 1), v: max(SNR, 1)/(1 + SNR)
 //! ```
+//! With `factor` k > 2 (not in the paper) the teacher takes k steps over the trailing grid of kN from t to t''
+//! ([`Progressive::rollout`]) and a round divides N by k: 16 → 4 in one round instead of two.
 //! The student starts as a copy of its teacher; [`Progressive`] is the [`Objective`] the training loop
 //! minimises, so a round is an ordinary training run ([`crate::training::train::train_with`]).
 
@@ -39,18 +41,22 @@ pub struct Progressive<'a> {
     pub prediction: Prediction,
     /// The student's step count N.
     pub steps: usize,
+    /// The teacher's steps per student step: 2 in Salimans & Ho (a round halves N); 4 makes one round of
+    /// two, its target four teacher steps.
+    pub factor: usize,
     /// The clip of the teacher's x̂ (1: images in [−1, 1]).
     pub clip: Option<f32>,
 }
 
-/// The student's timesteps (trailing spacing of `steps`, descending) and the teacher's (of 2 · `steps`),
-/// with `teacher[2i] = student[i]`.
-pub fn grids(schedule: &NoiseSchedule, steps: usize) -> (Vec<usize>, Vec<usize>) {
+/// The student's timesteps (trailing spacing of `steps`, descending) and the teacher's (of `factor` ·
+/// `steps`), with `teacher[factor · i] = student[i]`.
+pub fn grids(schedule: &NoiseSchedule, steps: usize, factor: usize) -> (Vec<usize>, Vec<usize>) {
     let student = timesteps(schedule, steps, Spacing::Trailing);
-    let teacher = timesteps(schedule, 2 * steps, Spacing::Trailing);
+    let teacher = timesteps(schedule, factor * steps, Spacing::Trailing);
     assert!(
-        teacher.len() == 2 * student.len() && student.iter().enumerate().all(|(i, &s)| teacher[2 * i] == s),
-        "progressive distillation: {steps} steps of a T = {} schedule do not halve exactly",
+        teacher.len() == factor * student.len() && student.iter().enumerate().all(|(i, &s)| teacher[factor * i] == s),
+        "progressive distillation: the trailing grid of {} steps of a T = {} schedule does not contain that of {steps}",
+        factor * steps,
         schedule.steps()
     );
     (student, teacher)
@@ -115,6 +121,22 @@ impl Progressive<'_> {
     }
 }
 
+impl Progressive<'_> {
+    /// z_t'' of each row of `z_t`: the teacher's `factor` DDIM steps from the student's timestep `steps[b]`
+    /// (an index into its grid) to its next, over teacher[factor·i] → teacher[factor·i + 1] → … → t''.
+    pub fn rollout(&self, schedule: &NoiseSchedule, z_t: &Tensor, steps: &[usize]) -> Tensor {
+        let (_, teacher) = grids(schedule, self.steps, self.factor);
+        let mut from: Vec<usize> = steps.iter().map(|&i| teacher[self.factor * i]).collect();
+        let mut z = z_t.clone();
+        for j in 1..=self.factor {
+            let to: Vec<Option<usize>> = steps.iter().map(|&i| teacher.get(self.factor * i + j).copied()).collect();
+            z = self.teacher_step(schedule, &z, &from, &to);
+            from = to.iter().map(|t| t.unwrap_or(0)).collect(); // `None` (the data) only after the last step
+        }
+        z
+    }
+}
+
 impl Objective for Progressive<'_> {
     fn loss(
         &self,
@@ -127,17 +149,15 @@ impl Objective for Progressive<'_> {
         x_0: &Tensor,
         rng: &mut StdRng,
     ) -> Var {
-        let (student, teacher) = grids(schedule, self.steps);
+        let (student, _) = grids(schedule, self.steps, self.factor);
         let batch = x_0.shape()[0];
         let row = x_0.numel() / batch;
         let steps: Vec<usize> = (0..batch).map(|_| rng.random_range(0..self.steps)).collect();
         let t: Vec<usize> = steps.iter().map(|&i| student[i]).collect();
-        let mid: Vec<usize> = steps.iter().map(|&i| teacher[2 * i + 1]).collect();
         let end: Vec<Option<usize>> = steps.iter().map(|&i| student.get(i + 1).copied()).collect();
         let eps = Tensor::randn(x_0.shape(), rng);
         let z_t = schedule.q_sample(x_0, &t, &eps);
-        let z_mid = self.teacher_step(schedule, &z_t, &t, &mid.iter().map(|&m| Some(m)).collect::<Vec<_>>());
-        let z_end = self.teacher_step(schedule, &z_mid, &mid, &end);
+        let z_end = self.rollout(schedule, &z_t, &steps);
 
         let mut target = Vec::with_capacity(x_0.numel());
         let mut weights = Vec::with_capacity(batch);
@@ -161,6 +181,7 @@ impl Objective for Progressive<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sampling::sampler::{Method, SamplerConfig, Stepper};
     use rand::SeedableRng;
 
     /// The exact denoiser of data that is one value `c` everywhere, predicting `prediction`'s target, plus
@@ -195,8 +216,14 @@ mod tests {
             let exact = |error| PointMass { c: 0.4, prediction, schedule: schedule.clone(), error };
             let teacher = exact(0.0);
             let params = ParamStore::new();
-            let objective =
-                Progressive { teacher: &teacher, teacher_params: &params, prediction, steps: 4, clip: Some(1.0) };
+            let objective = Progressive {
+                teacher: &teacher,
+                teacher_params: &params,
+                prediction,
+                steps: 4,
+                factor: 2,
+                clip: Some(1.0),
+            };
             let x_0 = Tensor::from_vec(&[8, 1, 2, 2], vec![0.4; 32]);
             let config = TrainConfig::new(1, 8, "unused");
             let loss = |student: &PointMass| {
@@ -207,6 +234,38 @@ mod tests {
             let (same, wrong) = (loss(&exact(0.0)), loss(&exact(0.01)));
             assert!(same < 1e-6, "{prediction:?}: {same}");
             assert!(wrong > 1e-5, "{prediction:?}: {wrong}");
+        }
+    }
+
+    #[test]
+    fn the_rollout_is_the_teachers_own_ddim_over_its_grid() {
+        // A teacher that is not exact (its output 0.05 off), so that its steps depend on where they go: the
+        // target's rollout from each student timestep must be the sampler's DDIM over the teacher's grid there.
+        let schedule = NoiseSchedule::flow(1000);
+        let prediction = Prediction::Flow;
+        let teacher = PointMass { c: 0.4, prediction, schedule: schedule.clone(), error: 0.05 };
+        let params = ParamStore::new();
+        let z = Tensor::randn(&[2, 1, 2, 2], &mut StdRng::seed_from_u64(5));
+        for (steps, factor, i, grid) in
+            [(1, 4, 0, vec![999, 749, 499, 249]), (2, 2, 1, vec![499, 249]), (2, 4, 0, vec![999, 874, 749, 624])]
+        {
+            let objective =
+                Progressive { teacher: &teacher, teacher_params: &params, prediction, steps, factor, clip: None };
+            let rolled = objective.rollout(&schedule, &z, &[i, i]);
+            let config =
+                SamplerConfig { method: Method::Ddim { eta: 0.0 }, steps, spacing: Spacing::Trailing, clip_x0: None };
+            let mut stepper = Stepper::new(&teacher, &params, &schedule, prediction, &config);
+            let mut expected = z.clone();
+            for (k, &t) in grid.iter().enumerate() {
+                let next = grid
+                    .get(k + 1)
+                    .copied()
+                    .or_else(|| timesteps(&schedule, steps, Spacing::Trailing).get(i + 1).copied());
+                expected = stepper.step(t, next, &expected, &mut StdRng::seed_from_u64(0));
+            }
+            for (a, b) in rolled.data().iter().zip(expected.data()) {
+                assert!((a - b).abs() < 1e-5, "{steps} steps, factor {factor}, row {i}: {a} against {b}");
+            }
         }
     }
 
@@ -222,11 +281,12 @@ mod tests {
     fn the_teacher_grid_is_the_student_grid_with_midpoints() {
         let schedule = NoiseSchedule::linear_scaled(1000);
         for steps in [1, 2, 4, 8, 16, 32, 64] {
-            let (student, teacher) = grids(&schedule, steps);
+            let (student, teacher) = grids(&schedule, steps, 2);
             assert_eq!((student.len(), teacher.len(), student[0]), (steps, 2 * steps, 999));
             assert!(teacher.windows(2).all(|w| w[0] > w[1]));
         }
-        assert_eq!(grids(&schedule, 2), (vec![999, 499], vec![999, 749, 499, 249]));
+        assert_eq!(grids(&schedule, 2, 2), (vec![999, 499], vec![999, 749, 499, 249]));
+        assert_eq!(grids(&schedule, 1, 4).1, vec![999, 749, 499, 249]);
     }
 
     #[test]
