@@ -77,6 +77,10 @@ pub struct Flat {
     /// One phase plane; `plane` = stride²·`phase`.
     pub phase: usize,
     pub plane: usize,
+    /// Where the output goes in y: the offset from one output row to the next (w, unless the rows are
+    /// several images side by side, `pointwise.rs`) and from one channel to the next (h·w).
+    pub out_row: usize,
+    pub out_channel: usize,
 }
 
 impl Flat {
@@ -102,6 +106,8 @@ impl Flat {
             qr,
             phase,
             plane: s.stride * s.stride * phase,
+            out_row: s.ow,
+            out_channel: s.oh * s.ow,
         }
     }
 
@@ -300,7 +306,9 @@ pub fn direct_image(level: Simd, job: DirectImage) {
     assert!((nv == 2 || nv == 3) && flat.tile == nv * lanes && flat.qr.is_multiple_of(flat.tile));
     let farthest = taps.iter().copied().max().unwrap_or(0);
     assert!(flat.plane >= flat.qr + farthest && xpad.len() >= c_in * flat.plane);
-    assert!(packed.len() >= c_out.div_ceil(c) * c * c_in * taps.len() && y.len() >= c_out * flat.h * flat.w);
+    assert!(flat.out_row >= flat.w && flat.h >= 1);
+    let y_end = c_out.checked_sub(1).map_or(0, |last| last * flat.out_channel + (flat.h - 1) * flat.out_row + flat.w);
+    assert!(packed.len() >= c_out.div_ceil(c) * c * c_in * taps.len() && y.len() >= y_end);
     assert!(bias.is_none_or(|b| b.len() >= c_out));
     let args = DirectImage { xpad, flat, taps, c_in, packed, c_out, bias, y };
     // SAFETY: the level is supported (checked above), and the asserts cover every access of the tiles.
@@ -350,7 +358,6 @@ unsafe fn direct_tiles<V: F32Vector, const C: usize, const NV: usize>(
 ) {
     let l = NV * V::LANES;
     let block = c_in * taps.len() * C; // one block of C channels in `packed`
-    let hw = flat.h * flat.w;
     for q0 in (0..flat.qr).step_by(l) {
         // Where each vector's lanes go in y (the same for every channel).
         let runs: [Runs; NV] = std::array::from_fn(|v| Runs::of(flat, q0 + v * V::LANES, V::LANES));
@@ -381,7 +388,7 @@ unsafe fn direct_tiles<V: F32Vector, const C: usize, const NV: usize>(
             // memory through the whole tile loop above, 2.5× slower.)
             let finished = acc;
             for (c, vectors) in finished.iter().enumerate().take(c_out - cb * C) {
-                let y_c = y.as_mut_ptr().add((cb * C + c) * hw);
+                let y_c = y.as_mut_ptr().add((cb * C + c) * flat.out_channel);
                 for (lanes, runs) in vectors.iter().zip(&runs) {
                     for &(lo, hi, at) in &runs.runs[..runs.len] {
                         lanes.store_lanes(y_c.wrapping_add(at).wrapping_sub(lo), lo, hi);
@@ -401,7 +408,7 @@ pub(super) struct Runs {
 
 impl Runs {
     fn of(flat: &Flat, q: usize, lanes: usize) -> Runs {
-        Runs::in_rows(q, lanes, flat.wp, flat.w, flat.h, flat.w)
+        Runs::in_rows(q, lanes, flat.wp, flat.w, flat.h, flat.out_row)
     }
 
     /// The general form: flat position q is (row q / wp, column q % wp); columns from w on and rows from

@@ -7,7 +7,8 @@
 //! - `path.rs`: which path computes which shape, and why, in one screen (`enum Path`).
 //! - `im2col.rs`: im2col + matrix product, for 1×1 and unpadded convolutions.
 //! - `direct.rs`: the register-tiled direct kernel of "same" convolutions; `direct_dweight.rs` its
-//!   weight gradient; `strided.rs` the same kernels on strided convolutions, by phase planes.
+//!   weight gradient; `strided.rs` the same kernels on strided convolutions, by phase planes;
+//!   `pointwise.rs` the direct kernel on 1×1 convolutions of small maps, several images side by side.
 //! - `winograd.rs`: Winograd F(2×2, 3×3) for 3×3 "same" convolutions on large maps; `winograd_cm.rs` the
 //!   same with channels in the vector lanes, for small maps; `winograd_dweight.rs` the weight gradient in
 //!   the Winograd domain; `transpose.rs` the channel-minor transposes the last two need.
@@ -19,6 +20,7 @@ mod im2col;
 mod naive;
 mod parallel;
 mod path;
+mod pointwise;
 mod shape;
 mod strided;
 #[cfg(test)]

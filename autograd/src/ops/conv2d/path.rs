@@ -7,21 +7,24 @@
 //! | the same on a smaller map (the U-Net's 14×14 and 7×7) | Winograd, channel-minor, `winograd_cm.rs` | Winograd, `winograd_dweight.rs` |
 //! | other "same" convolutions (5×5, or fewer than 8 channels) | direct, `direct.rs` | direct, `direct_dweight.rs` |
 //! | strided, kernel bigger than 1×1 (the U-Net's stride-2 3×3 downsampling) | direct on phase planes, `strided.rs` | direct, `direct_dweight.rs` |
-//! | everything else (1×1, unpadded) | im2col + matrix product, `im2col.rs` | im2col |
+//! | 1×1, stride 1, unpadded, on a map of at most 100 pixels (the U-Net's 7×7) | the direct kernel with one tap, several images side by side, `pointwise.rs` | im2col |
+//! | everything else (other 1×1, unpadded) | im2col + matrix product, `im2col.rs` | im2col |
 //!
 //! Why: Winograd does 2.25× fewer multiplications than the definition, but its transforms cost about what
 //! 1–2 input channels of products do, so few channels do not pay; on maps under 24×24 one channel has too
 //! few tiles to fill the vector lanes, so the channels go in the lanes instead. The direct kernel reads a
 //! zero-bordered copy of the image as one long row, which "same" convolutions allow, and strided ones once
-//! the image is split into phase planes (every stride-th row and column), one per tap's remainder. Everything
-//! else is a matrix product after im2col. The gradients of "same" and strided convolutions with fewer than
+//! the image is split into phase planes (every stride-th row and column), one per tap's remainder. A 1×1
+//! convolution is a matrix product already; on small maps, whose 49 positions leave the matrix product's
+//! panels short, the direct kernel runs it on several images' positions in one row. Everything else is a
+//! matrix product after im2col. The gradients of "same" and strided convolutions with fewer than
 //! [`DIRECT_GRADIENT_MIN_CHANNELS`] channels (a first or last layer) take im2col too. `naive.rs` is the
 //! definition every path is tested against.
 
 use rayon::prelude::*;
 
 use super::shape::{ConvShape, SameConv};
-use super::{direct, direct_dweight, im2col, strided, winograd, winograd_cm, winograd_dweight};
+use super::{direct, direct_dweight, im2col, pointwise, strided, winograd, winograd_cm, winograd_dweight};
 use crate::cpu;
 use crate::pool::Scratch;
 
@@ -49,6 +52,9 @@ pub enum Packing {
     /// or fewer than 8 channels, as the U-Net's first and last layers), and strided ones on phase planes
     /// (`strided.rs`).
     Direct,
+    /// The direct kernel with one tap, several small images side by side (`pointwise.rs`): 1×1
+    /// convolutions, stride 1, no padding.
+    Pointwise,
 }
 
 impl Path {
@@ -59,6 +65,7 @@ impl Path {
             Path::Packed(Packing::WinogradChannelMinor) => 1,
             Path::Packed(Packing::Direct) => 2,
             Path::Im2col => 3,
+            Path::Packed(Packing::Pointwise) => 4,
         }
     }
 }
@@ -70,6 +77,7 @@ pub fn forward_path(s: &ConvShape) -> Path {
         (true, false, _) => Path::Packed(Packing::WinogradChannelMinor),
         (false, _, true) => Path::Packed(Packing::Direct),
         _ if direct::is_strided_conv(s) => Path::Packed(Packing::Direct),
+        _ if pointwise::is_pointwise_conv(s) && s.ohw() <= pointwise::MAX_PIXELS => Path::Packed(Packing::Pointwise),
         _ => Path::Im2col,
     }
 }
@@ -116,7 +124,7 @@ fn pack(level: cpu::Simd, packing: Packing, weight: &[f32], s: &ConvShape, rotat
     match packing {
         Packing::Winograd => winograd::pack(level, weight, s, rotate),
         Packing::WinogradChannelMinor => winograd_cm::pack(level, weight, s, rotate),
-        Packing::Direct => direct::pack(level, weight, s, rotate),
+        Packing::Direct | Packing::Pointwise => direct::pack(level, weight, s, rotate),
     }
 }
 
@@ -126,6 +134,7 @@ fn run(level: cpu::Simd, packing: Packing, job: SameConv) -> Vec<f32> {
         Packing::Winograd => winograd::conv(level, job),
         Packing::WinogradChannelMinor => winograd_cm::conv(level, job),
         Packing::Direct => direct::conv(level, job),
+        Packing::Pointwise => pointwise::conv(level, job),
     }
 }
 
@@ -155,7 +164,15 @@ pub fn conv2d_backward(
         let backward = if strided { strided::conv2d_backward_strided } else { conv2d_backward_direct };
         (dx, dweight) = backward(cpu::simd(), x, weight, dy, s, want_dx && direct_dx, want_dweight && direct_dweight);
     }
-    let (im2col_dx, im2col_dweight) = (want_dx && !direct_dx, want_dweight && !direct_dweight);
+    // A 1×1 convolution on a small map: dx_n = weightᵀ · dy_n, the forward's kernel on the transposed weight.
+    let pointwise_dx = want_dx && forward_path(s) == Path::Packed(Packing::Pointwise);
+    if pointwise_dx {
+        let level = cpu::simd();
+        let transposed = Scratch::from(pack(level, Packing::Pointwise, weight, s, true));
+        let job = SameConv { input: dy, ch_in: s.c_out, packed: &transposed, ch_out: s.c_in, bias: None, shape: s };
+        dx = Some(run(level, Packing::Pointwise, job));
+    }
+    let (im2col_dx, im2col_dweight) = (want_dx && !direct_dx && !pointwise_dx, want_dweight && !direct_dweight);
     if im2col_dx || im2col_dweight {
         let (dx_i, dweight_i) = im2col::conv2d_backward_im2col(x, weight, dy, s, im2col_dx, im2col_dweight);
         dx = dx.or(dx_i);

@@ -120,6 +120,8 @@ pub fn strided_dx(level: Simd, weight: &[f32], dy: &[f32], s: &ConvShape) -> Vec
         qr,
         phase: plane,
         plane,
+        out_row: wp,
+        out_channel: q,
     };
     let phases = phases(weight, s, wp, c);
     let (hw, ohw) = (s.h * s.w, s.ohw());

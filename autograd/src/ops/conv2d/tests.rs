@@ -1,4 +1,5 @@
 use super::im2col::{col2im, im2col};
+use super::shape::SameConv;
 use super::*;
 use crate::gradcheck::gradcheck;
 
@@ -161,6 +162,52 @@ fn winograd_equals_naive_at_every_simd_level() {
     }
 }
 
+/// The 1×1 path at every SIMD level, forward and input gradient, on odd shapes: batches that split into
+/// uneven groups of images (11 of 7×7: 2 groups of 6 and 5), one image, maps of 1 and 99 pixels, channel
+/// counts that leave partial blocks (1, 13, 65 in; 1, 9, 17 out), whatever the dispatch would choose.
+#[test]
+fn pointwise_equals_naive_at_every_simd_level() {
+    let shapes = [
+        ([11, 13, 7, 7], [17, 13, 1, 1]),
+        ([1, 65, 3, 5], [9, 65, 1, 1]),
+        ([3, 1, 9, 11], [1, 1, 1, 1]),
+        ([5, 9, 1, 1], [13, 9, 1, 1]),
+        ([2, 16, 14, 14], [8, 16, 1, 1]),
+    ];
+    for (i, (xs, ws)) in shapes.into_iter().enumerate() {
+        let s = ConvShape::new(&xs, &ws, 1, 0).unwrap();
+        let x = randn(&xs, i as u64);
+        let w = randn(&ws, 100 + i as u64);
+        let b = randn(&[ws[0]], 200 + i as u64);
+        let dy = randn(&[s.n, s.c_out, s.oh, s.ow], 300 + i as u64);
+        let naive_y = conv2d_forward_naive(x.data(), w.data(), Some(b.data()), &s);
+        let (ndx, _, _) = conv2d_backward_naive(x.data(), w.data(), dy.data(), &s);
+        for level in crate::cpu::available() {
+            let what = format!("{xs:?} * {ws:?} at {level:?}");
+            let packed = direct::pack(level, w.data(), &s, false);
+            let job = SameConv {
+                input: x.data(),
+                ch_in: s.c_in,
+                packed: &packed,
+                ch_out: s.c_out,
+                bias: Some(b.data()),
+                shape: &s,
+            };
+            assert_close(&pointwise::conv(level, job), &naive_y, &format!("y {what}"));
+            let transposed = direct::pack(level, w.data(), &s, true);
+            let job = SameConv {
+                input: dy.data(),
+                ch_in: s.c_out,
+                packed: &transposed,
+                ch_out: s.c_in,
+                bias: None,
+                shape: &s,
+            };
+            assert_close(&pointwise::conv(level, job), &ndx, &format!("dx {what}"));
+        }
+    }
+}
+
 fn assert_close(fast: &[f32], naive: &[f32], what: &str) {
     assert_eq!(fast.len(), naive.len(), "{what}");
     for (i, (a, b)) in fast.iter().zip(naive).enumerate() {
@@ -200,6 +247,7 @@ fn results_are_bit_identical_at_one_and_two_threads() {
         ([5, 8, 9, 9], [16, 8, 3, 3]),
         ([1, 8, 19, 21], [16, 8, 3, 3]),
         ([1, 40, 9, 9], [70, 40, 1, 1]),
+        ([11, 24, 7, 7], [40, 24, 1, 1]),
         ([5, 6, 12, 12], [20, 6, 3, 3]),
     ];
     for (xs, ws) in shapes {
@@ -250,12 +298,13 @@ fn conv2d_rejects_wrong_channels() {
 /// same bits as the training path's, on every forward path, and stay right after the weight changes.
 #[test]
 fn inference_reuses_the_packed_weight_with_the_same_result() {
-    // Winograd (large map, small map), direct (one channel in), im2col (stride 2).
+    // Winograd (large map, small map), direct (one channel in), im2col (stride 2), 1×1 on a small map.
     let cases = [
         ([1, 8, 24, 24], [8, 8, 3, 3], 1, 1),
         ([2, 8, 7, 7], [16, 8, 3, 3], 1, 1),
         ([2, 1, 9, 9], [8, 1, 3, 3], 1, 1),
         ([2, 8, 9, 9], [8, 8, 3, 3], 2, 1),
+        ([3, 16, 7, 7], [24, 16, 1, 1], 1, 0),
     ];
     for (i, (xs, ws, stride, padding)) in cases.into_iter().enumerate() {
         let x = Var::constant(randn(&xs, 40 + i as u64));
@@ -291,6 +340,7 @@ fn each_shape_takes_its_documented_path() {
     assert_eq!(path([32, 32, 28, 28], 32, 5, 1, 2), packed(Packing::Direct), "5×5 same");
     assert_eq!(path([32, 32, 28, 28], 32, 3, 2, 1), packed(Packing::Direct), "downsampling, stride 2");
     assert_eq!(path([32, 32, 28, 28], 32, 1, 2, 0), Path::Im2col, "1×1, stride 2");
-    assert_eq!(path([32, 128, 7, 7], 384, 1, 1, 0), Path::Im2col, "1×1 (attention's qkv)");
+    assert_eq!(path([32, 128, 7, 7], 384, 1, 1, 0), packed(Packing::Pointwise), "1×1 at 7×7 (attention's qkv)");
+    assert_eq!(path([32, 192, 14, 14], 64, 1, 1, 0), Path::Im2col, "1×1 at 14×14");
     assert_eq!(path([2, 8, 9, 9], 8, 3, 1, 0), Path::Im2col, "unpadded");
 }
