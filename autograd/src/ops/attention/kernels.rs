@@ -10,6 +10,7 @@
 
 use rayon::prelude::*;
 
+use super::short;
 use crate::cpu::{self, exp_fast, Simd};
 use crate::ops::matmul::gemm_serial;
 
@@ -185,6 +186,9 @@ pub fn attention_forward(q: &[f32], k: &[f32], v: &[f32], s: &AttentionShape) ->
 
 /// [`attention_forward`] at an explicit SIMD level.
 pub fn attention_forward_at(level: Simd, q: &[f32], k: &[f32], v: &[f32], s: &AttentionShape) -> (Vec<f32>, Vec<f32>) {
+    if short::is_short(s) {
+        return short::forward(level, q, k, v, s);
+    }
     let mut o = crate::pool::take_filled(s.batch * s.sq * s.dv, 0.0);
     let mut lse = vec![0.0f32; s.batch * s.sq];
     let scale = s.scale();
@@ -252,6 +256,9 @@ pub fn attention_backward_at(
     dout: &[f32],
     s: &AttentionShape,
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    if short::is_short(s) {
+        return short::backward(level, q, k, v, o, lse, dout, s);
+    }
     let mut dq = crate::pool::take_filled(q.len(), 0.0);
     let mut dk = crate::pool::take_filled(k.len(), 0.0);
     let mut dv = crate::pool::take_filled(v.len(), 0.0);

@@ -2,6 +2,7 @@
 //! kernel that never stores the [seq, seq] score matrix (the U-Net's self-attention at 32×32 has seq = 1024).
 
 mod kernels;
+mod short;
 #[cfg(test)]
 mod tests;
 

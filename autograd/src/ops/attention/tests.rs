@@ -26,7 +26,17 @@ fn attention_gradcheck_across_tiles() {
 
 #[test]
 fn fast_equals_naive_on_odd_shapes_at_every_simd_level() {
-    let shapes = [(1, 1, 1, 1, 1), (3, 7, 13, 3, 5), (2, 65, 7, 7, 3), (1, 13, 200, 13, 1), (2, 130, 129, 16, 16)];
+    // Short sequences (≤ 64, `short.rs`: the U-Net's 49 positions, odd head sizes, the limit) and longer ones
+    // (flash attention, one tile and several).
+    let shapes = [
+        (1, 1, 1, 1, 1),
+        (3, 7, 13, 3, 5),
+        (2, 49, 49, 32, 32),
+        (1, 64, 33, 5, 17),
+        (2, 65, 7, 7, 3),
+        (1, 13, 200, 13, 1),
+        (2, 130, 129, 16, 16),
+    ];
     for (i, (batch, sq, sk, d, dv)) in shapes.into_iter().enumerate() {
         let s = AttentionShape { batch, sq, sk, d, dv };
         let q = Tensor::randn_seeded(&[batch * sq * d], i as u64);
@@ -49,18 +59,21 @@ fn fast_equals_naive_on_odd_shapes_at_every_simd_level() {
 
 #[test]
 fn results_are_bit_identical_at_one_and_two_threads() {
-    let s = AttentionShape { batch: 5, sq: 70, sk: 140, d: 8, dv: 8 };
-    let q = Tensor::randn_seeded(&[5 * 70 * 8], 1);
-    let k = Tensor::randn_seeded(&[5 * 140 * 8], 2);
-    let dout = Tensor::randn_seeded(&[5 * 70 * 8], 3);
-    let run = |threads| {
-        rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap().install(|| {
-            let (o, lse) = attention_forward(q.data(), k.data(), k.data(), &s);
-            let grads = attention_backward(q.data(), k.data(), k.data(), &o, &lse, dout.data(), &s);
-            (o, grads)
-        })
-    };
-    assert!(run(1) == run(2));
+    // Flash attention, and the short-sequence kernel.
+    for (sq, sk) in [(70, 140), (49, 49)] {
+        let s = AttentionShape { batch: 5, sq, sk, d: 8, dv: 8 };
+        let q = Tensor::randn_seeded(&[5 * sq * 8], 1);
+        let k = Tensor::randn_seeded(&[5 * sk * 8], 2);
+        let dout = Tensor::randn_seeded(&[5 * sq * 8], 3);
+        let run = |threads| {
+            rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap().install(|| {
+                let (o, lse) = attention_forward(q.data(), k.data(), k.data(), &s);
+                let grads = attention_backward(q.data(), k.data(), k.data(), &o, &lse, dout.data(), &s);
+                (o, grads)
+            })
+        };
+        assert!(run(1) == run(2), "{s:?}");
+    }
 }
 
 #[test]
