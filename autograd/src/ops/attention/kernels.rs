@@ -10,6 +10,7 @@
 
 use rayon::prelude::*;
 
+use super::shape::AttentionShape;
 use super::short;
 use crate::cpu::{self, exp_fast, Simd};
 use crate::ops::matmul::gemm_serial;
@@ -19,29 +20,10 @@ pub const TILE_Q: usize = 128;
 /// Key columns per tile.
 pub const TILE_K: usize = 256;
 
-/// Sizes of one attention call.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct AttentionShape {
-    pub batch: usize,
-    pub sq: usize,
-    pub sk: usize,
-    pub d: usize,
-    pub dv: usize,
-}
-
-impl AttentionShape {
-    pub fn scale(&self) -> f32 {
-        1.0 / (self.d as f32).sqrt()
-    }
-    /// Floats of one tile of scores: [TILE_Q, TILE_K], or less for short sequences (49 positions at 7×7
-    /// need 49 × 49, not the 128 × 256 a tile can hold, which zeroing cost more than the tile's products).
-    pub fn tile_len(&self) -> usize {
-        TILE_Q.min(self.sq) * TILE_K.min(self.sk)
-    }
-    /// FLOPs of the forward: q·kᵀ and p·v, 2 per multiply-add.
-    pub fn flops(&self) -> usize {
-        2 * self.batch * self.sq * self.sk * (self.d + self.dv)
-    }
+/// Floats of one tile of scores: [TILE_Q, TILE_K], or less for short sequences (at most TILE_Q × TILE_K,
+/// not the whole tile, whose zeroing cost more than a small tile's products).
+fn tile_len(s: &AttentionShape) -> usize {
+    TILE_Q.min(s.sq) * TILE_K.min(s.sk)
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -198,7 +180,7 @@ pub fn attention_forward_at(level: Simd, q: &[f32], k: &[f32], v: &[f32], s: &At
             &k[b * s.sk * s.d..][..s.sk * s.d],
             &v[b * s.sk * s.dv..][..s.sk * s.dv],
         );
-        let mut scores = vec![0.0f32; s.tile_len()]; // [rows, cols] of one tile
+        let mut scores = vec![0.0f32; tile_len(s)]; // [rows, cols] of one tile
         let (mut m, mut l, mut corr) = (vec![0.0f32; TILE_Q], vec![0.0f32; TILE_Q], vec![0.0f32; TILE_Q]);
         for i0 in (0..s.sq).step_by(TILE_Q) {
             let rows = TILE_Q.min(s.sq - i0);
@@ -273,7 +255,7 @@ pub fn attention_backward_at(
         let lse_b = &lse[b * s.sq..][..s.sq];
         // D_i = Σ_c do_ic · o_ic
         let d_row: Vec<f32> = dob.chunks(s.dv).zip(ob.chunks(s.dv)).map(|(g, o)| cpu::dot(g, o)).collect();
-        let (mut p, mut dp) = (vec![0.0f32; s.tile_len()], vec![0.0f32; s.tile_len()]);
+        let (mut p, mut dp) = (vec![0.0f32; tile_len(s)], vec![0.0f32; tile_len(s)]);
         for i0 in (0..s.sq).step_by(TILE_Q) {
             let rows = TILE_Q.min(s.sq - i0);
             for j0 in (0..s.sk).step_by(TILE_K) {

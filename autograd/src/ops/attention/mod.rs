@@ -1,15 +1,21 @@
 //! `scaled_dot_product_attention`: softmax(q·kᵀ/√d)·v over the last two axes, with a flash-attention
 //! kernel that never stores the [seq, seq] score matrix (the U-Net's self-attention at 32×32 has seq = 1024).
+//!
+//! The files: `shape.rs` the sizes of one call; `kernels.rs` the naive reference and flash attention;
+//! `short.rs` sequences of at most 64 positions (the U-Net's 7×7 level), whose whole score matrix fits in
+//! L1, which `kernels.rs` hands them to; `tests.rs`.
 
 mod kernels;
+mod shape;
 mod short;
 #[cfg(test)]
 mod tests;
 
 pub use kernels::{
     attention_backward, attention_backward_at, attention_backward_naive, attention_forward, attention_forward_at,
-    attention_forward_naive, AttentionShape, TILE_K, TILE_Q,
+    attention_forward_naive, TILE_K, TILE_Q,
 };
+pub use shape::AttentionShape;
 
 use crate::tape::{Op, Tape, Var};
 use crate::tensor::Tensor;

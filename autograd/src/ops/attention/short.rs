@@ -22,7 +22,7 @@ use std::borrow::Cow;
 
 use rayon::prelude::*;
 
-use super::kernels::AttentionShape;
+use super::shape::AttentionShape;
 use crate::cpu::{self, exp_fast, Simd};
 use crate::vector::{self, F32Vector};
 
