@@ -147,7 +147,8 @@ pub const DIRECT_GRADIENT_MIN_CHANNELS: usize = 8;
 /// The gradients of y = conv2d(x, weight) + bias: (dx if `want_dx`, dweight if `want_dweight`, dbias). Must
 /// equal `conv2d_backward_naive` up to rounding. "Same" convolutions take [`conv2d_backward_direct`] and
 /// strided ones `strided::conv2d_backward_strided`, unless their channels are few
-/// ([`DIRECT_GRADIENT_MIN_CHANNELS`]); the rest takes im2col.
+/// ([`DIRECT_GRADIENT_MIN_CHANNELS`]); 1×1 ones on small maps take `pointwise.rs` for dx; the rest takes
+/// im2col.
 pub fn conv2d_backward(
     x: &[f32],
     weight: &[f32],

@@ -5,7 +5,7 @@
 //!
 //! On the U-Net's 7×7 maps one image has 49 positions, which fill tiles of 32 to 77% and leave the general
 //! matrix product (matrixmultiply) with short panels: in the README's Xeon sitting, 121 GFLOP/s against
-//! PyTorch's 200 on [32, 128, 7, 7] → 384. So `G` images go side by side in one flat row of
+//! PyTorch's 200 on [32, 128, 7, 7] → 384. So G images go side by side in one flat row of
 //! G·hw positions per channel ([`images_per_group`]), copied there from x [n, c_in, hw] (the copy the direct
 //! kernel makes anyway, to pad); the tiles store each output straight to its image's place in y (a flat
 //! layout whose rows are the images, `Flat::out_row` = c_out·hw apart).
@@ -37,10 +37,12 @@ pub fn is_pointwise_conv(s: &ConvShape) -> bool {
 pub const MAX_PIXELS: usize = 100;
 
 /// Images per group: at most enough for 512 positions side by side (10 of 7×7, 2 of 14×14, 1 of 28×28),
-/// so that the last tile's rounding wastes little, spread evenly over the groups (a batch of 32 at 7×7: 4
-/// groups of 8). Depends on the shape only, never on the number of threads.
-pub fn images_per_group(s: &ConvShape) -> usize {
-    let most = (512 / s.ohw().max(1)).max(1);
+/// so that the last tile's rounding wastes little, and few enough for at least two groups per thread; spread
+/// evenly over the groups (a batch of 32 at 7×7 on 2 threads: 4 groups of 8). The grouping depends on the
+/// number of threads, the result does not: each output is the same chain of fused multiply-adds, bias
+/// first, then c_in in order, in whichever group, tile or lane it is computed.
+pub fn images_per_group(s: &ConvShape, threads: usize) -> usize {
+    let most = (512 / s.ohw().max(1)).min(s.n.div_ceil(2 * threads.max(1))).max(1);
     s.n.div_ceil(s.n.div_ceil(most).max(1)).max(1)
 }
 
@@ -51,7 +53,7 @@ pub fn conv(level: Simd, job: SameConv) -> Vec<f32> {
     let SameConv { input, ch_in, packed, ch_out, bias, shape: s } = job;
     assert!(is_pointwise_conv(s), "pointwise::conv: not a 1×1 convolution: {s:?}");
     let hw = s.ohw();
-    let group = images_per_group(s);
+    let group = images_per_group(s, rayon::current_num_threads());
     let mut out = crate::pool::take_dirty(s.n * ch_out * hw);
     out.par_chunks_mut(group * ch_out * hw).enumerate().for_each(|(g, out_g)| {
         let images = out_g.len() / (ch_out * hw);

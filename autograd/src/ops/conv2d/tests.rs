@@ -163,7 +163,7 @@ fn winograd_equals_naive_at_every_simd_level() {
 }
 
 /// The 1×1 path at every SIMD level, forward and input gradient, on odd shapes: batches that split into
-/// uneven groups of images (11 of 7×7: 2 groups of 6 and 5), one image, maps of 1 and 99 pixels, channel
+/// uneven groups of images (11 of 7×7), one image, maps of 1 and 99 pixels, channel
 /// counts that leave partial blocks (1, 13, 65 in; 1, 9, 17 out), whatever the dispatch would choose.
 #[test]
 fn pointwise_equals_naive_at_every_simd_level() {
@@ -247,6 +247,7 @@ fn results_are_bit_identical_at_one_and_two_threads() {
         ([5, 8, 9, 9], [16, 8, 3, 3]),
         ([1, 8, 19, 21], [16, 8, 3, 3]),
         ([1, 40, 9, 9], [70, 40, 1, 1]),
+        // 1×1 at 7×7 (`pointwise.rs`): images grouped 6 + 5 on one thread and 3 + 3 + 3 + 2 on two.
         ([11, 24, 7, 7], [40, 24, 1, 1]),
         ([5, 6, 12, 12], [20, 6, 3, 3]),
     ];
