@@ -10,7 +10,7 @@
 
 use rayon::prelude::*;
 
-use super::shape::AttentionShape;
+use super::shape::{AttentionShape, Saved};
 use super::short;
 use crate::cpu::{self, exp_fast, Simd};
 use crate::ops::matmul::gemm_serial;
@@ -161,13 +161,13 @@ fn score_grad_tile(dp: &mut [f32], p: &[f32], cols: usize, d_row: &[f32], scale:
 }
 crate::multiversion!(fn score_grad_tile_at(level: Simd, dp: &mut [f32], p: &[f32], cols: usize, d_row: &[f32], scale: f32) => score_grad_tile);
 
-/// Must equal [`attention_forward_naive`] up to rounding. Returns (o [batch, sq, dv], lse [batch, sq]).
-pub fn attention_forward(q: &[f32], k: &[f32], v: &[f32], s: &AttentionShape) -> (Vec<f32>, Vec<f32>) {
+/// Must equal [`attention_forward_naive`] up to rounding. Returns (o [batch, sq, dv], what the backward needs).
+pub fn attention_forward(q: &[f32], k: &[f32], v: &[f32], s: &AttentionShape) -> (Vec<f32>, Saved) {
     attention_forward_at(cpu::simd(), q, k, v, s)
 }
 
 /// [`attention_forward`] at an explicit SIMD level.
-pub fn attention_forward_at(level: Simd, q: &[f32], k: &[f32], v: &[f32], s: &AttentionShape) -> (Vec<f32>, Vec<f32>) {
+pub fn attention_forward_at(level: Simd, q: &[f32], k: &[f32], v: &[f32], s: &AttentionShape) -> (Vec<f32>, Saved) {
     if short::is_short(s) {
         return short::forward(level, q, k, v, s);
     }
@@ -207,7 +207,7 @@ pub fn attention_forward_at(level: Simd, q: &[f32], k: &[f32], v: &[f32], s: &At
             }
         }
     });
-    (o, lse)
+    (o, Saved { lse, probabilities: None })
 }
 
 /// Must equal [`attention_backward_naive`] up to rounding. Dao et al. 2022, Algorithm 2 (with
@@ -219,11 +219,11 @@ pub fn attention_backward(
     k: &[f32],
     v: &[f32],
     o: &[f32],
-    lse: &[f32],
+    saved: &Saved,
     dout: &[f32],
     s: &AttentionShape,
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-    attention_backward_at(cpu::simd(), q, k, v, o, lse, dout, s)
+    attention_backward_at(cpu::simd(), q, k, v, o, saved, dout, s)
 }
 
 /// [`attention_backward`] at an explicit SIMD level.
@@ -234,12 +234,12 @@ pub fn attention_backward_at(
     k: &[f32],
     v: &[f32],
     o: &[f32],
-    lse: &[f32],
+    saved: &Saved,
     dout: &[f32],
     s: &AttentionShape,
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     if short::is_short(s) {
-        return short::backward(level, q, k, v, o, lse, dout, s);
+        return short::backward(level, q, k, v, o, saved, dout, s);
     }
     let mut dq = crate::pool::take_filled(q.len(), 0.0);
     let mut dk = crate::pool::take_filled(k.len(), 0.0);
@@ -252,7 +252,7 @@ pub fn attention_backward_at(
         let kb = &k[b * s.sk * s.d..][..s.sk * s.d];
         let vb = &v[b * s.sk * s.dv..][..s.sk * s.dv];
         let (ob, dob) = (&o[b * s.sq * s.dv..][..s.sq * s.dv], &dout[b * s.sq * s.dv..][..s.sq * s.dv]);
-        let lse_b = &lse[b * s.sq..][..s.sq];
+        let lse_b = &saved.lse[b * s.sq..][..s.sq];
         // D_i = Σ_c do_ic · o_ic
         let d_row: Vec<f32> = dob.chunks(s.dv).zip(ob.chunks(s.dv)).map(|(g, o)| cpu::dot(g, o)).collect();
         let (mut p, mut dp) = (vec![0.0f32; tile_len(s)], vec![0.0f32; tile_len(s)]);

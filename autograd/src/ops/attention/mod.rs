@@ -15,7 +15,7 @@ pub use kernels::{
     attention_backward, attention_backward_at, attention_backward_naive, attention_forward, attention_forward_at,
     attention_forward_naive, TILE_K, TILE_Q,
 };
-pub use shape::AttentionShape;
+pub use shape::{AttentionShape, Saved};
 
 use crate::tape::{Op, Tape, Var};
 use crate::tensor::Tensor;
@@ -28,7 +28,8 @@ impl Tape {
     /// # Backward  dv = pᵀ·do
     ///             dq = ds·k/√D,   dk = dsᵀ·q/√D,   ds = p ⊙ (do·vᵀ − D_i),  D_i = Σ_c do_ic·o_ic
     /// # Saved     q, k, v, o and lse [..., Sq] (log-sum-exp of each row of s): O(Sq) beyond the inputs,
-    ///             never the [Sq, Sk] matrix p, which backward recomputes tile by tile
+    ///             not the [Sq, Sk] matrix p, which backward recomputes tile by tile; except for
+    ///             sequences of at most 64 (`short.rs`), whose p is saved (smaller than q, k, v there)
     /// # Reference torch.nn.functional.scaled_dot_product_attention; Dao et al. 2022 "FlashAttention";
     ///             Dao 2023 "FlashAttention-2" (D_i)
     /// ```
@@ -55,7 +56,7 @@ impl Tape {
             d: qs[r - 1],
             dv: vs[r - 1],
         };
-        let (o, lse) = attention_forward(q.value().data(), k.value().data(), v.value().data(), &s);
+        let (o, saved) = attention_forward(q.value().data(), k.value().data(), v.value().data(), &s);
         let mut o_shape = qs.to_vec();
         o_shape[r - 1] = s.dv;
         let o = Tensor::from_vec(&o_shape, o);
@@ -64,7 +65,7 @@ impl Tape {
             k: k.value().clone(),
             v: v.value().clone(),
             o: o.clone(),
-            lse,
+            saved,
             shape: s,
         };
         self.record(op, &[q, k, v], o)
@@ -76,7 +77,7 @@ struct AttentionOp {
     k: Tensor,
     v: Tensor,
     o: Tensor,
-    lse: Vec<f32>,
+    saved: Saved,
     shape: AttentionShape,
 }
 impl Op for AttentionOp {
@@ -90,7 +91,7 @@ impl Op for AttentionOp {
             self.k.data(),
             self.v.data(),
             self.o.data(),
-            &self.lse,
+            &self.saved,
             dout.data(),
             &self.shape,
         );

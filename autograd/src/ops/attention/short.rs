@@ -4,13 +4,16 @@
 //! ```text
 //! forward    s = (q·scale)·kᵀ,  m_i = max_j s_ij,  p_ij = e^(s_ij − m_i)/l_i,  l_i = Σ_j e^(s_ij − m_i),
 //!            lse_i = m_i + ln l_i,  o = p·v
-//! backward   p = e^(s − lse),  dv = pᵀ·do,  dp = do·vᵀ,  ds = p ⊙ (dp − D)·scale,  D_i = Σ_c do_ic·o_ic,
-//!            dq = ds·k,  dk = dsᵀ·q
+//! backward   dv = pᵀ·do,  dp = do·vᵀ,  ds = p ⊙ (dp − D)·scale,  D_i = Σ_c do_ic·o_ic,  dq = ds·k,
+//!            dk = dsᵀ·q,  with p as the forward saved it
 //! ```
-//! The scores are kept transposed, sᵀ [sk, sq] with a query per column, so that each softmax runs down a
-//! column with the queries in the vector lanes: a row of 49 scores would need a horizontal maximum and sum
-//! per row, which measured 40% of the forward. Every product is [`product`]: a register tile of R rows × one vector of columns, the rows' values
-//! broadcast and the columns loaded, k fused multiply-adds deep. matrixmultiply's general products, which the
+//! The forward saves p (`Saved::probabilities`): at these lengths it is smaller than q, k and v together,
+//! and recomputing it, as flash attention does, cost the backward a product and an exponential per score
+//! (0.93 → 0.59 ms on [32, 4, 49, 32]). The scores are kept transposed, sᵀ [sk, sq] with a query per
+//! column, so that each softmax runs down a column with the queries in the vector lanes: a row of 49
+//! scores would need a horizontal maximum and sum per row, which measured 40% of the forward. Every
+//! product is [`product`]: a register tile of R rows × one vector of columns, the rows' values broadcast
+//! and the columns loaded, k fused multiply-adds deep. matrixmultiply's general products, which the
 //! flash kernel calls, pack both operands into panels at every call; for a 49 × 32 by 32 × 49 product that
 //! packing and the edges of its 8 × 8 tiles cost more than the products (the forward ran at about 36
 //! GFLOP/s). Here the right-hand operands are read as they are where their rows are whole vectors, and
@@ -22,7 +25,7 @@ use std::borrow::Cow;
 
 use rayon::prelude::*;
 
-use super::shape::AttentionShape;
+use super::shape::{AttentionShape, Saved};
 use crate::cpu::{self, exp_fast, Simd};
 use crate::vector::{self, F32Vector};
 
@@ -64,13 +67,13 @@ impl<'a> Padded<'a> {
         Padded { data: Cow::Owned(data), ld }
     }
 
-    /// The transpose [cols, rows] of `src` [rows, cols], padded.
-    fn transposed(src: &[f32], rows: usize, cols: usize, lanes: usize) -> Padded<'static> {
+    /// The transpose [cols, rows] of `src` [rows, cols] times `factor`, padded.
+    fn transposed(src: &[f32], rows: usize, cols: usize, lanes: usize, factor: f32) -> Padded<'static> {
         let ld = rows.next_multiple_of(lanes);
         let mut data = vec![0.0; cols * ld];
         for (r, row) in src.chunks_exact(cols).take(rows).enumerate() {
             for (c, &v) in row.iter().enumerate() {
-                data[c * ld + r] = v;
+                data[c * ld + r] = v * factor;
             }
         }
         Padded { data: Cow::Owned(data), ld }
@@ -171,71 +174,71 @@ unsafe fn product_rows<V: F32Vector, const R: usize>(Product { m, k, n, a, b, ld
     }
 }
 
-/// sᵀ [sk, ld] = k·(q·scale)ᵀ for one entry: the scores, transposed (a query per column, ld = sq rounded up
-/// to whole vectors), so that the softmax over keys runs down the columns with the queries in the lanes.
-fn scores_t(level: Simd, q: &[f32], k: &[f32], s: &AttentionShape) -> (Vec<f32>, usize) {
-    let scaled: Vec<f32> = q.iter().map(|x| x * s.scale()).collect();
-    let qt = Padded::transposed(&scaled, s.sq, s.d, lanes(level)); // [d, sq]
-    let mut scores = vec![0.0f32; s.sk * qt.ld];
-    product(level, (s.sk, s.d, s.sq), Left { data: k, row: s.d, col: 1 }, &qt, &mut scores, qt.ld);
-    (scores, qt.ld)
+/// sᵀ [sk, ld] = k·(q·scale)ᵀ for one entry into `st`: the scores, transposed (a query per column, ld = sq
+/// rounded up to whole vectors), so that the softmax over keys runs down the columns with the queries in
+/// the lanes.
+fn scores_t(level: Simd, q: &[f32], k: &[f32], s: &AttentionShape, st: &mut [f32], ld: usize) {
+    let qt = Padded::transposed(q, s.sq, s.d, lanes(level), s.scale()); // [d, sq], times scale
+    debug_assert_eq!(qt.ld, ld);
+    product(level, (s.sk, s.d, s.sq), Left { data: k, row: s.d, col: 1 }, &qt, st, ld);
 }
 
-/// The softmax of each column of sᵀ [rows, ld] in place: max m_i down the column, p = e^(s − m), l_i = Σ p;
-/// then p / l, and lse_i = m_i + ln l_i for the first `cols` columns.
+/// The softmax of each of the first `cols` columns of sᵀ [rows, ld] in place (zeros in the rest): max m_i
+/// down the column, p = e^(s − m), l_i = Σ p; then p / l, and lse_i = m_i + ln l_i.
 #[inline(always)]
 fn softmax_columns(st: &mut [f32], ld: usize, cols: usize, lse: &mut [f32]) {
-    let mut max = vec![f32::NEG_INFINITY; ld];
+    let mut max = vec![f32::NEG_INFINITY; cols];
     for row in st.chunks_exact(ld) {
-        max.iter_mut().zip(row).for_each(|(m, &x)| *m = m.max(x));
+        max.iter_mut().zip(&row[..cols]).for_each(|(m, &x)| *m = m.max(x));
     }
-    let mut sum = vec![0.0f32; ld];
+    let mut sum = vec![0.0f32; cols];
     for row in st.chunks_exact_mut(ld) {
-        for ((x, &m), l) in row.iter_mut().zip(&max).zip(sum.iter_mut()) {
+        for ((x, &m), l) in row[..cols].iter_mut().zip(&max).zip(sum.iter_mut()) {
             *x = exp_fast(*x - m);
             *l += *x;
         }
     }
     let inv: Vec<f32> = sum.iter().map(|l| 1.0 / l).collect();
     for row in st.chunks_exact_mut(ld) {
-        row.iter_mut().zip(&inv).for_each(|(x, i)| *x *= i);
+        row[..cols].iter_mut().zip(&inv).for_each(|(x, i)| *x *= i);
+        row[cols..].fill(0.0);
     }
-    for ((lse, m), l) in lse.iter_mut().zip(&max).zip(&sum).take(cols) {
+    for ((lse, m), l) in lse.iter_mut().zip(&max).zip(&sum) {
         *lse = m + l.ln();
     }
 }
 crate::multiversion!(fn softmax_columns_at(level: Simd, st: &mut [f32], ld: usize, cols: usize, lse: &mut [f32]) => softmax_columns);
 
-/// pᵀ = e^(sᵀ − lse) down each of the first `cols` columns of sᵀ [rows, ld] (zeros past them).
-#[inline(always)]
-fn probabilities_columns(st: &mut [f32], ld: usize, cols: usize, lse: &[f32]) {
-    for row in st.chunks_exact_mut(ld) {
-        row[..cols].iter_mut().zip(lse).for_each(|(x, &lse)| *x = exp_fast(*x - lse));
-        row[cols..].fill(0.0);
-    }
+/// ld of an entry's pᵀ [sk, ld]: sq rounded up to whole vectors.
+fn probabilities_ld(level: Simd, s: &AttentionShape) -> usize {
+    s.sq.next_multiple_of(lanes(level))
 }
-crate::multiversion!(fn probabilities_columns_at(level: Simd, st: &mut [f32], ld: usize, cols: usize, lse: &[f32]) => probabilities_columns);
 
-/// The forward over every batch entry in parallel: (o [batch, sq, dv], lse [batch, sq]). Must equal
-/// `attention_forward_naive` up to rounding.
-pub fn forward(level: Simd, q: &[f32], k: &[f32], v: &[f32], s: &AttentionShape) -> (Vec<f32>, Vec<f32>) {
+/// The forward over every batch entry in parallel: (o [batch, sq, dv], lse and pᵀ [batch, sk, ld], which
+/// the backward reads). Must equal `attention_forward_naive` up to rounding.
+pub fn forward(level: Simd, q: &[f32], k: &[f32], v: &[f32], s: &AttentionShape) -> (Vec<f32>, Saved) {
     assert!(is_short(s), "attention short::forward: {s:?} is not short");
+    let ld = probabilities_ld(level, s);
     let mut o = crate::pool::take_dirty(s.batch * s.sq * s.dv);
     let mut lse = vec![0.0f32; s.batch * s.sq];
-    o.par_chunks_mut(s.sq * s.dv).zip(lse.par_chunks_mut(s.sq)).enumerate().for_each(|(b, (o, lse))| {
+    let mut probabilities = crate::pool::take_dirty(s.batch * s.sk * ld); // every value written below
+    let per_entry =
+        o.par_chunks_mut(s.sq * s.dv).zip(lse.par_chunks_mut(s.sq)).zip(probabilities.par_chunks_mut(s.sk * ld));
+    per_entry.enumerate().for_each(|(b, ((o, lse), pt))| {
         let (qb, kb) = (&q[b * s.sq * s.d..][..s.sq * s.d], &k[b * s.sk * s.d..][..s.sk * s.d]);
         let vb = &v[b * s.sk * s.dv..][..s.sk * s.dv];
-        let (mut pt, ld) = scores_t(level, qb, kb, s);
-        softmax_columns_at(level, &mut pt, ld, s.sq, lse);
+        scores_t(level, qb, kb, s, pt, ld);
+        softmax_columns_at(level, pt, ld, s.sq, lse);
         // o = p [sq, sk] · v [sk, dv], p read as pᵀ with its strides swapped
-        let p = Left { data: &pt, row: 1, col: ld };
+        let p = Left { data: pt, row: 1, col: ld };
         product(level, (s.sq, s.sk, s.dv), p, &Padded::of(vb, s.sk, s.dv, lanes(level)), o, s.dv);
     });
-    (o, lse)
+    (o, Saved { lse, probabilities: Some((probabilities, ld)) })
 }
 
-/// The backward over every batch entry in parallel: (dq, dk, dv). Must equal `attention_backward_naive` up
-/// to rounding; each entry's gradients are its own task's, so no sum depends on the number of threads.
+/// The backward over every batch entry in parallel, from the forward's pᵀ: (dq, dk, dv). Must equal
+/// `attention_backward_naive` up to rounding; each entry's gradients are its own task's, so no sum depends
+/// on the number of threads.
 #[allow(clippy::too_many_arguments)]
 pub fn backward(
     level: Simd,
@@ -243,12 +246,16 @@ pub fn backward(
     k: &[f32],
     v: &[f32],
     o: &[f32],
-    lse: &[f32],
+    saved: &Saved,
     dout: &[f32],
     s: &AttentionShape,
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     assert!(is_short(s), "attention short::backward: {s:?} is not short");
-    let lanes = lanes(level);
+    let Some((probabilities, ld)) = &saved.probabilities else {
+        panic!("attention short::backward: {s:?} needs the probabilities its forward saves");
+    };
+    let (lanes, ld) = (lanes(level), *ld);
+    assert!(ld >= s.sq && probabilities.len() >= s.batch * s.sk * ld, "attention short::backward: saved pᵀ too small");
     let mut dq = crate::pool::take_dirty(q.len());
     let mut dk = crate::pool::take_dirty(k.len());
     let mut dv = crate::pool::take_dirty(v.len());
@@ -259,15 +266,13 @@ pub fn backward(
         let kb = &k[b * s.sk * s.d..][..s.sk * s.d];
         let vb = &v[b * s.sk * s.dv..][..s.sk * s.dv];
         let (ob, dob) = (&o[b * s.sq * s.dv..][..s.sq * s.dv], &dout[b * s.sq * s.dv..][..s.sq * s.dv]);
-        // pᵀ = e^(sᵀ − lse)
-        let (mut pt, ld) = scores_t(level, qb, kb, s);
-        probabilities_columns_at(level, &mut pt, ld, s.sq, &lse[b * s.sq..][..s.sq]);
+        let pt = &probabilities[b * s.sk * ld..][..s.sk * ld];
         // dv = pᵀ [sk, sq] · do [sq, dv]
-        let p_left = Left { data: &pt, row: ld, col: 1 };
+        let p_left = Left { data: pt, row: ld, col: 1 };
         product(level, (s.sk, s.sq, s.dv), p_left, &Padded::of(dob, s.sq, s.dv, lanes), dv, s.dv);
         // dpᵀ = v [sk, dv] · doᵀ [dv, sq], then dsᵀ = pᵀ ⊙ (dpᵀ − D)·scale in place (D_i per column)
         let mut dst = vec![0.0f32; s.sk * ld];
-        let dot = Padded::transposed(dob, s.sq, s.dv, lanes);
+        let dot = Padded::transposed(dob, s.sq, s.dv, lanes, 1.0);
         product(level, (s.sk, s.dv, s.sq), Left { data: vb, row: s.dv, col: 1 }, &dot, &mut dst, ld);
         let d: Vec<f32> = (0..s.sq).map(|i| cpu::dot(&dob[i * s.dv..][..s.dv], &ob[i * s.dv..][..s.dv])).collect();
         let scale = s.scale();
@@ -303,7 +308,7 @@ mod tests {
                 product(level, (m, k, n), left, &Padded::of(b.data(), k, n, lanes(level)), &mut c, n);
                 let mut ct = vec![f32::NAN; n * m + 1];
                 let bt = Left { data: b.data(), row: 1, col: n };
-                product(level, (n, k, m), bt, &Padded::transposed(a.data(), m, k, lanes(level)), &mut ct, m);
+                product(level, (n, k, m), bt, &Padded::transposed(a.data(), m, k, lanes(level), 1.0), &mut ct, m);
                 for i in 0..m {
                     for j in 0..n {
                         let want: f32 = (0..k).map(|p| a.data()[i * k + p] * b.data()[p * n + j]).sum();
