@@ -9,11 +9,11 @@
 //! ```
 //! The forward saves p (`Saved::probabilities`): at these lengths it is smaller than q, k and v together,
 //! and recomputing it, as flash attention does, cost the backward a product and an exponential per score
-//! (0.93 → 0.59 ms on [32, 4, 49, 32]). The scores are kept transposed, sᵀ [sk, sq] with a query per
-//! column, so that each softmax runs down a column with the queries in the vector lanes: a row of 49
-//! scores would need a horizontal maximum and sum per row, which measured 40% of the forward. Every
-//! product is [`product`]: a register tile of R rows × one vector of columns, the rows' values broadcast
-//! and the columns loaded, k fused multiply-adds deep. matrixmultiply's general products, which the
+//! (0.97 → 0.63 ms on [32, 4, 49, 32], medians of three rounds). The scores are kept transposed,
+//! sᵀ [sk, sq] with a query per column, so that each softmax runs down a column with the queries in the
+//! vector lanes: a row of 49 scores would need a horizontal maximum and sum per row, which measured 40% of
+//! the forward. Every product is [`product`]: a register tile of R rows × one vector of columns, the rows'
+//! values broadcast and the columns loaded, k fused multiply-adds deep. matrixmultiply's general products, which the
 //! flash kernel calls, pack both operands into panels at every call; for a 49 × 32 by 32 × 49 product that
 //! packing and the edges of its 8 × 8 tiles cost more than the products (the forward ran at about 36
 //! GFLOP/s). Here the right-hand operands are read as they are where their rows are whole vectors, and
