@@ -91,6 +91,9 @@ fn odd_shapes() -> Vec<([usize; 4], [usize; 4], usize, usize)> {
         ([1, 8, 12, 17], [17, 8, 3, 3], 1, 1),
         // Winograd on a small map (channel-minor): several images per call, half tiles at both edges.
         ([3, 9, 5, 7], [8, 9, 3, 3], 1, 1),
+        // ... and more than one block of output channels (64 at AVX-512) and of input channels (128) both
+        // ways, partial ones.
+        ([2, 130, 3, 5], [131, 130, 3, 3], 1, 1),
         // Winograd on a large map (one channel's tiles in the lanes), an odd width.
         ([1, 8, 24, 25], [9, 8, 3, 3], 1, 1),
         // Strided on phase planes with both gradients (≥ 8 channels): the U-Net's even 14×14, odd sizes,

@@ -47,40 +47,69 @@ pub fn padding(level: Simd, c_out: usize, c_in: usize) -> (usize, usize) {
     (c_out.next_multiple_of(nv * lanes), c_in.next_multiple_of(lanes))
 }
 
-/// weight [c_out, c_in, 3, 3] transformed and packed channel-minor: packed [16 (ξ), cpi, cpo] = U_ξ[ci, co]
-/// (planes [`spread`] apart), zeros in the padding. With `rotate`, the input gradient's kernel (channels swapped, turned 180°), whose
-/// "output" channels are c_in: then cpo pads c_in and cpi pads c_out.
-pub fn pack_weight(weight: &[f32], c_out: usize, c_in: usize, cpo: usize, cpi: usize, rotate: bool) -> Vec<f32> {
+/// weight [c_out, c_in, 3, 3] transformed and packed channel-minor, in blocks of `block` output channels
+/// (the register tile's NV vectors): packed [16 (ξ), cpo/block, cpi, block] = U_ξ[ci, co] (planes
+/// [`spread`] apart), zeros in the padding. With `rotate`, the input gradient's kernel (channels swapped,
+/// turned 180°), whose "output" channels are c_in: then cpo pads c_in and cpi pads c_out.
+///
+/// Why blocks: the products read one block of U_ξ, cpi rows of `block` floats, for every tile of the call,
+/// so it must stay in L1. As rows of the whole [cpi, cpo] matrix (512 bytes apart for 128 channels, of
+/// which a block reads 256) its 512 lines fell in half of L1's 64 sets, 16 to a 12-way set: they evicted
+/// each other, and the products waited on L2 for their weight loads (`perf annotate`).
+pub fn pack_weight(
+    weight: &[f32],
+    c_out: usize,
+    c_in: usize,
+    (cpo, cpi, block): (usize, usize, usize),
+    rotate: bool,
+) -> Vec<f32> {
     use rayon::prelude::*;
+    assert!(cpo.is_multiple_of(block) && block > 0, "winograd_cm::pack_weight: {cpo} channels in blocks of {block}");
     let (outs, ins) = if rotate { (c_in, c_out) } else { (c_out, c_in) };
-    let mut packed = crate::pool::take_filled(16 * spread(cpi * cpo), 0.0);
-    // In parallel over blocks of ROWS rows (input channels i): each task holds its rows of all 16 planes U_ξ
-    // and fills them row by row, front to back (the 16 rows being written stay in L1; filling a column at a
-    // time instead, every store missed it: 0.76 ms for 128 × 128 channels on one thread).
+    let plane_len = spread(cpi * cpo);
+    let mut packed = crate::pool::take_dirty(16 * plane_len); // every float written below
+    for plane in packed.chunks_exact_mut(plane_len) {
+        plane[cpi * cpo..].fill(0.0);
+    }
+    // In parallel over runs of ROWS rows (input channels i) of one block: each task holds its run in all 16
+    // planes U_ξ and fills them row by row, front to back (the 16 rows being written stay in L1; filling a
+    // column at a time instead, every store missed it: 0.76 ms for 128 × 128 channels on one thread).
     const ROWS: usize = 8;
-    let mut tasks: Vec<Vec<&mut [f32]>> = (0..cpi.div_ceil(ROWS)).map(|_| Vec::with_capacity(16)).collect();
-    for plane in packed.chunks_exact_mut(spread(cpi * cpo)) {
-        for (task, rows) in tasks.iter_mut().zip(plane.chunks_mut(ROWS * cpo)) {
+    let runs = cpi.div_ceil(ROWS); // per block
+    let mut tasks: Vec<Vec<&mut [f32]>> = (0..cpo / block * runs).map(|_| Vec::with_capacity(16)).collect();
+    for plane in packed.chunks_exact_mut(plane_len) {
+        let blocks = plane[..cpi * cpo].chunks_exact_mut(cpi * block);
+        let chunks = blocks.flat_map(|b| b.chunks_mut(ROWS * block));
+        for (task, rows) in tasks.iter_mut().zip(chunks) {
             task.push(rows);
         }
     }
-    tasks.into_par_iter().enumerate().for_each(|(block, mut planes)| {
-        for i in (block * ROWS..(block + 1) * ROWS).take_while(|&i| i < ins) {
-            let at = (i - block * ROWS) * cpo;
-            for o in 0..outs {
-                // The kernel of output channel o and input channel i (for the input gradient: weight's
-                // output channel i and input channel o, turned 180°).
-                let g = match rotate {
-                    false => &weight[(o * c_in + i) * 9..][..9],
-                    true => &weight[(i * c_in + o) * 9..][..9],
-                };
-                let u = super::winograd::transform_kernel(std::array::from_fn(|ky| {
-                    std::array::from_fn(|kx| if rotate { g[8 - ky * 3 - kx] } else { g[ky * 3 + kx] })
-                }));
-                for (xi, plane) in planes.iter_mut().enumerate() {
-                    plane[at + o] = u[xi / 4][xi % 4];
-                }
+    tasks.into_par_iter().enumerate().for_each(|(task, mut planes)| {
+        let (o0, i0) = (task / runs * block, task % runs * ROWS);
+        let rows = planes[0].len() / block;
+        // U of output channel o0 + oc and input channel i0 + r into each plane.
+        let mut one = |r: usize, oc: usize| {
+            let (i, o, at) = (i0 + r, o0 + oc, r * block + oc);
+            if o >= outs || i >= ins {
+                planes.iter_mut().for_each(|plane| plane[at] = 0.0);
+                return;
             }
+            let kernel = match rotate {
+                false => &weight[(o * c_in + i) * 9..][..9],
+                true => &weight[(i * c_in + o) * 9..][..9],
+            };
+            let u = super::winograd::transform_kernel(std::array::from_fn(|ky| {
+                std::array::from_fn(|kx| if rotate { kernel[8 - ky * 3 - kx] } else { kernel[ky * 3 + kx] })
+            }));
+            for (plane, u_xi) in planes.iter_mut().zip(u.as_flattened()) {
+                plane[at] = *u_xi;
+            }
+        };
+        // The inner loop runs along the weight's memory: over input channels as it is, over output channels
+        // when rotated (the other way, each kernel read is c_in·36 bytes from the last).
+        match rotate {
+            false => (0..block).for_each(|oc| (0..rows).for_each(|r| one(r, oc))),
+            true => (0..rows).for_each(|r| (0..block).for_each(|oc| one(r, oc))),
         }
     });
     packed
@@ -186,29 +215,39 @@ unsafe fn conv_tiles<V: F32Vector, const R: usize, const NV: usize>(
     for xi in 0..16 {
         std::slice::from_raw_parts_mut(vbuf.add(xi * v_plane + tiles * cpi), (padded - tiles) * cpi).fill(0.0);
     }
-    // 2. The products: per ξ, U_ξ's block of output channels stays in L1 while it meets every tile.
+    // 2. The products: per ξ, a block of U_ξ (output channels co0.., input channels ci0.. of at most
+    //    KC) stays in L1 while it meets every tile. With more than KC input channels (256 at the U-Net's
+    //    deepest level: a 64 KB block) the sums pass through M between blocks, which keeps their order.
+    const KC: usize = 128;
     for xi in 0..16 {
         let u_xi = packed.as_ptr().add(xi * spread(cpi * cpo));
         let (v_xi, m_xi) = (vbuf.add(xi * v_plane) as *const f32, mbuf.add(xi * m_plane));
         for co0 in (0..cpo).step_by(NV * lanes) {
-            for t0 in (0..padded).step_by(R) {
-                let mut acc = [[V::zero(); NV]; R];
-                let v_rows: [*const f32; R] = std::array::from_fn(|r| v_xi.add((t0 + r) * cpi));
-                let mut u = u_xi.add(co0);
-                for ci in 0..cpi {
-                    let weights: [V; NV] = std::array::from_fn(|v| unsafe { V::load(u.add(v * lanes)) });
-                    for (r, acc_r) in acc.iter_mut().enumerate() {
-                        let x = V::splat(*v_rows[r].add(ci));
-                        for v in 0..NV {
-                            acc_r[v] = x.mul_add(weights[v], acc_r[v]);
+            for ci0 in (0..cpi).step_by(KC) {
+                let ci1 = (ci0 + KC).min(cpi);
+                for t0 in (0..padded).step_by(R) {
+                    let m_at = |r: usize, v: usize| m_xi.add((t0 + r) * cpo + co0 + v * lanes);
+                    let mut acc = match ci0 {
+                        0 => [[V::zero(); NV]; R],
+                        _ => std::array::from_fn(|r| std::array::from_fn(|v| unsafe { V::load(m_at(r, v)) })),
+                    };
+                    let v_rows: [*const f32; R] = std::array::from_fn(|r| v_xi.add((t0 + r) * cpi));
+                    let mut u = u_xi.add(co0 * cpi + ci0 * NV * lanes); // block co0 / (NV·lanes): [cpi, NV·lanes]
+                    for ci in ci0..ci1 {
+                        let weights: [V; NV] = std::array::from_fn(|v| unsafe { V::load(u.add(v * lanes)) });
+                        for (r, acc_r) in acc.iter_mut().enumerate() {
+                            let x = V::splat(*v_rows[r].add(ci));
+                            for v in 0..NV {
+                                acc_r[v] = x.mul_add(weights[v], acc_r[v]);
+                            }
                         }
+                        u = u.add(NV * lanes);
                     }
-                    u = u.add(cpo);
-                }
-                let finished = acc;
-                for (r, vectors) in finished.iter().enumerate() {
-                    for (v, vector) in vectors.iter().enumerate() {
-                        vector.store(m_xi.add((t0 + r) * cpo + co0 + v * lanes));
+                    let finished = acc;
+                    for (r, vectors) in finished.iter().enumerate() {
+                        for (v, vector) in vectors.iter().enumerate() {
+                            vector.store(m_at(r, v));
+                        }
                     }
                 }
             }
@@ -255,7 +294,8 @@ pub fn conv2d_forward_winograd_cm(
 pub fn pack(level: Simd, weight: &[f32], s: &ConvShape, rotate: bool) -> Vec<f32> {
     let (ch_out, ch_in) = if rotate { (s.c_in, s.c_out) } else { (s.c_out, s.c_in) };
     let (cpo, cpi) = padding(level, ch_out, ch_in);
-    pack_weight(weight, s.c_out, s.c_in, cpo, cpi, rotate)
+    let (_, nv, lanes) = tile(level);
+    pack_weight(weight, s.c_out, s.c_in, (cpo, cpi, nv * lanes), rotate)
 }
 
 /// The channel-minor Winograd convolution of `job` (its weight from [`pack`]): per group of images, x
