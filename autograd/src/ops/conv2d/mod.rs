@@ -8,6 +8,7 @@
 //! - `im2col.rs`: im2col + matrix product, for 1×1 and unpadded convolutions.
 //! - `direct.rs`: the register-tiled direct kernel of "same" convolutions; `direct_dweight.rs` its
 //!   weight gradient; `strided.rs` the same kernels on strided convolutions, by phase planes;
+//!   `strided_cm.rs` the forward of strided convolutions onto small maps, channels in the lanes;
 //!   `pointwise.rs` the direct kernel on 1×1 convolutions of small maps, several images side by side.
 //! - `winograd.rs`: Winograd F(2×2, 3×3) for 3×3 "same" convolutions on large maps; `winograd_cm.rs` the
 //!   same with channels in the vector lanes, for small maps; `winograd_dweight.rs` the weight gradient in
@@ -23,6 +24,7 @@ mod path;
 mod pointwise;
 mod shape;
 mod strided;
+mod strided_cm;
 #[cfg(test)]
 mod tests;
 mod transpose;

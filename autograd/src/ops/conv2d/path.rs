@@ -6,7 +6,8 @@
 //! | 3×3 "same" (stride 1, padding 1), ≥ 8 channels in and out, map ≥ 24×24 | Winograd F(2×2, 3×3), `winograd.rs` | Winograd, `winograd_dweight.rs` |
 //! | the same on a smaller map (the U-Net's 14×14 and 7×7) | Winograd, channel-minor, `winograd_cm.rs` | Winograd, `winograd_dweight.rs` |
 //! | other "same" convolutions (5×5, or fewer than 8 channels) | direct, `direct.rs` | direct, `direct_dweight.rs` |
-//! | strided, kernel bigger than 1×1 (the U-Net's stride-2 3×3 downsampling) | direct on phase planes, `strided.rs` | direct, `direct_dweight.rs` |
+//! | strided, kernel bigger than 1×1, onto a map of at most 200 pixels (the U-Net's stride-2 3×3 downsampling to 14×14 and 7×7) | forward: channel-minor products per tap, `strided_cm.rs`; input gradient: direct on phase planes, `strided.rs` | direct, `direct_dweight.rs` |
+//! | strided onto larger maps | direct on phase planes, `strided.rs` | direct, `direct_dweight.rs` |
 //! | 1×1, stride 1, unpadded, on a map of at most 100 pixels (the U-Net's 7×7) | the direct kernel with one tap, several images side by side, `pointwise.rs` | im2col |
 //! | everything else (other 1×1, unpadded) | im2col + matrix product, `im2col.rs` | im2col |
 //!
@@ -14,7 +15,9 @@
 //! 1–2 input channels of products do, so few channels do not pay; on maps under 24×24 one channel has too
 //! few tiles to fill the vector lanes, so the channels go in the lanes instead. The direct kernel reads a
 //! zero-bordered copy of the image as one long row, which "same" convolutions allow, and strided ones once
-//! the image is split into phase planes (every stride-th row and column), one per tap's remainder. A 1×1
+//! the image is split into phase planes (every stride-th row and column), one per tap's remainder; onto
+//! small maps that split and the planes' junk row and column cost more than the products save, so those
+//! forwards keep the output channels in the lanes instead, one product per tap. A 1×1
 //! convolution is a matrix product already; on small maps, whose 49 positions leave the matrix product's
 //! panels short, the direct kernel runs it on several images' positions in one row. Everything else is a
 //! matrix product after im2col. The gradients of "same" and strided convolutions with fewer than
@@ -24,7 +27,7 @@
 use rayon::prelude::*;
 
 use super::shape::{ConvShape, SameConv};
-use super::{direct, direct_dweight, im2col, pointwise, strided, winograd, winograd_cm, winograd_dweight};
+use super::{direct, direct_dweight, im2col, pointwise, strided, strided_cm, winograd, winograd_cm, winograd_dweight};
 use crate::cpu;
 use crate::pool::Scratch;
 
@@ -55,6 +58,9 @@ pub enum Packing {
     /// The direct kernel with one tap, several small images side by side (`pointwise.rs`): 1×1
     /// convolutions, stride 1, no padding.
     Pointwise,
+    /// Channel-minor products, one per tap (`strided_cm.rs`): the forward of strided convolutions onto
+    /// small maps (their input gradient stays on `strided.rs`).
+    StridedChannelMinor,
 }
 
 impl Path {
@@ -66,6 +72,7 @@ impl Path {
             Path::Packed(Packing::Direct) => 2,
             Path::Im2col => 3,
             Path::Packed(Packing::Pointwise) => 4,
+            Path::Packed(Packing::StridedChannelMinor) => 5,
         }
     }
 }
@@ -76,6 +83,7 @@ pub fn forward_path(s: &ConvShape) -> Path {
         (true, true, _) => Path::Packed(Packing::Winograd),
         (true, false, _) => Path::Packed(Packing::WinogradChannelMinor),
         (false, _, true) => Path::Packed(Packing::Direct),
+        _ if strided_cm::is_strided_cm_conv(s) => Path::Packed(Packing::StridedChannelMinor),
         _ if direct::is_strided_conv(s) => Path::Packed(Packing::Direct),
         _ if pointwise::is_pointwise_conv(s) && s.ohw() <= pointwise::MAX_PIXELS => Path::Packed(Packing::Pointwise),
         _ => Path::Im2col,
@@ -125,6 +133,10 @@ fn pack(level: cpu::Simd, packing: Packing, weight: &[f32], s: &ConvShape, rotat
         Packing::Winograd => winograd::pack(level, weight, s, rotate),
         Packing::WinogradChannelMinor => winograd_cm::pack(level, weight, s, rotate),
         Packing::Direct | Packing::Pointwise => direct::pack(level, weight, s, rotate),
+        Packing::StridedChannelMinor => {
+            assert!(!rotate, "strided_cm computes the forward only");
+            strided_cm::pack(level, weight, s)
+        }
     }
 }
 
@@ -135,6 +147,7 @@ fn run(level: cpu::Simd, packing: Packing, job: SameConv) -> Vec<f32> {
         Packing::WinogradChannelMinor => winograd_cm::conv(level, job),
         Packing::Direct => direct::conv(level, job),
         Packing::Pointwise => pointwise::conv(level, job),
+        Packing::StridedChannelMinor => strided_cm::conv(level, job),
     }
 }
 

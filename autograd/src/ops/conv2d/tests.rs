@@ -31,7 +31,8 @@ fn conv2d_gradcheck_winograd() {
     gradcheck(&xs, |t, v| t.conv2d(&v[0], &v[1], None, 1, 1)).unwrap();
 }
 
-/// At least 8 channels, stride 2: the phase-plane direct kernels compute the forward and both gradients.
+/// At least 8 channels, stride 2: the phase-plane direct kernels compute both gradients, and on this small
+/// map `strided_cm.rs` the forward.
 #[test]
 fn conv2d_gradcheck_strided_direct() {
     let xs = [randn(&[2, 8, 7, 6], 19), randn(&[9, 8, 3, 3], 20), randn(&[9], 21)];
@@ -165,6 +166,31 @@ fn winograd_equals_naive_at_every_simd_level() {
     }
 }
 
+/// The channel-minor strided forward at every SIMD level, on every strided odd shape whatever its output
+/// size, the U-Net's downsampling to 7×7 with more than one block of output channels (a partial one), to
+/// 14×14 with 32 (the narrow tile) and with 33, and a batch that splits into uneven groups of images.
+#[test]
+fn strided_cm_equals_naive_at_every_simd_level() {
+    let mut shapes: Vec<_> = odd_shapes().into_iter().filter(|&(_, ws, stride, _)| stride > 1 && ws[2] > 1).collect();
+    shapes.push(([3, 64, 14, 14], [70, 64, 3, 3], 2, 1));
+    shapes.push(([2, 32, 28, 28], [32, 32, 3, 3], 2, 1));
+    shapes.push(([2, 17, 28, 28], [33, 17, 3, 3], 2, 1));
+    shapes.push(([7, 5, 9, 9], [3, 5, 3, 3], 2, 1));
+    for (i, (xs, ws, stride, padding)) in shapes.into_iter().enumerate() {
+        let s = ConvShape::new(&xs, &ws, stride, padding).unwrap();
+        let x = randn(&xs, i as u64);
+        let w = randn(&ws, 100 + i as u64);
+        let b = randn(&[ws[0]], 200 + i as u64);
+        let naive_y = conv2d_forward_naive(x.data(), w.data(), Some(b.data()), &s);
+        for level in crate::cpu::available() {
+            let packed = strided_cm::pack(level, w.data(), &s);
+            let job = forward_job(&x, &packed, &b, &s);
+            let what = format!("{xs:?} * {ws:?} s{stride} p{padding} at {level:?}");
+            assert_close(&strided_cm::conv(level, job), &naive_y, &format!("y {what}"));
+        }
+    }
+}
+
 /// The 1×1 path at every SIMD level, forward and input gradient, on odd shapes: batches that split into
 /// uneven groups of images (11 of 7×7), one image, maps of 1 and 99 pixels, channel
 /// counts that leave partial blocks (1, 13, 65 in; 1, 9, 17 out), whatever the dispatch would choose.
@@ -188,14 +214,7 @@ fn pointwise_equals_naive_at_every_simd_level() {
         for level in crate::cpu::available() {
             let what = format!("{xs:?} * {ws:?} at {level:?}");
             let packed = direct::pack(level, w.data(), &s, false);
-            let job = SameConv {
-                input: x.data(),
-                ch_in: s.c_in,
-                packed: &packed,
-                ch_out: s.c_out,
-                bias: Some(b.data()),
-                shape: &s,
-            };
+            let job = forward_job(&x, &packed, &b, &s);
             assert_close(&pointwise::conv(level, job), &naive_y, &format!("y {what}"));
             let transposed = direct::pack(level, w.data(), &s, true);
             let job = SameConv {
@@ -209,6 +228,11 @@ fn pointwise_equals_naive_at_every_simd_level() {
             assert_close(&pointwise::conv(level, job), &ndx, &format!("dx {what}"));
         }
     }
+}
+
+/// The forward of x with a packed weight and bias b, as a path's `conv` takes it.
+fn forward_job<'a>(x: &'a Tensor, packed: &'a [f32], b: &'a Tensor, s: &'a ConvShape) -> SameConv<'a> {
+    SameConv { input: x.data(), ch_in: s.c_in, packed, ch_out: s.c_out, bias: Some(b.data()), shape: s }
 }
 
 fn assert_close(fast: &[f32], naive: &[f32], what: &str) {
@@ -342,7 +366,10 @@ fn each_shape_takes_its_documented_path() {
     assert_eq!(path([32, 1, 28, 28], 32, 3, 1, 1), packed(Packing::Direct), "the first layer: 1 channel in");
     assert_eq!(path([32, 32, 28, 28], 1, 3, 1, 1), packed(Packing::Direct), "the last layer: 1 channel out");
     assert_eq!(path([32, 32, 28, 28], 32, 5, 1, 2), packed(Packing::Direct), "5×5 same");
-    assert_eq!(path([32, 32, 28, 28], 32, 3, 2, 1), packed(Packing::Direct), "downsampling, stride 2");
+    let strided_cm = packed(Packing::StridedChannelMinor);
+    assert_eq!(path([32, 32, 28, 28], 32, 3, 2, 1), strided_cm, "downsampling to 14×14");
+    assert_eq!(path([32, 64, 14, 14], 64, 3, 2, 1), strided_cm, "downsampling to 7×7");
+    assert_eq!(path([32, 32, 56, 56], 32, 3, 2, 1), packed(Packing::Direct), "downsampling to 28×28");
     assert_eq!(path([32, 32, 28, 28], 32, 1, 2, 0), Path::Im2col, "1×1, stride 2");
     assert_eq!(path([32, 128, 7, 7], 384, 1, 1, 0), packed(Packing::Pointwise), "1×1 at 7×7 (attention's qkv)");
     assert_eq!(path([32, 192, 14, 14], 64, 1, 1, 0), Path::Im2col, "1×1 at 14×14");

@@ -1,0 +1,236 @@
+//! Strided convolutions onto small maps (the U-Net's stride-2 downsampling to 14×14 and 7×7) with the
+//! channels in the vector lanes: the forward only (their gradients stay on `strided.rs`'s phase planes).
+//!
+//! Legend as in `winograd_cm.rs`: `cpi`, `cpo` the channel counts padded to whole vectors, `xᵀ` an image
+//! laid out channel-minor [pixel, channel], `R` × `NV` the register tile (output pixels × vectors of output
+//! channels), `B` = NV·lanes output channels per block; `kk` = k·k taps, `cols` = w + 2·padding.
+//!
+//! # Why not the phase planes
+//! `strided.rs` runs `direct.rs`'s kernel with output positions in the lanes. On a 7×7 output a phase
+//! plane's row is 8 long (7 columns and the junk one) and 8 rows cover the image, so 64 positions are
+//! computed for 49 pixels, and the split into phase planes took a fifth of the time (`perf record`:
+//! [32, 64, 14, 14] → 64, 60% the kernel, 22% `Flat::pad`, which moves one float at a time). Here the
+//! lanes hold output channels, so every product is a real one, and the only copy is a transpose of x in
+//! registers. Measured forward on the Intel Xeon (`unet_kernels`, two interleaved rounds, ms): [32, 64,
+//! 14, 14] → 64 0.77, 0.77 → 0.54, 0.55; [32, 32, 28, 28] → 32 0.73, 0.71 → 0.59, 0.59.
+//!
+//! # The products
+//! With x channel-minor and zero-bordered, xᵀ[(y + padding)·cols + x + padding, ci] = x[ci, y, x], output
+//! pixel p = (oy, ox) of image n reads, for tap (ky, kx), the row of xᵀ at pixel (s·oy + ky)·cols +
+//! s·ox + kx: one fixed offset per tap from the pixel's own base. So
+//! ```text
+//! yᵀ[p, co] = bias[co] + Σ_{ky,kx} Σ_ci xᵀ[base(p) + ky·cols + kx, ci] · weight[co, ci, ky, kx]
+//! ```
+//! a matrix product per tap, whose rows (the pixels) are gathered by address: the register tile takes R
+//! pixels (their xᵀ values broadcast) × NV vectors of output channels (the packed weight, loaded), as
+//! `winograd_cm.rs`'s products do. Taps are the outer loop, the partial sums kept in yᵀ between them, so
+//! that one tap's block of weights ([cpi, B], 16 KB for 64 × 64 channels) stays in L1 while every pixel of
+//! the call meets it (all nine taps' would be 144 KB). Each output is bias, then the taps in order, each
+//! over ci in order, whatever the grouping of images or the threads. A last transpose puts y back in
+//! [channel, pixel] order. Must equal `conv2d_forward_naive` up to rounding.
+
+use rayon::prelude::*;
+
+use super::direct::is_strided_conv;
+use super::shape::{ConvShape, SameConv};
+use super::transpose::{transpose_from, transpose_into, FromChannelMinor, ToChannelMinor};
+use crate::cpu::Simd;
+use crate::vector::{self, F32Vector};
+
+/// The largest output map (oh·ow) the dispatch (`path.rs`) sends here: the U-Net's 14×14 and 7×7. The
+/// phase planes waste their junk column and row (15 of 64 positions at 7×7) and their split costs more
+/// per product on small maps; onto 28×28 the two paths measured the same ([32, 32, 56, 56] → 32: 2.49–2.52
+/// ms here, 2.49–2.55 on phase planes), so larger maps stay there.
+pub const MAX_PIXELS: usize = 200;
+
+/// True for the convolutions the dispatch sends here: strided (`direct::is_strided_conv`) onto at most
+/// [`MAX_PIXELS`] output pixels.
+pub fn is_strided_cm_conv(s: &ConvShape) -> bool {
+    is_strided_conv(s) && s.ohw() <= MAX_PIXELS
+}
+
+/// The register tile for `c_out` output channels at each SIMD level: R pixels × NV vectors of output
+/// channels (R·NV accumulators, NV weight vectors and a broadcast within the register file), and the
+/// lanes per vector. Few output channels (the U-Net's 32) take a tile two vectors wide, which pads 32 to
+/// 32 instead of 64.
+pub fn tile(level: Simd, c_out: usize) -> (usize, usize, usize) {
+    match level {
+        Simd::Avx512 if c_out <= 32 => (12, 2, 16),
+        Simd::Avx512 => (6, 4, 16),
+        Simd::Avx2 if c_out <= 16 => (6, 2, 8),
+        Simd::Avx2 => (4, 3, 8),
+        Simd::Baseline if cfg!(target_arch = "aarch64") => (6, 4, 4),
+        Simd::Baseline => (4, 2, 4),
+    }
+}
+
+/// (cpo, cpi): output channels rounded up to the register tile's NV vectors, input channels to whole vectors.
+fn padding(level: Simd, c_out: usize, c_in: usize) -> (usize, usize) {
+    let (_, nv, lanes) = tile(level, c_out);
+    (c_out.next_multiple_of(nv * lanes), c_in.next_multiple_of(lanes))
+}
+
+/// weight [c_out, c_in, k, k] packed in blocks of B output channels: packed [cpo/B, kk, cpi, B] =
+/// weight[co, ci, tap], zeros in the padding.
+pub fn pack(level: Simd, weight: &[f32], s: &ConvShape) -> Vec<f32> {
+    let (_, nv, lanes) = tile(level, s.c_out);
+    let (b, kk) = (nv * lanes, s.kh * s.kw);
+    let (cpo, cpi) = padding(level, s.c_out, s.c_in);
+    let mut packed = crate::pool::take_dirty(cpo * kk * cpi);
+    packed.par_chunks_mut(kk * cpi * b).enumerate().for_each(|(block, out)| {
+        for (tap_ci, run) in out.chunks_exact_mut(b).enumerate() {
+            let (tap, ci) = (tap_ci / cpi, tap_ci % cpi);
+            for (j, w) in run.iter_mut().enumerate() {
+                let co = block * b + j;
+                *w = match co < s.c_out && ci < s.c_in {
+                    true => weight[(co * s.c_in + ci) * kk + tap],
+                    false => 0.0,
+                };
+            }
+        }
+    });
+    packed
+}
+
+/// Images per call: enough for about 256 output pixels, and at least two calls per thread; spread evenly.
+/// The result does not depend on it.
+fn images_per_call(s: &ConvShape, threads: usize) -> usize {
+    let most = (256 / s.ohw().max(1)).min(s.n.div_ceil(2 * threads.max(1))).max(1);
+    s.n.div_ceil(s.n.div_ceil(most).max(1)).max(1)
+}
+
+/// y [n, c_out, oh, ow] = bias + the strided convolution of `job`'s input with its weight packed by
+/// [`pack`] at this level: per group of images, x transposed in, the products, y transposed out.
+pub fn conv(level: Simd, job: SameConv) -> Vec<f32> {
+    let SameConv { input, ch_in, packed, ch_out, bias, shape: s } = job;
+    assert!(is_strided_conv(s) && ch_in == s.c_in && ch_out == s.c_out, "strided_cm::conv: {s:?}");
+    crate::cpu::check_supported(level);
+    let (r, nv, _) = tile(level, s.c_out);
+    let (cpo, cpi) = padding(level, s.c_out, s.c_in);
+    let (kk, cols, rows) = (s.kh * s.kw, s.w + 2 * s.padding, s.h + 2 * s.padding);
+    assert!(packed.len() >= cpo * kk * cpi, "strided_cm::conv: the packed weight is too short for {s:?}");
+    let (hw, ohw, x_image) = (s.h * s.w, s.ohw(), rows * cols * cpi);
+    let mut bias_padded = vec![0.0; cpo];
+    if let Some(b) = bias {
+        bias_padded[..s.c_out].copy_from_slice(&b[..s.c_out]);
+    }
+    let group = images_per_call(s, rayon::current_num_threads());
+    let mut out = crate::pool::take_dirty(s.n * s.c_out * ohw);
+    out.par_chunks_mut(group * s.c_out * ohw).enumerate().for_each(|(g, out_g)| {
+        let images = out_g.len() / (s.c_out * ohw);
+        let mut xt = crate::pool::scratch(images * x_image);
+        for (j, dst) in xt.chunks_exact_mut(x_image).enumerate() {
+            let src = &input[(g * group + j) * s.c_in * hw..][..s.c_in * hw];
+            let (c, h, w, off, cp) = (s.c_in, s.h, s.w, s.padding, cpi);
+            transpose_into(level, ToChannelMinor { src, c, h, w, off, cols, cp, dst });
+        }
+        let pixels = images * ohw;
+        let mut yt = crate::pool::scratch(pixels.next_multiple_of(r) * cpo);
+        let job = Products { xt: &xt, images, s, cols, cpi, packed, cpo, bias: &bias_padded, yt: &mut yt };
+        // SAFETY: the level is supported (checked above); `products` checks the sizes it relies on.
+        unsafe {
+            match (level, nv) {
+                #[cfg(target_arch = "x86_64")]
+                (Simd::Avx512, 2) => products_avx512::<12, 2>(job),
+                #[cfg(target_arch = "x86_64")]
+                (Simd::Avx512, _) => products_avx512::<6, 4>(job),
+                #[cfg(target_arch = "x86_64")]
+                (Simd::Avx2, 2) => products_avx2::<6, 2>(job),
+                #[cfg(target_arch = "x86_64")]
+                (Simd::Avx2, _) => products_avx2::<4, 3>(job),
+                #[cfg(target_arch = "aarch64")]
+                _ => products::<vector::Neon, 6, 4>(job),
+                #[cfg(not(target_arch = "aarch64"))]
+                _ => products::<vector::Portable, 4, 2>(job),
+            }
+        }
+        for (src, dst) in yt.chunks(ohw * cpo).zip(out_g.chunks_exact_mut(s.c_out * ohw)) {
+            let (c, h, w, cp) = (s.c_out, s.oh, s.ow, cpo);
+            transpose_from(level, FromChannelMinor { src, c, h, w, cols: s.ow, cp, dst });
+        }
+    });
+    out
+}
+
+/// What [`products`] reads and writes: xᵀ [images, rows, cols, cpi], the packed weight, the padded bias,
+/// yᵀ [pixels rounded up to R, cpo].
+struct Products<'a> {
+    xt: &'a [f32],
+    images: usize,
+    s: &'a ConvShape,
+    cols: usize,
+    cpi: usize,
+    packed: &'a [f32],
+    cpo: usize,
+    bias: &'a [f32],
+    yt: &'a mut [f32],
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn products_avx512<const R: usize, const NV: usize>(job: Products) {
+    products::<vector::Avx512, R, NV>(job)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn products_avx2<const R: usize, const NV: usize>(job: Products) {
+    products::<vector::Avx2, R, NV>(job)
+}
+
+/// For each block of B output channels, each tap, each R output pixels: acc [R][NV] starts at the bias
+/// (first tap) or the sums so far (yᵀ), takes Σ_ci xᵀ[base + tap, ci] (broadcast) · packed[ci, B] (loaded),
+/// and goes back to yᵀ. Pixels past the last (rounding up to R) read pixel 0's window; their rows of yᵀ
+/// are never read.
+///
+/// # Safety
+/// V's instruction set is available.
+#[inline(always)]
+unsafe fn products<V: F32Vector, const R: usize, const NV: usize>(job: Products) {
+    let Products { xt, images, s, cols, cpi, packed, cpo, bias, yt } = job;
+    let (lanes, kk, ohw) = (V::LANES, s.kh * s.kw, s.ohw());
+    let b = NV * lanes;
+    let (pixels, x_image) = (images * ohw, (s.h + 2 * s.padding) * cols * cpi);
+    assert!(cpo.is_multiple_of(b) && cpi.is_multiple_of(lanes) && bias.len() >= cpo);
+    assert!(xt.len() >= images * x_image && packed.len() >= cpo * kk * cpi);
+    assert!(yt.len() >= pixels.next_multiple_of(R) * cpo);
+    // Every window lies inside its image's xᵀ: s·(oh − 1) + k ≤ h + 2·padding rows, likewise columns.
+    assert!(s.stride * (s.oh - 1) + s.kh <= s.h + 2 * s.padding && s.stride * (s.ow - 1) + s.kw <= cols);
+    let taps: Vec<usize> = (0..kk).map(|t| ((t / s.kw) * cols + t % s.kw) * cpi).collect();
+    let base = |p: usize| {
+        let (n, q) = (p / ohw, p % ohw);
+        n * x_image + (s.stride * (q / s.ow) * cols + s.stride * (q % s.ow)) * cpi
+    };
+    let bases: Vec<usize> = (0..pixels.next_multiple_of(R)).map(|p| base(if p < pixels { p } else { 0 })).collect();
+    let (xt, yt) = (xt.as_ptr(), yt.as_mut_ptr());
+    for co0 in (0..cpo).step_by(b) {
+        for (t, &tap) in taps.iter().enumerate() {
+            let u_tap = packed.as_ptr().add((co0 * kk + t * b) * cpi); // [cpi, B]
+            for (p0, bases) in bases.chunks_exact(R).enumerate().map(|(i, c)| (i * R, c)) {
+                let at = |r: usize, v: usize| yt.add((p0 + r) * cpo + co0 + v * lanes);
+                let mut acc: [[V; NV]; R] = match t {
+                    0 => [std::array::from_fn(|v| unsafe { V::load(bias.as_ptr().add(co0 + v * lanes)) }); R],
+                    _ => std::array::from_fn(|r| std::array::from_fn(|v| unsafe { V::load(at(r, v)) })),
+                };
+                let x_rows: [*const f32; R] = std::array::from_fn(|r| xt.add(bases[r] + tap));
+                let mut u = u_tap;
+                for ci in 0..cpi {
+                    let weights: [V; NV] = std::array::from_fn(|v| unsafe { V::load(u.add(v * lanes)) });
+                    for (r, acc_r) in acc.iter_mut().enumerate() {
+                        let x = V::splat(*x_rows[r].add(ci));
+                        for v in 0..NV {
+                            acc_r[v] = x.mul_add(weights[v], acc_r[v]);
+                        }
+                    }
+                    u = u.add(b);
+                }
+                let finished = acc;
+                for (r, vectors) in finished.iter().enumerate() {
+                    for (v, vector) in vectors.iter().enumerate() {
+                        vector.store(at(r, v));
+                    }
+                }
+            }
+        }
+    }
+}
