@@ -27,6 +27,18 @@ pub(super) fn per_image(
     out
 }
 
+/// Images per call for a path that runs groups of whole images, one call per group (`par_chunks` of this
+/// many): at most `most`, and as many as that allows while the number of calls is a multiple of the threads
+/// and at least two per thread, so that the threads get equal shares (32 images at most 5 at a time on 2
+/// threads: 4 each in 8 calls, where 5 each made 7 calls, 17 images for one thread and 15 for the other);
+/// one image per call when no count is balanced (fewer images than two per thread). The paths compute each
+/// output the same way in any call, so no result depends on it.
+pub(super) fn images_per_call(n: usize, most: usize, threads: usize) -> usize {
+    let (n, threads) = (n.max(1), threads.max(1));
+    let balanced = |images: usize| n.div_ceil(images).is_multiple_of(threads) && n.div_ceil(images) >= 2 * threads;
+    (1..=most.clamp(1, n)).rev().find(|&images| balanced(images)).unwrap_or(1)
+}
+
 /// Σ over groups, in group order, of partial [groups, len]; parallel over disjoint chunks of the result.
 pub(super) fn sum_partials(partial: &[f32], groups: usize, len: usize) -> Vec<f32> {
     let mut total = crate::pool::take_dirty(len);

@@ -353,6 +353,18 @@ fn inference_reuses_the_packed_weight_with_the_same_result() {
     }
 }
 
+/// Calls of whole images come in a count the threads share equally, as large as `most` allows.
+#[test]
+fn images_per_call_splits_a_batch_equally_over_the_threads() {
+    use super::parallel::images_per_call;
+    assert_eq!(images_per_call(32, 5, 2), 4, "8 calls, not 7 of 5");
+    assert_eq!(images_per_call(32, 3, 2), 2, "16 calls, not 11 of 3");
+    assert_eq!(images_per_call(32, 8, 2), 8, "4 calls, 2 a thread");
+    assert_eq!(images_per_call(32, 8, 8), 2, "16 calls on 8 threads");
+    assert_eq!(images_per_call(3, 8, 2), 1, "too few images: one a call");
+    assert_eq!(images_per_call(7, 0, 1), 1);
+}
+
 /// The U-Net's convolutions, each on the path the dispatch doc says it takes.
 #[test]
 fn each_shape_takes_its_documented_path() {
