@@ -11,8 +11,8 @@
 //! computed for 49 pixels, and the split into phase planes took a fifth of the time (`perf record`:
 //! [32, 64, 14, 14] → 64, 60% the kernel, 22% `Flat::pad`, which moves one float at a time). Here the
 //! lanes hold output channels, so every product is a real one, and the only copy is a transpose of x in
-//! registers. Measured forward on the Intel Xeon (`unet_kernels`, two interleaved rounds, ms): [32, 64,
-//! 14, 14] → 64 0.77, 0.77 → 0.54, 0.55; [32, 32, 28, 28] → 32 0.73, 0.71 → 0.59, 0.59.
+//! registers. Measured forward on the Intel Xeon (`unet_kernels`, the builds alternated, two rounds, ms):
+//! [32, 64, 14, 14] → 64 0.77, 0.75 → 0.54, 0.55; [32, 32, 28, 28] → 32 0.73, 0.71 → 0.59, 0.59.
 //!
 //! # The products
 //! With x channel-minor and zero-bordered, xᵀ[(y + padding)·cols + x + padding, ci] = x[ci, y, x], output
@@ -52,8 +52,8 @@ pub fn is_strided_cm_conv(s: &ConvShape) -> bool {
 
 /// The register tile for `c_out` output channels at each SIMD level: R pixels × NV vectors of output
 /// channels (R·NV accumulators, NV weight vectors and a broadcast within the register file), and the
-/// lanes per vector. Few output channels (the U-Net's 32) take a tile two vectors wide, which pads 32 to
-/// 32 instead of 64.
+/// lanes per vector. Few output channels (the U-Net's 32) take a tile two vectors wide, which leaves 32
+/// channels as they are where the four-vector tile would pad them to 64.
 pub fn tile(level: Simd, c_out: usize) -> (usize, usize, usize) {
     match level {
         Simd::Avx512 if c_out <= 32 => (12, 2, 16),
