@@ -123,13 +123,13 @@ pub fn layouts(h: usize, w: usize) -> ((usize, usize), (usize, usize)) {
     ((2 * th + 2, 2 * tw + 2), (2 * th, 2 * tw))
 }
 
-/// Images per call of [`conv_images`] at most: enough for about 128 tiles (8 images at 7×7, 2 at 14×14),
-/// the calls shared equally by the threads (`parallel::images_per_call`). Measured against about 64 tiles
-/// (4 images at 7×7) on the Intel Xeon, the builds alternated, three rounds, medians, ms: forward
-/// [32, 128, 7, 7] → 128 1.52 → 1.44, backward 3.12 → 2.92; [32, 64, 7, 7] → 128 0.845 → 0.808;
-/// [32, 256, 7, 7] → 128 2.84 → 2.91 (within the rounds' spread).
+/// Images per call of [`conv_images`] at most: enough for about 64 tiles (4 images at 7×7, 2 at 14×14),
+/// the calls shared equally by the threads (`parallel::images_per_call`). About 128 (8 images at 7×7) ran
+/// the 7×7 convolutions 4–6% faster (forward [32, 128, 7, 7] → 128 1.52 → 1.44 ms, three alternated
+/// rounds) but its larger V and M buffers raised the main job's peak memory to 414 MB, past the 400 MB it
+/// must stay under (`03_train_mnist --steps 100 --sample-every 50`: 397.4 MB against 389.5 with 64).
 pub fn most_images_per_call(h: usize, w: usize) -> usize {
-    128usize.div_ceil(h.div_ceil(2) * w.div_ceil(2))
+    64usize.div_ceil(h.div_ceil(2) * w.div_ceil(2))
 }
 
 /// Scratch floats for [`conv_images`] on `images` images: V [16, T, cpi] and M [16, T, cpo] for all T of
