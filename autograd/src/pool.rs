@@ -198,8 +198,8 @@ mod tests {
 
     #[test]
     fn buffers_the_pool_did_not_lend_are_not_kept() {
-        let len = MIN_POOLED * 5 + 3; // a size no other test uses
-        let before = pooled_bytes();
+        // A size no other test uses.
+        let len = MIN_POOLED * 5 + 3;
         // Built elsewhere (as a batch of data is), given back many times: the pool must not grow.
         for _ in 0..10 {
             give(vec![1.0; len]);
@@ -210,8 +210,8 @@ mod tests {
         let again = take(len);
         assert_eq!(again.as_ptr(), ptr, "a lent buffer still comes back");
         give(again);
-        // Other tests run in parallel and may hold buffers of their own sizes; this size holds one buffer.
-        assert!(pooled_bytes() >= before);
+        // Other tests run in parallel and take and give buffers of their own sizes (so the pool's total can
+        // fall below `before` meanwhile: that check failed once in a run); this size holds one buffer.
         let mut guard = lock();
         assert_eq!(guard.as_mut().unwrap().free.get(&len).map_or(0, Vec::len), 1);
     }
