@@ -11,8 +11,7 @@
 //!   `strided_cm.rs` the forward of strided convolutions onto small maps, channels in the lanes;
 //!   `pointwise.rs` the direct kernel on 1×1 convolutions of small maps, several images side by side.
 //! - `winograd.rs`: Winograd F(2×2, 3×3) for 3×3 "same" convolutions on large maps; `winograd_cm.rs` the
-//!   same with channels in the vector lanes, for small maps, in tiles of F(2×2) or, where they need fewer
-//!   products, F(4×4, 3×3) (`winograd4.rs`, its transforms); `winograd_dweight.rs` the weight gradient in
+//!   same with channels in the vector lanes, for small maps; `winograd_dweight.rs` the weight gradient in
 //!   the Winograd domain; `transpose.rs` the channel-minor transposes the last two need.
 //! - `parallel.rs`: how the paths split work over threads so that no result depends on their number.
 
@@ -30,7 +29,6 @@ mod strided_cm;
 mod tests;
 mod transpose;
 mod winograd;
-mod winograd4;
 mod winograd_cm;
 mod winograd_dweight;
 
@@ -46,7 +44,7 @@ pub use path::{
 pub use shape::ConvShape;
 pub use strided::conv2d_backward_strided;
 pub use winograd::conv2d_forward_winograd;
-pub use winograd_cm::{conv2d_forward_winograd_cm, Variant as WinogradVariant};
+pub use winograd_cm::conv2d_forward_winograd_cm;
 
 impl Tape {
     /// 2-D convolution with zero padding.

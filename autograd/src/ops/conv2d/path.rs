@@ -4,7 +4,7 @@
 //! | shape | forward and input gradient | weight gradient |
 //! |---|---|---|
 //! | 3×3 "same" (stride 1, padding 1), ≥ 8 channels in and out, map ≥ 24×24 | Winograd F(2×2, 3×3), `winograd.rs` | Winograd, `winograd_dweight.rs` |
-//! | the same on a smaller map (the U-Net's 14×14 and 7×7) | Winograd, channel-minor, `winograd_cm.rs`: the forward in tiles of F(4×4, 3×3) where they need fewer products (`winograd4.rs`), the input gradient F(2×2) | Winograd, `winograd_dweight.rs` |
+//! | the same on a smaller map (the U-Net's 14×14 and 7×7) | Winograd, channel-minor, `winograd_cm.rs` | Winograd, `winograd_dweight.rs` |
 //! | other "same" convolutions (5×5, or fewer than 8 channels) | direct, `direct.rs` | direct, `direct_dweight.rs` |
 //! | strided, kernel bigger than 1×1, onto a map of at most 200 pixels (the U-Net's stride-2 3×3 downsampling to 14×14 and 7×7) | forward: channel-minor products per tap, `strided_cm.rs`; input gradient: direct on phase planes, `strided.rs` | direct, `direct_dweight.rs` |
 //! | strided onto larger maps | direct on phase planes, `strided.rs` | direct, `direct_dweight.rs` |
@@ -120,7 +120,7 @@ pub fn conv2d_forward_packed(
 ) -> Vec<f32> {
     match (forward_path(s), packed) {
         (Path::Packed(packing), Some(packed)) => {
-            run(level, packing, SameConv { input: x, ch_in: s.c_in, packed, ch_out: s.c_out, bias, shape: s }, false)
+            run(level, packing, SameConv { input: x, ch_in: s.c_in, packed, ch_out: s.c_out, bias, shape: s })
         }
         _ => im2col::conv2d_forward_im2col(x, weight, bias, s),
     }
@@ -140,11 +140,11 @@ fn pack(level: cpu::Simd, packing: Packing, weight: &[f32], s: &ConvShape, rotat
     }
 }
 
-/// A "same" convolution on `packing`'s kernel, its weight from [`pack`] (`rotate`d for an input gradient).
-fn run(level: cpu::Simd, packing: Packing, job: SameConv, rotate: bool) -> Vec<f32> {
+/// A "same" convolution on `packing`'s kernel, its weight from [`pack`].
+fn run(level: cpu::Simd, packing: Packing, job: SameConv) -> Vec<f32> {
     match packing {
         Packing::Winograd => winograd::conv(level, job),
-        Packing::WinogradChannelMinor => winograd_cm::conv(level, job, rotate),
+        Packing::WinogradChannelMinor => winograd_cm::conv(level, job),
         Packing::Direct => direct::conv(level, job),
         Packing::Pointwise => pointwise::conv(level, job),
         Packing::StridedChannelMinor => strided_cm::conv(level, job),
@@ -184,7 +184,7 @@ pub fn conv2d_backward(
         let level = cpu::simd();
         let transposed = Scratch::from(pack(level, Packing::Pointwise, weight, s, true));
         let job = SameConv { input: dy, ch_in: s.c_out, packed: &transposed, ch_out: s.c_in, bias: None, shape: s };
-        dx = Some(run(level, Packing::Pointwise, job, true));
+        dx = Some(run(level, Packing::Pointwise, job));
     }
     let (im2col_dx, im2col_dweight) = (want_dx && !direct_dx && !pointwise_dx, want_dweight && !direct_dweight);
     if im2col_dx || im2col_dweight {
@@ -229,7 +229,6 @@ pub fn conv2d_backward_direct(
             level,
             packing,
             SameConv { input: dy, ch_in: s.c_out, packed: &rotated, ch_out: s.c_in, bias: None, shape: s },
-            true,
         )
     });
     let dweight = want_dweight.then(|| match winograd::is_winograd_conv(s) {

@@ -1,7 +1,7 @@
 use super::im2col::{col2im, im2col};
 use super::shape::SameConv;
 use super::*;
-use crate::gradcheck::{gradcheck, gradcheck_with, GradcheckConfig};
+use crate::gradcheck::gradcheck;
 
 fn randn(shape: &[usize], seed: u64) -> Tensor {
     Tensor::randn_seeded(shape, seed)
@@ -18,22 +18,15 @@ fn conv2d_gradcheck_3x3_padded() {
 #[test]
 fn conv2d_gradcheck_direct_gradients() {
     let xs = [randn(&[2, 8, 4, 5], 11), randn(&[9, 8, 3, 3], 12), randn(&[9], 13)];
-    gradcheck_with(LINEAR, &xs, |t, v| t.conv2d(&v[0], &v[1], Some(&v[2]), 1, 1)).unwrap();
+    gradcheck(&xs, |t, v| t.conv2d(&v[0], &v[1], Some(&v[2]), 1, 1)).unwrap();
 }
-
-/// The gradient check's step for a convolution: y is linear in each of x, weight and bias, so a central
-/// difference in one of them has no truncation error at any ε, and ε = 1 makes the f32 forward's rounding
-/// (u·|L|/ε) 100 times smaller than the default 1e-2 does. It matters on small maps, where the forward
-/// takes F(4×4, 3×3), whose rounding error is a few times F(2×2)'s: at ε = 1e-2 it moved the finite
-/// difference by 4e-3 (0.1082 against the backward's 0.1120).
-const LINEAR: GradcheckConfig = GradcheckConfig { eps: 1.0, atol: 2e-3, rtol: 1e-2, max_checks_per_input: 200 };
 
 /// At least 8 channels: Winograd computes the forward and both gradients, channel-minor on a small map and
 /// with one channel's tiles in the lanes on a large one.
 #[test]
 fn conv2d_gradcheck_winograd() {
     let xs = [randn(&[1, 8, 12, 13], 14), randn(&[9, 8, 3, 3], 15), randn(&[9], 16)];
-    gradcheck_with(LINEAR, &xs, |t, v| t.conv2d(&v[0], &v[1], Some(&v[2]), 1, 1)).unwrap();
+    gradcheck(&xs, |t, v| t.conv2d(&v[0], &v[1], Some(&v[2]), 1, 1)).unwrap();
     let xs = [randn(&[1, 8, 24, 25], 17), randn(&[8, 8, 3, 3], 18)];
     gradcheck(&xs, |t, v| t.conv2d(&v[0], &v[1], None, 1, 1)).unwrap();
 }
@@ -134,15 +127,14 @@ fn direct_equals_naive_at_every_simd_level() {
         let dy = randn(&[s.n, s.c_out, s.oh, s.ow], 300 + i as u64);
         let naive_y = conv2d_forward_naive(x.data(), w.data(), Some(b.data()), &s);
         let (ndx, ndw, _) = conv2d_backward_naive(x.data(), w.data(), dy.data(), &s);
-        let (my, mdx, mdw) = magnitudes(&x, &w, &b, &dy, &s);
         for level in crate::cpu::available() {
             let what = format!("{xs:?} * {ws:?} s{stride} p{padding} at {level:?}");
             let y = conv2d_forward_direct(level, x.data(), w.data(), Some(b.data()), &s);
-            assert_close_to(&y, &naive_y, &my, &format!("y {what}"));
+            assert_close(&y, &naive_y, &format!("y {what}"));
             let backward = if strided { conv2d_backward_strided } else { conv2d_backward_direct };
             let (dx, dw) = backward(level, x.data(), w.data(), dy.data(), &s, true, true);
-            assert_close_to(&dx.unwrap(), &ndx, &mdx, &format!("dx {what}"));
-            assert_close_to(&dw.unwrap(), &ndw, &mdw, &format!("dweight {what}"));
+            assert_close(&dx.unwrap(), &ndx, &format!("dx {what}"));
+            assert_close(&dw.unwrap(), &ndw, &format!("dweight {what}"));
         }
     }
 }
@@ -165,16 +157,11 @@ fn winograd_equals_naive_at_every_simd_level() {
         let w = randn(&ws, 100 + i as u64);
         let b = randn(&[ws[0]], 200 + i as u64);
         let naive_y = conv2d_forward_naive(x.data(), w.data(), Some(b.data()), &s);
-        let dy = randn(&[s.n, s.c_out, s.oh, s.ow], 300 + i as u64);
-        let (my, _, _) = magnitudes(&x, &w, &b, &dy, &s);
         for level in crate::cpu::available() {
             let y = conv2d_forward_winograd(level, x.data(), w.data(), Some(b.data()), &s);
             assert_close(&y, &naive_y, &format!("y {xs:?} * {ws:?} at {level:?}"));
-            for variant in [WinogradVariant::F2, WinogradVariant::F4] {
-                let y = conv2d_forward_winograd_cm(level, variant, x.data(), w.data(), Some(b.data()), &s);
-                let what = format!("y (channel-minor, {variant:?}) {xs:?} * {ws:?} at {level:?}");
-                assert_close_to(&y, &naive_y, &my, &what);
-            }
+            let y = conv2d_forward_winograd_cm(level, x.data(), w.data(), Some(b.data()), &s);
+            assert_close(&y, &naive_y, &format!("y (channel-minor) {xs:?} * {ws:?} at {level:?}"));
         }
     }
 }
@@ -255,29 +242,6 @@ fn assert_close(fast: &[f32], naive: &[f32], what: &str) {
     }
 }
 
-/// [`assert_close`], or within 2e-6 (about 32 units of f32 rounding) of `magnitude`, Σ|terms| of each value's
-/// sum of products. The rounding error of a sum scales with its terms, not with its result: where a
-/// thousand terms of size 1 cancel to about 1, F(4×4, 3×3)'s transforms (coefficients up to 5 and 8) put
-/// the result a few ulps of the terms away (3e-4 on 1.64, Σ|terms| 745: 4e-7 of it), past a bound
-/// relative to the result alone.
-fn assert_close_to(fast: &[f32], naive: &[f32], magnitude: &[f32], what: &str) {
-    assert_eq!(fast.len(), naive.len(), "{what}");
-    for (i, ((a, b), m)) in fast.iter().zip(naive).zip(magnitude).enumerate() {
-        let bound = (1e-4 * (1.0 + b.abs())).max(2e-6 * m);
-        assert!((a - b).abs() <= bound, "{what}[{i}]: fast {a} naive {b} (Σ|terms| {m})");
-    }
-}
-
-/// Σ|terms| of every output and gradient of a convolution: the naive convolution of the absolute values,
-/// (y, dx, dweight).
-fn magnitudes(x: &Tensor, w: &Tensor, b: &Tensor, dy: &Tensor, s: &ConvShape) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-    let abs = |t: &Tensor| t.data().iter().map(|v| v.abs()).collect::<Vec<f32>>();
-    let (x, w, b, dy) = (abs(x), abs(w), abs(b), abs(dy));
-    let y = conv2d_forward_naive(&x, &w, Some(&b), s);
-    let (dx, dw, _) = conv2d_backward_naive(&x, &w, &dy, s);
-    (y, dx, dw)
-}
-
 #[test]
 fn fast_equals_naive_on_odd_shapes() {
     // The SIMD inside is matrixmultiply's, which picks its micro-kernel by its own run-time detection.
@@ -289,15 +253,13 @@ fn fast_equals_naive_on_odd_shapes() {
         let dy = randn(&[s.n, s.c_out, s.oh, s.ow], 300 + i as u64);
         let naive_y = conv2d_forward_naive(x.data(), w.data(), Some(b.data()), &s);
         let (ndx, ndw, ndb) = conv2d_backward_naive(x.data(), w.data(), dy.data(), &s);
-        let (my, mdx, mdw) = magnitudes(&x, &w, &b, &dy, &s);
         {
             {
                 let what = format!("{xs:?} * {ws:?} s{stride} p{padding}");
-                let y = conv2d_forward(x.data(), w.data(), Some(b.data()), &s);
-                assert_close_to(&y, &naive_y, &my, &format!("y {what}"));
+                assert_close(&conv2d_forward(x.data(), w.data(), Some(b.data()), &s), &naive_y, &format!("y {what}"));
                 let (dx, dw, db) = conv2d_backward(x.data(), w.data(), dy.data(), &s, true, true);
-                assert_close_to(&dx.unwrap(), &ndx, &mdx, &format!("dx {what}"));
-                assert_close_to(&dw.unwrap(), &ndw, &mdw, &format!("dweight {what}"));
+                assert_close(&dx.unwrap(), &ndx, &format!("dx {what}"));
+                assert_close(&dw.unwrap(), &ndw, &format!("dweight {what}"));
                 assert_close(&db, &ndb, &format!("dbias {what}"));
             }
         }

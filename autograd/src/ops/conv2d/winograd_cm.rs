@@ -21,12 +21,14 @@
 //! 64 positions × 9: 2.25× fewer, paid for with the two transposes. Must equal `conv2d_forward_naive` up to
 //! rounding (tested with the other Winograd paths).
 //!
-//! # Larger tiles where they pay: F(4×4, 3×3)
-//! Everything above holds for tiles of 4×4 outputs too (`winograd4.rs`'s transforms): 36 values ξ instead
-//! of 16, so 36 products, each over a quarter as many tiles. [`Variant::for_conv`] takes them for forwards
-//! where they need fewer multiplications: on a 7×7 map 4 tiles × 36 = 144 per image and channel pair
-//! against 256, on 14×14 576 against 784. The weight is packed the same way, in 36 planes. Input
-//! gradients stay on F(2×2), whose rounding error is smaller (see [`Variant::for_conv`]).
+//! Tried and taken out again (1b927e6, reverted in the next commit): tiles of F(4×4, 3×3) for the
+//! forward, 4 tiles × 36 products per image and channel pair on a 7×7 map instead of 16 × 16. The forwards
+//! at 7×7 ran 17–18% faster ([32, 128, 7, 7] → 128 1.60 → 1.33 ms), at 14×14 6–10%, but the 36 planes of
+//! its packed weights (2.25× F(2×2)'s, kept by the buffer pool in training and by the weight cache in
+//! sampling) raised the peak memory of `03_train_mnist --steps 100 --sample-every 50` from 390 to 425 MB,
+//! past the 400 MB the main job must stay under; and its rounding error, about 12× F(2×2)'s, compounds
+//! through input gradients (the `small` U-Net's gradients 2.3e-4 from its PyTorch twin's with F(4×4) for
+//! them too), so it would serve forwards only.
 
 use rayon::prelude::*;
 
@@ -34,76 +36,29 @@ use super::parallel::images_per_call;
 use super::shape::{ConvShape, SameConv};
 use super::transpose::{transpose_from, transpose_into, FromChannelMinor, ToChannelMinor};
 use super::winograd::{output_transform, spread, transform_inputs_cm};
-use super::winograd4;
 use crate::cpu::Simd;
 use crate::pool::Scratch;
 use crate::vector::{self, F32Vector};
 
-/// The Winograd tile: F(2×2, 3×3) or F(4×4, 3×3).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Variant {
-    F2,
-    F4,
-}
-
-impl Variant {
-    /// Outputs per tile side.
-    pub fn m(self) -> usize {
-        match self {
-            Variant::F2 => 2,
-            Variant::F4 => winograd4::M,
-        }
-    }
-
-    /// Transformed values (products) per tile: (m + 2)².
-    pub fn points(self) -> usize {
-        (self.m() + 2) * (self.m() + 2)
-    }
-
-    /// Products per image and pair of channels on an h×w map.
-    pub fn products(self, h: usize, w: usize) -> usize {
-        h.div_ceil(self.m()) * w.div_ceil(self.m()) * self.points()
-    }
-
-    /// The tile of a forward (`rotate` false) or input gradient on an h×w map: for a forward, the one with
-    /// fewer products (F(2×2) on a tie); for an input gradient, F(2×2) always.
-    ///
-    /// Why not F(4×4) for input gradients: its rounding error is about 12 times F(2×2)'s (relative to the
-    /// sum of the terms' sizes, simulated in f32 for sums over 128 channels: 2.9e-7 against 2.4e-8), and
-    /// through the backward's chain of input gradients it compounds: with F(4×4) for both, the `small`
-    /// U-Net's gradients differed from its PyTorch twin's by up to 2.3e-4 (relative to the largest),
-    /// against 1.3e-5 with F(2×2) and 2.9e-5 with F(4×4) in the forward alone
-    /// (`diffusion/tests/pytorch_reference.rs`, whose bound is 1e-4).
-    pub fn for_conv(h: usize, w: usize, rotate: bool) -> Variant {
-        match !rotate && Variant::F4.products(h, w) < Variant::F2.products(h, w) {
-            true => Variant::F4,
-            false => Variant::F2,
-        }
-    }
-}
-
 /// The register tile at each SIMD level: R tiles × NV vectors of output channels (R·NV accumulators, NV
-/// weight vectors and a broadcast within the register file), and the lanes per vector. F(4×4) at 7×7 has 4
-/// tiles per image, so its R is 4 where F(2×2)'s is 6 (NV is the same, and so is [`padding`]).
-pub fn tile(level: Simd, variant: Variant) -> (usize, usize, usize) {
-    match (level, variant) {
-        (Simd::Avx512, Variant::F2) => (6, 4, 16),
-        (Simd::Avx512, Variant::F4) => (4, 4, 16),
-        (Simd::Avx2, _) => (4, 3, 8),
-        (Simd::Baseline, Variant::F2) if cfg!(target_arch = "aarch64") => (6, 4, 4),
-        (Simd::Baseline, Variant::F4) if cfg!(target_arch = "aarch64") => (4, 4, 4),
-        (Simd::Baseline, _) => (4, 2, 4),
+/// weight vectors and a broadcast within the register file), and the lanes per vector.
+pub fn tile(level: Simd) -> (usize, usize, usize) {
+    match level {
+        Simd::Avx512 => (6, 4, 16),
+        Simd::Avx2 => (4, 3, 8),
+        Simd::Baseline if cfg!(target_arch = "aarch64") => (6, 4, 4),
+        Simd::Baseline => (4, 2, 4),
     }
 }
 
 /// (cpo, cpi): output channels rounded up to the register tile's NV vectors, input channels to whole vectors.
 pub fn padding(level: Simd, c_out: usize, c_in: usize) -> (usize, usize) {
-    let (_, nv, lanes) = tile(level, Variant::F2);
+    let (_, nv, lanes) = tile(level);
     (c_out.next_multiple_of(nv * lanes), c_in.next_multiple_of(lanes))
 }
 
-/// weight [c_out, c_in, 3, 3] transformed for `variant` and packed channel-minor, in blocks of `block` output
-/// channels (the register tile's NV vectors): packed [points (ξ), cpo/block, cpi, block] = U_ξ[ci, co] (planes
+/// weight [c_out, c_in, 3, 3] transformed and packed channel-minor, in blocks of `block` output channels
+/// (the register tile's NV vectors): packed [16 (ξ), cpo/block, cpi, block] = U_ξ[ci, co] (planes
 /// [`spread`] apart), zeros in the padding. With `rotate`, the input gradient's kernel (channels swapped,
 /// turned 180°), whose "output" channels are c_in: then cpo pads c_in and cpi pads c_out.
 ///
@@ -112,29 +67,17 @@ pub fn padding(level: Simd, c_out: usize, c_in: usize) -> (usize, usize) {
 /// which a block reads 256) its 512 lines fell in half of L1's 64 sets, 16 to a 12-way set: they evicted
 /// each other, and the products waited on L2 for their weight loads (`perf annotate`).
 pub fn pack_weight(
-    level: Simd,
     weight: &[f32],
     c_out: usize,
     c_in: usize,
     (cpo, cpi, block): (usize, usize, usize),
     rotate: bool,
-    variant: Variant,
 ) -> Vec<f32> {
     use rayon::prelude::*;
     assert!(cpo.is_multiple_of(block) && block > 0, "winograd_cm::pack_weight: {cpo} channels in blocks of {block}");
     let (outs, ins) = if rotate { (c_in, c_out) } else { (c_out, c_in) };
     let plane_len = spread(cpi * cpo);
-    let points = variant.points();
-    assert!(!(rotate && variant == Variant::F4), "winograd_cm::pack_weight: F(4×4) is for forwards only");
-    // F(4×4) reads the weight transposed to [c_in·9, cpo] (tap k of kernel (o, i) at (9i + k)·cpo + o), so
-    // that one tap of a vector of output channels is one load (`pack_rows_f4`).
-    let taps = (variant == Variant::F4).then(|| {
-        let mut taps = crate::pool::scratch(c_in * 9 * cpo);
-        let job = ToChannelMinor { src: weight, c: c_out, h: c_in, w: 9, off: 0, cols: 9, cp: cpo, dst: &mut taps };
-        transpose_into(level, job);
-        taps
-    });
-    let mut packed = crate::pool::take_dirty(points * plane_len); // every float written below
+    let mut packed = crate::pool::take_dirty(16 * plane_len); // every float written below
     for plane in packed.chunks_exact_mut(plane_len) {
         plane[cpi * cpo..].fill(0.0);
     }
@@ -143,7 +86,7 @@ pub fn pack_weight(
     // column at a time instead, every store missed it: 0.76 ms for 128 × 128 channels on one thread).
     const ROWS: usize = 8;
     let runs = cpi.div_ceil(ROWS); // per block
-    let mut tasks: Vec<Vec<&mut [f32]>> = (0..cpo / block * runs).map(|_| Vec::with_capacity(points)).collect();
+    let mut tasks: Vec<Vec<&mut [f32]>> = (0..cpo / block * runs).map(|_| Vec::with_capacity(16)).collect();
     for plane in packed.chunks_exact_mut(plane_len) {
         let blocks = plane[..cpi * cpo].chunks_exact_mut(cpi * block);
         let chunks = blocks.flat_map(|b| b.chunks_mut(ROWS * block));
@@ -154,11 +97,6 @@ pub fn pack_weight(
     tasks.into_par_iter().enumerate().for_each(|(task, mut planes)| {
         let (o0, i0) = (task / runs * block, task % runs * ROWS);
         let rows = planes[0].len() / block;
-        if variant == Variant::F4 {
-            let taps = taps.as_deref().expect("transposed above");
-            let job = PackRows { taps, c_in, cpo, o0, i0, rows, block };
-            return pack_rows_f4(level, job, &mut planes);
-        }
         // U of output channel o0 + oc and input channel i0 + r into each plane.
         let mut one = |r: usize, oc: usize| {
             let (i, o, at) = (i0 + r, o0 + oc, r * block + oc);
@@ -170,10 +108,9 @@ pub fn pack_weight(
                 false => &weight[(o * c_in + i) * 9..][..9],
                 true => &weight[(i * c_in + o) * 9..][..9],
             };
-            let g = std::array::from_fn(|ky| {
+            let u = super::winograd::transform_kernel(std::array::from_fn(|ky| {
                 std::array::from_fn(|kx| if rotate { kernel[8 - ky * 3 - kx] } else { kernel[ky * 3 + kx] })
-            });
-            let u = super::winograd::transform_kernel(g);
+            }));
             for (plane, u_xi) in planes.iter_mut().zip(u.as_flattened()) {
                 plane[at] = *u_xi;
             }
@@ -188,113 +125,35 @@ pub fn pack_weight(
     packed
 }
 
-/// One task of [`pack_weight`] for F(4×4): rows i0.. (`rows` of them) of the block of output channels o0..,
-/// from the weight's `taps` [c_in·9, cpo].
-struct PackRows<'a> {
-    taps: &'a [f32],
-    c_in: usize,
-    cpo: usize,
-    o0: usize,
-    i0: usize,
-    rows: usize,
-    block: usize,
+/// The layouts of `images` images: (xᵀ rows, columns) as `transpose_into` fills them with off = 1, and
+/// (yᵀ rows, columns) = (2·th, 2·tw), the outputs of whole tiles.
+pub fn layouts(h: usize, w: usize) -> ((usize, usize), (usize, usize)) {
+    let (th, tw) = (h.div_ceil(2), w.div_ceil(2));
+    ((2 * th + 2, 2 * tw + 2), (2 * th, 2 * tw))
 }
 
-/// F(4×4)'s U for one task of [`pack_weight`], a vector of output channels at a time
-/// (`winograd4::transform_kernels`, its 9 taps loaded from the transposed weight). One kernel at a time,
-/// its 36 values were 36 scattered writes, and the pack took a quarter of the forward of [32, 128, 7, 7] →
-/// 128 (`perf`); gathering the taps of a vector of kernels one float at a time, a fifth of [32, 256, 7, 7]
-/// → 128's.
-fn pack_rows_f4(level: Simd, job: PackRows, planes: &mut [&mut [f32]]) {
-    crate::cpu::check_supported(level);
-    let lanes = tile(level, Variant::F4).2;
-    assert!(job.block.is_multiple_of(lanes) && job.o0 + job.block <= job.cpo && planes.len() == winograd4::POINTS);
-    assert!(job.taps.len() >= job.c_in * 9 * job.cpo && planes.iter().all(|plane| plane.len() >= job.rows * job.block));
-    // SAFETY: the level is supported, and the asserts cover every access.
-    unsafe {
-        match level {
-            #[cfg(target_arch = "x86_64")]
-            Simd::Avx512 => pack_rows_avx512(job, planes),
-            #[cfg(target_arch = "x86_64")]
-            Simd::Avx2 => pack_rows_avx2(job, planes),
-            #[cfg(target_arch = "aarch64")]
-            _ => pack_rows::<vector::Neon>(job, planes),
-            #[cfg(not(target_arch = "aarch64"))]
-            _ => pack_rows::<vector::Portable>(job, planes),
-        }
-    }
+/// Images per call of [`conv_images`] at most: enough for about 64 tiles (4 images at 7×7, 2 at 14×14),
+/// the calls shared equally by the threads (`parallel::images_per_call`). About 128 (8 images at 7×7) ran
+/// the 7×7 convolutions 4–6% faster (forward [32, 128, 7, 7] → 128 1.52 → 1.44 ms, three alternated
+/// rounds) but its larger V and M buffers raised the main job's peak memory to 414 MB, past the 400 MB it
+/// must stay under (`03_train_mnist --steps 100 --sample-every 50`: 397.4 MB against 389.5 with 64).
+pub fn most_images_per_call(h: usize, w: usize) -> usize {
+    64usize.div_ceil(h.div_ceil(2) * w.div_ceil(2))
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn pack_rows_avx512(job: PackRows, planes: &mut [&mut [f32]]) {
-    pack_rows::<vector::Avx512>(job, planes)
+/// Scratch floats for [`conv_images`] on `images` images: V [16, T, cpi] and M [16, T, cpo] for all T of
+/// their tiles, T rounded up to whole register tiles.
+pub fn scratch_len(level: Simd, images: usize, h: usize, w: usize, cpo: usize, cpi: usize) -> usize {
+    let padded = padded_tiles(level, images, h, w);
+    16 * (spread(padded * cpi) + spread(padded * cpo))
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn pack_rows_avx2(job: PackRows, planes: &mut [&mut [f32]]) {
-    pack_rows::<vector::Avx2>(job, planes)
-}
-
-/// # Safety
-/// V's instruction set is available, and [`pack_rows_f4`]'s asserts hold.
-#[inline(always)]
-unsafe fn pack_rows<V: F32Vector>(job: PackRows, planes: &mut [&mut [f32]]) {
-    let PackRows { taps, c_in, cpo, o0, i0, rows, block } = job;
-    for oc0 in (0..block).step_by(V::LANES) {
-        for r in 0..rows {
-            let i = i0 + r;
-            let u = match i < c_in {
-                true => {
-                    let mut g = [V::zero(); 9];
-                    for (k, g_k) in g.iter_mut().enumerate() {
-                        *g_k = V::load(taps.as_ptr().add((9 * i + k) * cpo + o0 + oc0));
-                    }
-                    winograd4::transform_kernels(g)
-                }
-                false => [V::zero(); winograd4::POINTS], // input channels padding c_in to cpi
-            };
-            for (plane, u_xi) in planes.iter_mut().zip(u) {
-                u_xi.store(plane.as_mut_ptr().add(r * block + oc0));
-            }
-        }
-    }
-}
-
-/// The layouts of `images` images in tiles of m × m outputs: (xᵀ rows, columns) as `transpose_into` fills
-/// them with off = 1, and (yᵀ rows, columns) = (m·th, m·tw), the outputs of whole tiles.
-pub fn layouts(variant: Variant, h: usize, w: usize) -> ((usize, usize), (usize, usize)) {
-    let m = variant.m();
-    let (th, tw) = (h.div_ceil(m), w.div_ceil(m));
-    ((m * th + 2, m * tw + 2), (m * th, m * tw))
-}
-
-/// Images per call of [`conv_images`] at most: enough for about 1,024 transformed values of a channel, 64
-/// tiles of F(2×2) (4 images at 7×7, 2 at 14×14), the calls shared equally by the threads
-/// (`parallel::images_per_call`). About 128 (8 images at 7×7) ran the 7×7 convolutions 4–6% faster
-/// (forward [32, 128, 7, 7] → 128 1.52 → 1.44 ms, three alternated rounds) but its larger V and M buffers
-/// raised the main job's peak memory to 414 MB, past the 400 MB it must stay under (`03_train_mnist
-/// --steps 100 --sample-every 50`: 397.4 MB against 389.5 with 64).
-pub fn most_images_per_call(variant: Variant, h: usize, w: usize) -> usize {
-    1024usize.div_ceil(variant.products(h, w))
-}
-
-/// Scratch floats for [`conv_images`] on `images` images: V [points, T, cpi] and M [points, T, cpo] for all
-/// T of their tiles, T rounded up to whole register tiles.
-pub fn scratch_len(level: Simd, variant: Variant, images: usize, h: usize, w: usize, cpo: usize, cpi: usize) -> usize {
-    let padded = padded_tiles(level, variant, images, h, w);
-    variant.points() * (spread(padded * cpi) + spread(padded * cpo))
-}
-
-fn padded_tiles(level: Simd, variant: Variant, images: usize, h: usize, w: usize) -> usize {
-    let m = variant.m();
-    (images * h.div_ceil(m) * w.div_ceil(m)).next_multiple_of(tile(level, variant).0)
+fn padded_tiles(level: Simd, images: usize, h: usize, w: usize) -> usize {
+    (images * h.div_ceil(2) * w.div_ceil(2)).next_multiple_of(tile(level).0)
 }
 
 /// The channel-minor Winograd convolution of a group of images: what [`conv_images`] reads and writes.
 pub struct ConvImages<'a> {
-    pub variant: Variant,
     pub xt: &'a [f32],
     pub images: usize,
     pub h: usize,
@@ -307,32 +166,26 @@ pub struct ConvImages<'a> {
     pub scratch: &'a mut [f32],
 }
 
-/// yᵀ [images, m·th, m·tw, cpo] = bias + the 3×3 "same" convolution of xᵀ [images, m·th + 2, m·tw + 2, cpi]
-/// (channel-minor, zero border) with `packed` (from [`pack_weight`] for the same variant); `bias` [cpo]
-/// (padded with zeros).
+/// yᵀ [images, 2·th, 2·tw, cpo] = bias + the 3×3 "same" convolution of xᵀ [images, 2·th + 2, 2·tw + 2, cpi]
+/// (channel-minor, zero border) with `packed` (from [`pack_weight`]); `bias` [cpo] (padded with zeros).
 pub fn conv_images(level: Simd, job: ConvImages) {
-    let ConvImages { variant, xt, images, h, w, cpi, packed, cpo, bias, yt, scratch } = job;
+    let ConvImages { xt, images, h, w, cpi, packed, cpo, bias, yt, scratch } = job;
     crate::cpu::check_supported(level);
-    let ((xr, xc), (yr, yc)) = layouts(variant, h, w);
-    let (r, nv, lanes) = tile(level, variant);
+    let ((xr, xc), (yr, yc)) = layouts(h, w);
+    let (_, nv, lanes) = tile(level);
     assert!(cpo.is_multiple_of(nv * lanes) && cpi.is_multiple_of(lanes) && bias.len() >= cpo);
     assert!(xt.len() >= images * xr * xc * cpi && yt.len() >= images * yr * yc * cpo);
-    assert!(packed.len() >= variant.points() * spread(cpi * cpo));
-    assert!(scratch.len() >= scratch_len(level, variant, images, h, w, cpo, cpi));
-    let args = ConvImages { variant, xt, images, h, w, cpi, packed, cpo, bias, yt, scratch };
+    assert!(packed.len() >= 16 * spread(cpi * cpo) && scratch.len() >= scratch_len(level, images, h, w, cpo, cpi));
+    let args = ConvImages { xt, images, h, w, cpi, packed, cpo, bias, yt, scratch };
     // SAFETY: the level is supported (checked above), and the asserts cover every access.
     unsafe {
-        match (level, r) {
+        match level {
             #[cfg(target_arch = "x86_64")]
-            (Simd::Avx512, 6) => conv_avx512::<6>(args),
+            Simd::Avx512 => conv_avx512(args),
             #[cfg(target_arch = "x86_64")]
-            (Simd::Avx512, _) => conv_avx512::<4>(args),
-            #[cfg(target_arch = "x86_64")]
-            (Simd::Avx2, _) => conv_avx2(args),
+            Simd::Avx2 => conv_avx2(args),
             #[cfg(target_arch = "aarch64")]
-            (_, 6) => conv_tiles::<vector::Neon, 6, 4>(args),
-            #[cfg(target_arch = "aarch64")]
-            _ => conv_tiles::<vector::Neon, 4, 4>(args),
+            _ => conv_tiles::<vector::Neon, 6, 4>(args),
             #[cfg(not(target_arch = "aarch64"))]
             _ => conv_tiles::<vector::Portable, 4, 2>(args),
         }
@@ -341,8 +194,8 @@ pub fn conv_images(level: Simd, job: ConvImages) {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn conv_avx512<const R: usize>(args: ConvImages) {
-    conv_tiles::<vector::Avx512, R, 4>(args)
+unsafe fn conv_avx512(args: ConvImages) {
+    conv_tiles::<vector::Avx512, 6, 4>(args)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -360,31 +213,27 @@ unsafe fn conv_avx2(args: ConvImages) {
 /// V's instruction set is available, and [`conv_images`]'s asserts hold.
 #[inline(always)]
 unsafe fn conv_tiles<V: F32Vector, const R: usize, const NV: usize>(
-    ConvImages { variant, xt, images, h, w, cpi, packed, cpo, bias, yt, scratch }: ConvImages,
+    ConvImages { xt, images, h, w, cpi, packed, cpo, bias, yt, scratch }: ConvImages,
 ) {
     let lanes = V::LANES;
-    let ((xr, xc), (yr, yc)) = layouts(variant, h, w);
-    let (m, points) = (variant.m(), variant.points());
-    let tw = w.div_ceil(m);
-    let per_image = h.div_ceil(m) * tw;
+    let ((xr, xc), (yr, yc)) = layouts(h, w);
+    let tw = w.div_ceil(2);
+    let per_image = h.div_ceil(2) * tw;
     let tiles = images * per_image;
     let padded = tiles.next_multiple_of(R);
-    let (v_plane, m_plane) = (spread(padded * cpi), spread(padded * cpo)); // V [points, padded, cpi], M [.., cpo]
-    let (vbuf, mbuf) = scratch.split_at_mut(points * v_plane);
+    let (v_plane, m_plane) = (spread(padded * cpi), spread(padded * cpo)); // V [16, padded, cpi], M [.., cpo]
+    let (vbuf, mbuf) = scratch.split_at_mut(16 * v_plane);
     let (vbuf, mbuf) = (vbuf.as_mut_ptr(), mbuf.as_mut_ptr());
     // 1. The input transform, and zeros in the padding rows.
-    match variant {
-        Variant::F2 => transform_inputs_cm::<V>(xt, (xr, xc), cpi, (per_image, tw), 0, tiles, vbuf, v_plane),
-        Variant::F4 => winograd4::transform_inputs_cm::<V>(xt, (xr, xc), cpi, (per_image, tw), 0, tiles, vbuf, v_plane),
-    }
-    for xi in 0..points {
+    transform_inputs_cm::<V>(xt, (xr, xc), cpi, (per_image, tw), 0, tiles, vbuf, v_plane);
+    for xi in 0..16 {
         std::slice::from_raw_parts_mut(vbuf.add(xi * v_plane + tiles * cpi), (padded - tiles) * cpi).fill(0.0);
     }
     // 2. The products: per ξ, a block of U_ξ (output channels co0.., input channels ci0.. of at most
     //    KC) stays in L1 while it meets every tile. With more than KC input channels (256 at the U-Net's
     //    deepest level: a 64 KB block) the sums pass through M between blocks, which keeps their order.
     const KC: usize = 128;
-    for xi in 0..points {
+    for xi in 0..16 {
         let u_xi = packed.as_ptr().add(xi * spread(cpi * cpo));
         let (v_xi, m_xi) = (vbuf.add(xi * v_plane) as *const f32, mbuf.add(xi * m_plane));
         for co0 in (0..cpo).step_by(NV * lanes) {
@@ -418,18 +267,15 @@ unsafe fn conv_tiles<V: F32Vector, const R: usize, const NV: usize>(
             }
         }
     }
-    // 3. The output transform: tile (i, j) of image n writes yᵀ_n pixels (m·i + a, m·j + b).
+    // 3. The output transform: tile (i, j) of image n writes yᵀ_n pixels (2i + a, 2j + b).
     for t in 0..tiles {
         let (n, tile) = (t / per_image, t % per_image);
         let (i, j) = (tile / tw, tile % tw);
-        let y0 = yt.as_mut_ptr().add(((n * yr + m * i) * yc + m * j) * cpo);
+        let y0 = yt.as_mut_ptr().add(((n * yr + 2 * i) * yc + 2 * j) * cpo);
         for k in (0..cpo).step_by(lanes) {
-            let (mt, b) = (mbuf.add(t * cpo + k) as *const f32, V::load(bias.as_ptr().add(k)));
-            if variant == Variant::F4 {
-                winograd4::output_transform(mt, m_plane, b, y0.add(k), (yc, cpo));
-                continue;
-            }
-            let out = output_transform(std::array::from_fn(|xi| unsafe { V::load(mt.add(xi * m_plane)) }));
+            let m = mbuf.add(t * cpo + k) as *const f32;
+            let out = output_transform(std::array::from_fn(|xi| unsafe { V::load(m.add(xi * m_plane)) }));
+            let b = V::load(bias.as_ptr().add(k));
             for (a, row) in out.iter().enumerate() {
                 for (bb, value) in row.iter().enumerate() {
                     value.add(b).store(y0.add((a * yc + bb) * cpo + k));
@@ -439,13 +285,11 @@ unsafe fn conv_tiles<V: F32Vector, const R: usize, const NV: usize>(
     }
 }
 
-/// The channel-minor Winograd convolution, for 3×3 "same" convolutions on small maps, in tiles of
-/// `variant` (the op takes [`Variant::for_conv`]; tests run both): in parallel over groups of at most
-/// [`most_images_per_call`] images. Must equal `conv2d_forward_naive` up to rounding. `level`: the SIMD
+/// The channel-minor Winograd convolution, for 3×3 "same" convolutions on small maps: in parallel over
+/// groups of at most [`most_images_per_call`] images. Must equal `conv2d_forward_naive` up to rounding. `level`: the SIMD
 /// level (the op passes `cpu::simd()`; tests run every level).
 pub fn conv2d_forward_winograd_cm(
     level: Simd,
-    variant: Variant,
     x: &[f32],
     weight: &[f32],
     bias: Option<&[f32]>,
@@ -455,37 +299,28 @@ pub fn conv2d_forward_winograd_cm(
         s.kh == 3 && s.kw == 3 && s.stride == 1 && s.padding == 1,
         "conv2d_forward_winograd_cm: not a 3×3 same convolution: {s:?}"
     );
-    let packed = Scratch::from(pack_variant(level, variant, weight, s, false));
-    conv_variant(level, variant, SameConv { input: x, ch_in: s.c_in, packed: &packed, ch_out: s.c_out, bias, shape: s })
+    let packed = Scratch::from(pack(level, weight, s, false));
+    conv(level, SameConv { input: x, ch_in: s.c_in, packed: &packed, ch_out: s.c_out, bias, shape: s })
 }
 
-/// The weight packed for [`conv`] at this level (for the shape's [`Variant::for_conv`]), its channels padded
-/// to this level's vectors; with `rotate`, for the input gradient (whose "output" channels are c_in and
-/// input channels c_out).
+/// The weight packed for [`conv`] at this level, its channels padded to this level's vectors; with
+/// `rotate`, for the input gradient (whose "output" channels are c_in and input channels c_out).
 pub fn pack(level: Simd, weight: &[f32], s: &ConvShape, rotate: bool) -> Vec<f32> {
-    pack_variant(level, Variant::for_conv(s.h, s.w, rotate), weight, s, rotate)
-}
-
-fn pack_variant(level: Simd, variant: Variant, weight: &[f32], s: &ConvShape, rotate: bool) -> Vec<f32> {
     let (ch_out, ch_in) = if rotate { (s.c_in, s.c_out) } else { (s.c_out, s.c_in) };
     let (cpo, cpi) = padding(level, ch_out, ch_in);
-    let (_, nv, lanes) = tile(level, variant);
-    pack_weight(level, weight, s.c_out, s.c_in, (cpo, cpi, nv * lanes), rotate, variant)
+    let (_, nv, lanes) = tile(level);
+    pack_weight(weight, s.c_out, s.c_in, (cpo, cpi, nv * lanes), rotate)
 }
 
 /// The channel-minor Winograd convolution of `job` (its weight from [`pack`]): per group of images, x
 /// transposed in, the tiles ([`conv_images`]), y transposed out.
-pub fn conv(level: Simd, job: SameConv, rotate: bool) -> Vec<f32> {
-    conv_variant(level, Variant::for_conv(job.shape.h, job.shape.w, rotate), job)
-}
-
-fn conv_variant(level: Simd, variant: Variant, job: SameConv) -> Vec<f32> {
+pub fn conv(level: Simd, job: SameConv) -> Vec<f32> {
     let SameConv { input, ch_in, packed, ch_out, bias, shape: s } = job;
     let (cpo, cpi) = padding(level, ch_out, ch_in);
     let (h, w, hw) = (s.h, s.w, s.h * s.w);
-    let ((xr, xc), (yr, yc)) = layouts(variant, h, w);
+    let ((xr, xc), (yr, yc)) = layouts(h, w);
     let (x_image, y_image) = (xr * xc * cpi, yr * yc * cpo);
-    let per_call = images_per_call(s.n, most_images_per_call(variant, h, w), rayon::current_num_threads());
+    let per_call = images_per_call(s.n, most_images_per_call(h, w), rayon::current_num_threads());
     let mut bias_padded = vec![0.0; cpo];
     if let Some(b) = bias {
         bias_padded[..ch_out].copy_from_slice(&b[..ch_out]);
@@ -499,9 +334,12 @@ fn conv_variant(level: Simd, variant: Variant, job: SameConv) -> Vec<f32> {
             transpose_into(level, ToChannelMinor { src, c: ch_in, h, w, off: 1, cols: xc, cp: cpi, dst });
         }
         let mut yt = crate::pool::scratch(images * y_image);
-        let mut scratch = crate::pool::scratch(scratch_len(level, variant, images, h, w, cpo, cpi));
-        let (bias, xt, yt, scratch) = (&bias_padded, &xt, &mut yt, &mut scratch);
-        conv_images(level, ConvImages { variant, xt, images, h, w, cpi, packed, cpo, bias, yt, scratch });
+        let mut scratch = crate::pool::scratch(scratch_len(level, images, h, w, cpo, cpi));
+        let bias = &bias_padded;
+        conv_images(
+            level,
+            ConvImages { xt: &xt, images, h, w, cpi, packed, cpo, bias, yt: &mut yt, scratch: &mut scratch },
+        );
         for (src, dst) in yt.chunks_exact(y_image).zip(out_g.chunks_exact_mut(ch_out * hw)) {
             transpose_from(level, FromChannelMinor { src, c: ch_out, h, w, cols: yc, cp: cpo, dst });
         }

@@ -40,7 +40,7 @@ pub fn dweight_padding(level: Simd, c_out: usize, c_in: usize) -> (usize, usize)
 /// The layouts [`dweight_images`] reads for an h×w image: (xᵀ [2·th + 2, 2·tw + 2, cpi] from
 /// [`transpose_into`] with off = 1, its row length; dyᵀ [2·th, 2·tw, cpo] with off = 0, its row length).
 pub fn dweight_layouts(h: usize, w: usize) -> ((usize, usize), (usize, usize)) {
-    super::winograd_cm::layouts(super::winograd_cm::Variant::F2, h, w) // the forward's channel-minor layouts
+    super::winograd_cm::layouts(h, w) // the forward's channel-minor layouts
 }
 
 /// Scratch floats [`dweight_images`] needs: V [16, T, cpi] and W [16, T, cpo] for a chunk of T tiles.
