@@ -210,8 +210,9 @@ mod tests {
         let again = take(len);
         assert_eq!(again.as_ptr(), ptr, "a lent buffer still comes back");
         give(again);
-        // Other tests run in parallel and take and give buffers of their own sizes (so the pool's total can
-        // fall below `before` meanwhile: that check failed once in a run); this size holds one buffer.
+        // Other tests run in parallel and take and give buffers of their own sizes, so the pool's total bytes
+        // can fall while this runs (a check that they did not failed once in a full run); this size holds
+        // one buffer.
         let mut guard = lock();
         assert_eq!(guard.as_mut().unwrap().free.get(&len).map_or(0, Vec::len), 1);
     }
