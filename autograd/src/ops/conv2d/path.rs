@@ -6,7 +6,7 @@
 //! | 3×3 "same" (stride 1, padding 1), ≥ 8 channels in and out, map ≥ 24×24 | Winograd F(2×2, 3×3), `winograd.rs` | Winograd, `winograd_dweight.rs` |
 //! | the same on a smaller map (the U-Net's 14×14 and 7×7) | Winograd, channel-minor, `winograd_cm.rs` | Winograd, `winograd_dweight.rs` |
 //! | other "same" convolutions (5×5, or fewer than 8 channels) | direct, `direct.rs` | direct, `direct_dweight.rs` |
-//! | strided, kernel bigger than 1×1, onto a map of at most 200 pixels (the U-Net's stride-2 3×3 downsampling to 14×14 and 7×7) | forward: channel-minor products per tap, `strided_cm.rs`; input gradient: direct on phase planes, `strided.rs` | direct, `direct_dweight.rs` |
+//! | strided, kernel bigger than 1×1, onto a map of at most 200 pixels (the U-Net's stride-2 3×3 downsampling to 14×14 and 7×7) | forward: channel-minor products per tap, `strided_cm.rs`; input gradient: direct on phase planes, `strided.rs` | channel-minor sums over pixels per tap, `strided_cm.rs` |
 //! | strided onto larger maps | direct on phase planes, `strided.rs` | direct, `direct_dweight.rs` |
 //! | 1×1, stride 1, unpadded, on a map of at most 100 pixels (the U-Net's 7×7) | the direct kernel with one tap, several images side by side, `pointwise.rs` | im2col |
 //! | everything else (other 1×1, unpadded) | im2col + matrix product, `im2col.rs` | im2col |

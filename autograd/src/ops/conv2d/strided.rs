@@ -38,7 +38,8 @@ use super::shape::ConvShape;
 use crate::cpu::Simd;
 
 /// The gradients of a strided convolution: (dx if `want_dx`, dweight if `want_dweight`); dweight is
-/// `direct_dweight` on the phase-plane layout. Must equal `conv2d_backward_naive` up to rounding.
+/// `strided_cm::dweight` onto small maps (those its forward takes) and `direct_dweight` on the phase-plane
+/// layout otherwise. Must equal `conv2d_backward_naive` up to rounding.
 /// `level`: the SIMD level (the op passes `cpu::simd()`; tests run every level).
 pub fn conv2d_backward_strided(
     level: Simd,
@@ -50,7 +51,11 @@ pub fn conv2d_backward_strided(
     want_dweight: bool,
 ) -> (Option<Vec<f32>>, Option<Vec<f32>>) {
     assert!(is_strided_conv(s), "conv2d_backward_strided: not a strided convolution: {s:?}");
-    (want_dx.then(|| strided_dx(level, weight, dy, s)), want_dweight.then(|| direct_dweight(level, x, dy, s)))
+    let dweight = |level| match super::strided_cm::is_strided_cm_conv(s) {
+        true => super::strided_cm::dweight(level, x, dy, s),
+        false => direct_dweight(level, x, dy, s),
+    };
+    (want_dx.then(|| strided_dx(level, weight, dy, s)), want_dweight.then(|| dweight(level)))
 }
 
 /// One phase (a, b) of the input gradient: where its taps read dyflat, and the weight packed for them.

@@ -1,5 +1,7 @@
 //! Strided convolutions onto small maps (the U-Net's stride-2 downsampling to 14×14 and 7×7) with the
-//! channels in the vector lanes: the forward only (their gradients stay on `strided.rs`'s phase planes).
+//! channels in the vector lanes: the forward and the weight gradient ([`dweight`]; the input gradient stays
+//! on `strided.rs`'s phase planes: as channel-minor products per phase of its pixels it measured slower,
+//! [32, 64, 14, 14] → 64 backward 1.71 → 1.83 ms).
 //!
 //! Legend as in `winograd_cm.rs`: `cpi`, `cpo` the channel counts padded to whole vectors, `xᵀ` an image
 //! laid out channel-minor [pixel, channel], `R` × `NV` the register tile (output pixels × vectors of output
@@ -32,7 +34,7 @@
 use rayon::prelude::*;
 
 use super::direct::is_strided_conv;
-use super::parallel::images_per_call;
+use super::parallel::{images_per_call, sum_partials};
 use super::shape::{ConvShape, SameConv};
 use super::transpose::{transpose_from, transpose_into, FromChannelMinor, ToChannelMinor};
 use crate::cpu::Simd;
@@ -147,6 +149,154 @@ pub fn conv(level: Simd, job: SameConv) -> Vec<f32> {
         }
     });
     out
+}
+
+/// Images per group of [`dweight`]: enough for about 512 output pixels, from the shape alone (the groups'
+/// partial sums are added in group order, so the grouping must not depend on the threads).
+fn dweight_group(s: &ConvShape) -> usize {
+    512usize.div_ceil(s.ohw().max(1)).clamp(1, s.n.max(1))
+}
+
+/// dweight [c_out, c_in, k, k] of a strided convolution onto a small map, channel-minor (where
+/// `direct_dweight.rs` splits x into phase planes one row at a time, 10% of [32, 64, 14, 14] → 64's
+/// backward by `perf`, here x is transposed in registers; that backward 1.73 → 1.62 ms, [32, 32, 28, 28] →
+/// 32's 1.78 → 1.63, three alternated rounds):
+/// ```text
+/// dweight[co, ci, tap] = Σ_n Σ_p xᵀ_n[base(p) + tap, ci] · dyᵀ_n[p, co]
+/// ```
+/// the forward's windows (`base`, `tap` as in the module doc) with the sum over output pixels p: per group
+/// of [`dweight_group`] images in parallel, the register tile R input channels (broadcast, R contiguous
+/// floats of one xᵀ row) × NV vectors of output channels (dyᵀ[p], loaded), summed over every pixel of the
+/// group in order; then Σ over groups in group order. Must equal `conv2d_backward_naive`'s dweight up to
+/// rounding.
+pub fn dweight(level: Simd, x: &[f32], dy: &[f32], s: &ConvShape) -> Vec<f32> {
+    assert!(is_strided_conv(s), "strided_cm::dweight: not a strided convolution: {s:?}");
+    crate::cpu::check_supported(level);
+    // The forward's register tile, its R pixels now R input channels (x broadcast), NV vectors of output
+    // channels (dyᵀ loaded), summed over pixels.
+    let (r, nv, lanes) = tile(level, s.c_out);
+    let cpo = s.c_out.next_multiple_of(nv * lanes);
+    let cpi = s.c_in.next_multiple_of(r);
+    let (kk, cols, rows) = (s.kh * s.kw, s.w + 2 * s.padding, s.h + 2 * s.padding);
+    let (hw, ohw, x_image) = (s.h * s.w, s.ohw(), rows * cols * cpi);
+    let group = dweight_group(s);
+    let groups = s.n.div_ceil(group);
+    let wlen = kk * cpi * cpo; // dwᵀ [kk, cpi, cpo] per group
+    let mut partial = crate::pool::scratch(groups * wlen);
+    partial.par_chunks_mut(wlen).enumerate().for_each(|(g, dwt)| {
+        let (n0, images) = (g * group, group.min(s.n - g * group));
+        let mut xt = crate::pool::scratch(images * x_image);
+        for (j, dst) in xt.chunks_exact_mut(x_image).enumerate() {
+            let src = &x[(n0 + j) * s.c_in * hw..][..s.c_in * hw];
+            let (c, h, w, off, cp) = (s.c_in, s.h, s.w, s.padding, cpi);
+            transpose_into(level, ToChannelMinor { src, c, h, w, off, cols, cp, dst });
+        }
+        let mut dyt = crate::pool::scratch(images * ohw * cpo);
+        for (j, dst) in dyt.chunks_exact_mut(ohw * cpo).enumerate() {
+            let src = &dy[(n0 + j) * s.c_out * ohw..][..s.c_out * ohw];
+            let (c, h, w, cp) = (s.c_out, s.oh, s.ow, cpo);
+            transpose_into(level, ToChannelMinor { src, c, h, w, off: 0, cols: s.ow, cp, dst });
+        }
+        let bases: Vec<usize> = (0..images * ohw)
+            .map(|p| {
+                let (n, q) = (p / ohw, p % ohw);
+                n * x_image + (s.stride * (q / s.ow) * cols + s.stride * (q % s.ow)) * cpi
+            })
+            .collect();
+        let taps: Vec<usize> = (0..kk).map(|t| ((t / s.kw) * cols + t % s.kw) * cpi).collect();
+        let job = Sums { xt: &xt, bases: &bases, taps: &taps, cpi, dyt: &dyt, cpo, dwt };
+        // SAFETY: the level is supported (checked above); `sums` checks the sizes it relies on.
+        unsafe {
+            match (level, nv) {
+                #[cfg(target_arch = "x86_64")]
+                (Simd::Avx512, 2) => sums_avx512::<12, 2>(job),
+                #[cfg(target_arch = "x86_64")]
+                (Simd::Avx512, _) => sums_avx512::<6, 4>(job),
+                #[cfg(target_arch = "x86_64")]
+                (Simd::Avx2, 2) => sums_avx2::<6, 2>(job),
+                #[cfg(target_arch = "x86_64")]
+                (Simd::Avx2, _) => sums_avx2::<4, 3>(job),
+                #[cfg(target_arch = "aarch64")]
+                _ => sums::<vector::Neon, 6, 4>(job),
+                #[cfg(not(target_arch = "aarch64"))]
+                _ => sums::<vector::Portable, 4, 2>(job),
+            }
+        }
+    });
+    let total = sum_partials(&partial, groups, wlen); // dwᵀ [kk, cpi, cpo]
+    let mut dweight = crate::pool::take_dirty(s.c_out * s.c_in * kk);
+    dweight.par_chunks_mut(s.c_in * kk).enumerate().for_each(|(co, out)| {
+        for (ci_t, w) in out.iter_mut().enumerate() {
+            let (ci, t) = (ci_t / kk, ci_t % kk);
+            *w = total[(t * cpi + ci) * cpo + co];
+        }
+    });
+    crate::pool::give(total);
+    dweight
+}
+
+/// What [`sums`] reads and writes: xᵀ [images, rows, cols, cpi], each pixel's window base in it, the taps'
+/// offsets, dyᵀ [pixels, cpo], and dwᵀ [kk, cpi, cpo].
+struct Sums<'a> {
+    xt: &'a [f32],
+    bases: &'a [usize],
+    taps: &'a [usize],
+    cpi: usize,
+    dyt: &'a [f32],
+    cpo: usize,
+    dwt: &'a mut [f32],
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn sums_avx512<const R: usize, const NV: usize>(job: Sums) {
+    sums::<vector::Avx512, R, NV>(job)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn sums_avx2<const R: usize, const NV: usize>(job: Sums) {
+    sums::<vector::Avx2, R, NV>(job)
+}
+
+/// For each tap, block of R input channels and block of NV vectors of output channels: acc [R][NV] =
+/// Σ_p xᵀ[base(p) + tap, ci0 + r] (broadcast) · dyᵀ[p, co0..] (loaded), over every pixel in order, into dwᵀ.
+///
+/// # Safety
+/// V's instruction set is available.
+#[inline(always)]
+unsafe fn sums<V: F32Vector, const R: usize, const NV: usize>(job: Sums) {
+    let Sums { xt, bases, taps, cpi, dyt, cpo, dwt } = job;
+    let (lanes, b) = (V::LANES, NV * V::LANES);
+    let pixels = bases.len();
+    assert!(cpi.is_multiple_of(R) && cpo.is_multiple_of(b) && dyt.len() >= pixels * cpo);
+    assert!(dwt.len() >= taps.len() * cpi * cpo);
+    let reach = taps.iter().max().map_or(0, |t| t + cpi);
+    assert!(bases.iter().all(|&base| base + reach <= xt.len()));
+    let (xt, dyt, dwt) = (xt.as_ptr(), dyt.as_ptr(), dwt.as_mut_ptr());
+    for (t, &tap) in taps.iter().enumerate() {
+        for ci0 in (0..cpi).step_by(R) {
+            for co0 in (0..cpo).step_by(b) {
+                let mut acc = [[V::zero(); NV]; R];
+                for (p, &base) in bases.iter().enumerate() {
+                    let d = dyt.add(p * cpo + co0);
+                    let dys: [V; NV] = std::array::from_fn(|v| unsafe { V::load(d.add(v * lanes)) });
+                    let x = xt.add(base + tap + ci0);
+                    for (r, acc_r) in acc.iter_mut().enumerate() {
+                        let xr = V::splat(*x.add(r));
+                        for v in 0..NV {
+                            acc_r[v] = xr.mul_add(dys[v], acc_r[v]);
+                        }
+                    }
+                }
+                for (r, vectors) in acc.iter().enumerate() {
+                    for (v, vector) in vectors.iter().enumerate() {
+                        vector.store(dwt.add((t * cpi + ci0 + r) * cpo + co0 + v * lanes));
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// What [`products`] reads and writes: xᵀ [images, rows, cols, cpi], the packed weight, the padded bias,

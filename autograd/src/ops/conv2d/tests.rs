@@ -135,6 +135,9 @@ fn direct_equals_naive_at_every_simd_level() {
             let (dx, dw) = backward(level, x.data(), w.data(), dy.data(), &s, true, true);
             assert_close(&dx.unwrap(), &ndx, &format!("dx {what}"));
             assert_close(&dw.unwrap(), &ndw, &format!("dweight {what}"));
+            // Strided onto small maps, the weight gradient is `strided_cm.rs`'s; the phase planes' too.
+            let dw = direct_dweight::direct_dweight(level, x.data(), dy.data(), &s);
+            assert_close(&dw, &ndw, &format!("dweight (phase planes) {what}"));
         }
     }
 }
@@ -187,6 +190,32 @@ fn strided_cm_equals_naive_at_every_simd_level() {
             let job = forward_job(&x, &packed, &b, &s);
             let what = format!("{xs:?} * {ws:?} s{stride} p{padding} at {level:?}");
             assert_close(&strided_cm::conv(level, job), &naive_y, &format!("y {what}"));
+        }
+    }
+}
+
+/// The channel-minor strided weight gradient at every SIMD level, on the same shapes as its forward, and
+/// at 1 and 2 threads (its groups' partial sums must not depend on them).
+#[test]
+fn strided_cm_dweight_equals_naive_at_every_simd_level() {
+    let mut shapes: Vec<_> = odd_shapes().into_iter().filter(|&(_, ws, stride, _)| stride > 1 && ws[2] > 1).collect();
+    shapes.push(([3, 64, 14, 14], [70, 64, 3, 3], 2, 1));
+    shapes.push(([2, 32, 28, 28], [32, 32, 3, 3], 2, 1));
+    shapes.push(([2, 17, 28, 28], [33, 17, 3, 3], 2, 1));
+    shapes.push(([13, 5, 9, 9], [3, 5, 3, 3], 2, 1));
+    shapes.push(([24, 8, 9, 9], [9, 8, 3, 3], 2, 1)); // two groups of images (21 and 3)
+    for (i, (xs, ws, stride, padding)) in shapes.into_iter().enumerate() {
+        let s = ConvShape::new(&xs, &ws, stride, padding).unwrap();
+        let x = randn(&xs, i as u64);
+        let w = randn(&ws, 100 + i as u64);
+        let dy = randn(&[s.n, s.c_out, s.oh, s.ow], 300 + i as u64);
+        let (_, ndw, _) = conv2d_backward_naive(x.data(), w.data(), dy.data(), &s);
+        for level in crate::cpu::available() {
+            let what = format!("{xs:?} * {ws:?} s{stride} p{padding} at {level:?}");
+            let dw = strided_cm::dweight(level, x.data(), dy.data(), &s);
+            assert_close(&dw, &ndw, &format!("dweight {what}"));
+            let one = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+            assert_eq!(one.install(|| strided_cm::dweight(level, x.data(), dy.data(), &s)), dw, "1 thread: {what}");
         }
     }
 }
