@@ -27,7 +27,7 @@ mod strided;
 mod strided_cm;
 #[cfg(test)]
 mod tests;
-mod transpose;
+pub(crate) mod transpose; // also `attention/short.rs`'s
 mod winograd;
 mod winograd_cm;
 mod winograd_dweight;

@@ -1,6 +1,7 @@
 //! Channel-minor layouts: an image [c, h, w] transposed to [pixel, channel] and back, in registers
-//! (LANES × LANES blocks), for the Winograd paths that keep channels in the vector lanes
-//! (`winograd_cm.rs` and `winograd_dweight.rs`).
+//! (LANES × LANES blocks), for the paths that keep channels in the vector lanes (`winograd_cm.rs`,
+//! `winograd_dweight.rs`, `strided_cm.rs`, and dy's flat layout in `direct_dweight.rs`); attention's
+//! `short.rs` transposes its small matrices with it too (rows as channels, one row of pixels).
 
 use crate::cpu::Simd;
 use crate::vector::{self, F32Vector};
