@@ -151,10 +151,12 @@ pub fn conv(level: Simd, job: SameConv) -> Vec<f32> {
     out
 }
 
-/// Images per group of [`dweight`]: enough for about 512 output pixels, from the shape alone (the groups'
-/// partial sums are added in group order, so the grouping must not depend on the threads).
+/// Images per group of [`dweight`]: at most enough for about 512 output pixels, in a number of groups that
+/// two threads share equally (`images_per_call` for 2 threads: onto 7×7, 4 groups of 8 images where 11 at
+/// a time made 3 groups, one thread's two to the other's one). From the shape alone, not the threads: the
+/// groups' partial sums are added in group order, so the grouping must not depend on them.
 fn dweight_group(s: &ConvShape) -> usize {
-    512usize.div_ceil(s.ohw().max(1)).clamp(1, s.n.max(1))
+    images_per_call(s.n, 512usize.div_ceil(s.ohw().max(1)), 2)
 }
 
 /// dweight [c_out, c_in, k, k] of a strided convolution onto a small map, channel-minor (where

@@ -203,7 +203,7 @@ fn strided_cm_dweight_equals_naive_at_every_simd_level() {
     shapes.push(([2, 32, 28, 28], [32, 32, 3, 3], 2, 1));
     shapes.push(([2, 17, 28, 28], [33, 17, 3, 3], 2, 1));
     shapes.push(([13, 5, 9, 9], [3, 5, 3, 3], 2, 1));
-    shapes.push(([24, 8, 9, 9], [9, 8, 3, 3], 2, 1)); // two groups of images (21 and 3)
+    shapes.push(([24, 8, 9, 9], [9, 8, 3, 3], 2, 1)); // four groups of 6 images
     for (i, (xs, ws, stride, padding)) in shapes.into_iter().enumerate() {
         let s = ConvShape::new(&xs, &ws, stride, padding).unwrap();
         let x = randn(&xs, i as u64);
