@@ -8,7 +8,7 @@
 //! | other "same" convolutions (5×5, or fewer than 8 channels) | direct, `direct.rs` | direct, `direct_dweight.rs` |
 //! | strided, kernel bigger than 1×1, onto a map of at most 200 pixels (the U-Net's stride-2 3×3 downsampling to 14×14 and 7×7) | forward: channel-minor products per tap, `strided_cm.rs`; input gradient: direct on phase planes, `strided.rs` | channel-minor sums over pixels per tap, `strided_cm.rs` |
 //! | strided onto larger maps | direct on phase planes, `strided.rs` | direct, `direct_dweight.rs` |
-//! | 1×1, stride 1, unpadded, on a map of at most 100 pixels (the U-Net's 7×7) | the direct kernel with one tap, several images side by side, `pointwise.rs` | im2col |
+//! | 1×1, stride 1, unpadded, on a map of at most 100 pixels (the U-Net's 7×7) | the direct kernel with one tap, several images side by side, `pointwise.rs` | channel-minor sums over the pixels, `strided_cm.rs` (up to [`POINTWISE_DWEIGHT_MAX_OUT`] output channels; im2col above) |
 //! | everything else (other 1×1, unpadded) | im2col + matrix product, `im2col.rs` | im2col |
 //!
 //! Why: Winograd does 2.25× fewer multiplications than the definition, but its transforms cost about what
@@ -157,6 +157,12 @@ fn run(level: cpu::Simd, packing: Packing, job: SameConv) -> Vec<f32> {
 /// Measured for x [16, 3, 32, 32] → 64: dx direct 0.83 ms, im2col 0.63 ms; dweight 0.73 against 0.58 ms.
 pub const DIRECT_GRADIENT_MIN_CHANNELS: usize = 8;
 
+/// The 1×1 convolutions on small maps with at most this many output channels take `strided_cm::dweight` for
+/// their weight gradient, the others im2col's matrix product. Measured at 7×7, batch 32, three alternated
+/// rounds, backward (both gradients): 64 → 128 0.421 → 0.362 ms, 128 → 128 0.723 → 0.632, 256 → 128 1.24 →
+/// 1.15, but 128 → 384 1.73 → 1.88.
+pub const POINTWISE_DWEIGHT_MAX_OUT: usize = 256;
+
 /// The gradients of y = conv2d(x, weight) + bias: (dx if `want_dx`, dweight if `want_dweight`, dbias). Must
 /// equal `conv2d_backward_naive` up to rounding. "Same" convolutions take [`conv2d_backward_direct`] and
 /// strided ones `strided::conv2d_backward_strided`, unless their channels are few
@@ -186,7 +192,15 @@ pub fn conv2d_backward(
         let job = SameConv { input: dy, ch_in: s.c_out, packed: &transposed, ch_out: s.c_in, bias: None, shape: s };
         dx = Some(run(level, Packing::Pointwise, job));
     }
-    let (im2col_dx, im2col_dweight) = (want_dx && !direct_dx && !pointwise_dx, want_dweight && !direct_dweight);
+    // Its weight gradient: channel-minor sums over the pixels (`strided_cm::dweight`, one tap), for at most
+    // POINTWISE_DWEIGHT_MAX_OUT output channels.
+    let pointwise_dweight =
+        want_dweight && forward_path(s) == Path::Packed(Packing::Pointwise) && s.c_out <= POINTWISE_DWEIGHT_MAX_OUT;
+    if pointwise_dweight {
+        dweight = Some(strided_cm::dweight(cpu::simd(), x, dy, s));
+    }
+    let im2col_dweight = want_dweight && !direct_dweight && !pointwise_dweight;
+    let im2col_dx = want_dx && !direct_dx && !pointwise_dx;
     if im2col_dx || im2col_dweight {
         let (dx_i, dweight_i) = im2col::conv2d_backward_im2col(x, weight, dy, s, im2col_dx, im2col_dweight);
         dx = dx.or(dx_i);

@@ -194,8 +194,9 @@ fn strided_cm_equals_naive_at_every_simd_level() {
     }
 }
 
-/// The channel-minor strided weight gradient at every SIMD level, on the same shapes as its forward, and
-/// at 1 and 2 threads (its groups' partial sums must not depend on them).
+/// The channel-minor weight gradient at every SIMD level, on the same shapes as the strided forward and on
+/// 1×1 ones on small maps (the pointwise path's), and at 1 and 2 threads (its groups' partial sums must not
+/// depend on them).
 #[test]
 fn strided_cm_dweight_equals_naive_at_every_simd_level() {
     let mut shapes: Vec<_> = odd_shapes().into_iter().filter(|&(_, ws, stride, _)| stride > 1 && ws[2] > 1).collect();
@@ -204,6 +205,9 @@ fn strided_cm_dweight_equals_naive_at_every_simd_level() {
     shapes.push(([2, 17, 28, 28], [33, 17, 3, 3], 2, 1));
     shapes.push(([13, 5, 9, 9], [3, 5, 3, 3], 2, 1));
     shapes.push(([24, 8, 9, 9], [9, 8, 3, 3], 2, 1)); // four groups of 6 images
+                                                      // 1×1 on small maps (the pointwise path's weight gradient): odd channels, a batch of uneven groups.
+    shapes.push(([11, 13, 7, 7], [17, 13, 1, 1], 1, 0));
+    shapes.push(([3, 70, 7, 7], [130, 70, 1, 1], 1, 0));
     for (i, (xs, ws, stride, padding)) in shapes.into_iter().enumerate() {
         let s = ConvShape::new(&xs, &ws, stride, padding).unwrap();
         let x = randn(&xs, i as u64);
