@@ -169,15 +169,23 @@ fn winograd_equals_naive_at_every_simd_level() {
     }
 }
 
+/// Every strided odd shape whatever its output size, then the U-Net's downsampling to 7×7 with more than one
+/// block of output channels (a partial one), to 14×14 with 32 (the narrow tile) and with 33: the shapes both
+/// channel-minor strided tests start from.
+fn strided_cm_shapes() -> Vec<([usize; 4], [usize; 4], usize, usize)> {
+    let mut shapes: Vec<_> = odd_shapes().into_iter().filter(|&(_, ws, stride, _)| stride > 1 && ws[2] > 1).collect();
+    shapes.push(([3, 64, 14, 14], [70, 64, 3, 3], 2, 1));
+    shapes.push(([2, 32, 28, 28], [32, 32, 3, 3], 2, 1));
+    shapes.push(([2, 17, 28, 28], [33, 17, 3, 3], 2, 1));
+    shapes
+}
+
 /// The channel-minor strided forward at every SIMD level, on every strided odd shape whatever its output
 /// size, the U-Net's downsampling to 7×7 with more than one block of output channels (a partial one), to
 /// 14×14 with 32 (the narrow tile) and with 33, and a batch that splits into uneven groups of images.
 #[test]
 fn strided_cm_equals_naive_at_every_simd_level() {
-    let mut shapes: Vec<_> = odd_shapes().into_iter().filter(|&(_, ws, stride, _)| stride > 1 && ws[2] > 1).collect();
-    shapes.push(([3, 64, 14, 14], [70, 64, 3, 3], 2, 1));
-    shapes.push(([2, 32, 28, 28], [32, 32, 3, 3], 2, 1));
-    shapes.push(([2, 17, 28, 28], [33, 17, 3, 3], 2, 1));
+    let mut shapes = strided_cm_shapes();
     shapes.push(([7, 5, 9, 9], [3, 5, 3, 3], 2, 1));
     for (i, (xs, ws, stride, padding)) in shapes.into_iter().enumerate() {
         let s = ConvShape::new(&xs, &ws, stride, padding).unwrap();
@@ -199,10 +207,7 @@ fn strided_cm_equals_naive_at_every_simd_level() {
 /// depend on them).
 #[test]
 fn strided_cm_dweight_equals_naive_at_every_simd_level() {
-    let mut shapes: Vec<_> = odd_shapes().into_iter().filter(|&(_, ws, stride, _)| stride > 1 && ws[2] > 1).collect();
-    shapes.push(([3, 64, 14, 14], [70, 64, 3, 3], 2, 1));
-    shapes.push(([2, 32, 28, 28], [32, 32, 3, 3], 2, 1));
-    shapes.push(([2, 17, 28, 28], [33, 17, 3, 3], 2, 1));
+    let mut shapes = strided_cm_shapes();
     shapes.push(([13, 5, 9, 9], [3, 5, 3, 3], 2, 1));
     shapes.push(([24, 8, 9, 9], [9, 8, 3, 3], 2, 1)); // four groups of 6 images
                                                       // 1×1 on small maps (the pointwise path's weight gradient): odd channels, a batch of uneven groups.
