@@ -169,6 +169,30 @@ fn winograd_equals_naive_at_every_simd_level() {
     }
 }
 
+/// The channel-minor Winograd weight pack, vectorised (a vector of output channels at a time, from the
+/// transposed weight), equals its definition bit for bit at every level, as it is and rotated for the input
+/// gradient: channel counts under one vector, past one block, and partial blocks and vectors.
+#[test]
+fn winograd_cm_pack_equals_naive_at_every_simd_level() {
+    use super::winograd_cm::{pack_weight, pack_weight_naive, padding, tile};
+    for (i, (c_out, c_in)) in [(1, 1), (3, 5), (9, 3), (17, 40), (70, 33), (128, 64)].into_iter().enumerate() {
+        let w = randn(&[c_out, c_in, 3, 3], 300 + i as u64);
+        for level in crate::cpu::available() {
+            for rotate in [false, true] {
+                let (outs, ins) = if rotate { (c_in, c_out) } else { (c_out, c_in) };
+                let (cpo, cpi) = padding(level, outs, ins);
+                let (_, nv, lanes) = tile(level);
+                let layout = (cpo, cpi, nv * lanes);
+                let fast = pack_weight(level, w.data(), c_out, c_in, layout, rotate);
+                let naive = pack_weight_naive(w.data(), c_out, c_in, layout, rotate);
+                assert_eq!(fast.len(), naive.len());
+                let differ = fast.iter().zip(&naive).position(|(a, b)| a.to_bits() != b.to_bits());
+                assert_eq!(differ, None, "[{c_out}, {c_in}, 3, 3] rotate {rotate} at {level:?}: first difference");
+            }
+        }
+    }
+}
+
 /// Every strided odd shape whatever its output size, then the U-Net's downsampling to 7×7 with more than one
 /// block of output channels (a partial one), to 14×14 with 32 (the narrow tile) and with 33: the shapes both
 /// channel-minor strided tests start from.

@@ -61,12 +61,21 @@ pub fn padding(level: Simd, c_out: usize, c_in: usize) -> (usize, usize) {
 /// (the register tile's NV vectors): packed [16 (ξ), cpo/block, cpi, block] = U_ξ[ci, co] (planes
 /// [`spread`] apart), zeros in the padding. With `rotate`, the input gradient's kernel (channels swapped,
 /// turned 180°), whose "output" channels are c_in: then cpo pads c_in and cpi pads c_out.
+/// [`pack_weight_naive`] is the definition (tested equal, bit for bit, at every level).
 ///
 /// Why blocks: the products read one block of U_ξ, cpi rows of `block` floats, for every tile of the call,
 /// so it must stay in L1. As rows of the whole [cpi, cpo] matrix (512 bytes apart for 128 channels, of
 /// which a block reads 256) its 512 lines fell in half of L1's 64 sets, 16 to a 12-way set: they evicted
 /// each other, and the products waited on L2 for their weight loads (`perf annotate`).
+///
+/// Why vectors: U is computed for a vector of output channels at a time ([`pack_rows`]): each kernel's 9
+/// taps are one or a few loads, turned into vectors of taps by a transpose in registers, and each of the 16
+/// values of U is one store. One kernel at a time, its 16 values were 16 scattered stores, and the pack took
+/// 11% of the 7×7 forwards ([32, 128, 7, 7] → 128 and [32, 256, 7, 7] → 128, `perf record` of
+/// `unet_kernels`). The weight transposed first, in one pass, cost more than that saved: the pass ran on one
+/// thread, and the rotated weight's 9 taps are fewer than a vector's lanes (one float at a time).
 pub fn pack_weight(
+    level: Simd,
     weight: &[f32],
     c_out: usize,
     c_in: usize,
@@ -74,8 +83,14 @@ pub fn pack_weight(
     rotate: bool,
 ) -> Vec<f32> {
     use rayon::prelude::*;
-    assert!(cpo.is_multiple_of(block) && block > 0, "winograd_cm::pack_weight: {cpo} channels in blocks of {block}");
+    crate::cpu::check_supported(level);
+    let lanes = tile(level).2;
+    assert!(
+        cpo.is_multiple_of(block) && block.is_multiple_of(lanes) && block > 0,
+        "winograd_cm::pack_weight: {cpo} channels in blocks of {block}, vectors of {lanes}"
+    );
     let (outs, ins) = if rotate { (c_in, c_out) } else { (c_out, c_in) };
+    assert!(weight.len() >= c_out * c_in * 9 && outs <= cpo && ins <= cpi, "winograd_cm::pack_weight: sizes");
     let plane_len = spread(cpi * cpo);
     let mut packed = crate::pool::take_dirty(16 * plane_len); // every float written below
     for plane in packed.chunks_exact_mut(plane_len) {
@@ -97,13 +112,162 @@ pub fn pack_weight(
     tasks.into_par_iter().enumerate().for_each(|(task, mut planes)| {
         let (o0, i0) = (task / runs * block, task % runs * ROWS);
         let rows = planes[0].len() / block;
-        // U of output channel o0 + oc and input channel i0 + r into each plane.
-        let mut one = |r: usize, oc: usize| {
-            let (i, o, at) = (i0 + r, o0 + oc, r * block + oc);
-            if o >= outs || i >= ins {
-                planes.iter_mut().for_each(|plane| plane[at] = 0.0);
-                return;
+        pack_rows(level, PackRows { weight, c_in, outs, ins, cpo, o0, i0, rows, block, rotate }, &mut planes);
+    });
+    packed
+}
+
+/// One task of [`pack_weight`]: rows i0.. (`rows` of them) of the block of output channels o0.. (of `outs`
+/// and `ins` real channels, the weight's c_out and c_in or, rotated, c_in and c_out).
+struct PackRows<'a> {
+    weight: &'a [f32],
+    c_in: usize,
+    outs: usize,
+    ins: usize,
+    cpo: usize,
+    o0: usize,
+    i0: usize,
+    rows: usize,
+    block: usize,
+    rotate: bool,
+}
+
+/// U for one task of [`pack_weight`], a vector of output channels at a time ([`transform_kernels`]).
+fn pack_rows(level: Simd, job: PackRows, planes: &mut [&mut [f32]]) {
+    let lanes = tile(level).2;
+    assert!(job.block.is_multiple_of(lanes) && job.o0 + job.block <= job.cpo && planes.len() == 16);
+    assert!(planes.iter().all(|plane| plane.len() >= job.rows * job.block));
+    assert!(job.weight.len() >= job.outs * job.ins * 9);
+    // SAFETY: the level is supported (checked by `pack_weight`), and the asserts cover every access but the
+    // weight's, which `pack_rows_with` bounds itself.
+    unsafe {
+        match level {
+            #[cfg(target_arch = "x86_64")]
+            Simd::Avx512 => pack_rows_avx512(job, planes),
+            #[cfg(target_arch = "x86_64")]
+            Simd::Avx2 => pack_rows_avx2(job, planes),
+            #[cfg(target_arch = "aarch64")]
+            _ => pack_rows_with::<vector::Neon>(job, planes),
+            #[cfg(not(target_arch = "aarch64"))]
+            _ => pack_rows_with::<vector::Portable>(job, planes),
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn pack_rows_avx512(job: PackRows, planes: &mut [&mut [f32]]) {
+    pack_rows_with::<vector::Avx512>(job, planes)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn pack_rows_avx2(job: PackRows, planes: &mut [&mut [f32]]) {
+    pack_rows_with::<vector::Avx2>(job, planes)
+}
+
+/// The taps of a vector of kernels in registers: lane l of vector k is tap k of the kernel from input
+/// channel i to output channel o + l, then U. Each kernel's 9 taps are contiguous in the weight, so
+/// LANES of them are one load per kernel, and a LANES × LANES transpose in registers
+/// (`transpose::transpose_square`) turns the kernels' rows into the taps' vectors.
+///
+/// # Safety
+/// V's instruction set is available, and [`pack_rows`]'s asserts hold.
+#[inline(always)]
+unsafe fn pack_rows_with<V: F32Vector>(job: PackRows, planes: &mut [&mut [f32]]) {
+    let PackRows { weight, c_in, outs, ins, o0, i0, rows, block, rotate, .. } = job;
+    let n = V::LANES;
+    for r in 0..rows {
+        let i = i0 + r;
+        for oc0 in (0..block).step_by(n) {
+            let o = o0 + oc0;
+            if i >= ins || o >= outs {
+                // Channels padding ins to cpi, or a vector wholly past the real output channels.
+                for plane in planes.iter_mut() {
+                    V::zero().store(plane.as_mut_ptr().add(r * block + oc0));
+                }
+                continue;
             }
+            let mut taps = [V::zero(); 9];
+            for t0 in (0..9).step_by(n) {
+                let mut lines = [V::zero(); 16];
+                for (l, line) in lines.iter_mut().enumerate().take(n.min(outs - o)) {
+                    let start = match rotate {
+                        false => ((o + l) * c_in + i) * 9 + t0,
+                        true => (i * c_in + o + l) * 9 + t0,
+                    };
+                    *line = match start + n <= weight.len() {
+                        true => V::load(weight.as_ptr().add(start)),
+                        // The last kernels: a load past the weight's end goes through a copy.
+                        false => {
+                            let mut copy = [0.0f32; 16];
+                            copy[..weight.len() - start].copy_from_slice(&weight[start..]);
+                            V::load(copy.as_ptr())
+                        }
+                    };
+                }
+                super::transpose::transpose_square(&mut lines);
+                for (k, tap) in taps.iter_mut().enumerate().skip(t0).take(n) {
+                    *tap = lines[k - t0];
+                }
+            }
+            let mut g = [[V::zero(); 3]; 3];
+            for (ky, row) in g.iter_mut().enumerate() {
+                for (kx, g_k) in row.iter_mut().enumerate() {
+                    *g_k = taps[if rotate { 8 - 3 * ky - kx } else { 3 * ky + kx }];
+                }
+            }
+            for (plane, u_xi) in planes.iter_mut().zip(transform_kernels(g)) {
+                u_xi.store(plane.as_mut_ptr().add(r * block + oc0));
+            }
+        }
+    }
+}
+
+/// `winograd::transform_kernel` (U = G g Gᵀ) on a vector of kernels, its sums in the same order, so that
+/// each lane equals it bit for bit; U[u][v] at 4u + v.
+///
+/// # Safety
+/// V's instruction set is available.
+#[inline(always)]
+unsafe fn transform_kernels<V: F32Vector>(g: [[V; 3]; 3]) -> [V; 16] {
+    let mut columns = [[V::zero(); 4]; 3]; // (G g)ᵀ
+    for (k, column) in columns.iter_mut().enumerate() {
+        *column = times_g(g[0][k], g[1][k], g[2][k]);
+    }
+    let mut u = [V::zero(); 16];
+    for (row, out) in u.chunks_exact_mut(4).enumerate() {
+        out.copy_from_slice(&times_g(columns[0][row], columns[1][row], columns[2][row]));
+    }
+    u
+}
+
+/// G (v0, v1, v2) = (v0, ½(v0 + v1 + v2), ½(v0 − v1 + v2), v2) per lane (halving is exact, so the fused
+/// multiply-add by ½ plus 0 rounds only the sums).
+///
+/// # Safety
+/// V's instruction set is available.
+#[inline(always)]
+unsafe fn times_g<V: F32Vector>(v0: V, v1: V, v2: V) -> [V; 4] {
+    let (half, zero) = (V::splat(0.5), V::zero());
+    [v0, v0.add(v1).add(v2).mul_add(half, zero), v0.sub(v1).add(v2).mul_add(half, zero), v2]
+}
+
+/// [`pack_weight`] by its definition, one kernel at a time: packed[ξ, o / block, i, o % block] = U_ξ of
+/// the kernel from input channel i to output channel o (`winograd::transform_kernel`), zeros elsewhere.
+#[cfg(test)]
+pub fn pack_weight_naive(
+    weight: &[f32],
+    c_out: usize,
+    c_in: usize,
+    (cpo, cpi, block): (usize, usize, usize),
+    rotate: bool,
+) -> Vec<f32> {
+    let (outs, ins) = if rotate { (c_in, c_out) } else { (c_out, c_in) };
+    let plane_len = spread(cpi * cpo);
+    let mut packed = vec![0.0; 16 * plane_len];
+    for o in 0..outs {
+        for i in 0..ins {
             let kernel = match rotate {
                 false => &weight[(o * c_in + i) * 9..][..9],
                 true => &weight[(i * c_in + o) * 9..][..9],
@@ -111,17 +275,11 @@ pub fn pack_weight(
             let u = super::winograd::transform_kernel(std::array::from_fn(|ky| {
                 std::array::from_fn(|kx| if rotate { kernel[8 - ky * 3 - kx] } else { kernel[ky * 3 + kx] })
             }));
-            for (plane, u_xi) in planes.iter_mut().zip(u.as_flattened()) {
-                plane[at] = *u_xi;
+            for (xi, u_xi) in u.as_flattened().iter().enumerate() {
+                packed[xi * plane_len + (o / block) * cpi * block + i * block + o % block] = *u_xi;
             }
-        };
-        // The inner loop runs along the weight's memory: over input channels as it is, over output channels
-        // when rotated (the other way, each kernel read is c_in·36 bytes from the last).
-        match rotate {
-            false => (0..block).for_each(|oc| (0..rows).for_each(|r| one(r, oc))),
-            true => (0..rows).for_each(|r| (0..block).for_each(|oc| one(r, oc))),
         }
-    });
+    }
     packed
 }
 
@@ -309,7 +467,7 @@ pub fn pack(level: Simd, weight: &[f32], s: &ConvShape, rotate: bool) -> Vec<f32
     let (ch_out, ch_in) = if rotate { (s.c_in, s.c_out) } else { (s.c_out, s.c_in) };
     let (cpo, cpi) = padding(level, ch_out, ch_in);
     let (_, nv, lanes) = tile(level);
-    pack_weight(weight, s.c_out, s.c_in, (cpo, cpi, nv * lanes), rotate)
+    pack_weight(level, weight, s.c_out, s.c_in, (cpo, cpi, nv * lanes), rotate)
 }
 
 /// The channel-minor Winograd convolution of `job` (its weight from [`pack`]): per group of images, x
