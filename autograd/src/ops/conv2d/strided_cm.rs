@@ -25,11 +25,15 @@
 //! ```
 //! a matrix product per tap, whose rows (the pixels) are gathered by address: the register tile takes R
 //! pixels (their xᵀ values broadcast) × NV vectors of output channels (the packed weight, loaded), as
-//! `winograd_cm.rs`'s products do. Taps are the outer loop, the partial sums kept in yᵀ between them, so
-//! that one tap's block of weights ([cpi, B], 16 KB for 64 × 64 channels) stays in L1 while every pixel of
-//! the call meets it (all nine taps' would be 144 KB). Each output is bias, then the taps in order, each
-//! over ci in order, whatever the grouping of images or the threads. A last transpose puts y back in
-//! [channel, pixel] order. Must equal `conv2d_forward_naive` up to rounding.
+//! `winograd_cm.rs`'s products do. Taps go in groups whose blocks of weights ([cpi, B] each, 16 KB for 64 ×
+//! 64 channels) fit in L1 together ([`TAP_GROUP_BYTES`]: 2 taps at 64 × 64 channels, all nine at 32 × 32),
+//! the outer loop, the partial sums kept in yᵀ between groups, so that a group's weights stay in L1 while
+//! every pixel of the call meets them (all nine taps' at 64 × 64 would be 144 KB). One tap a group, as
+//! before, passed the sums through yᵀ after every 32 products at 32 channels: [32, 32, 28, 28] → 32 forward
+//! 622 → 562 µs with all nine in one group, [32, 64, 14, 14] → 64 520 → 492 µs with two (`unet_kernels
+//! --bench 'unet_kernels/forward/(03|09)$'`, builds alternated, four rounds, medians). Each output is bias,
+//! then the taps in order, each over ci in order, whatever the grouping of taps or images or the threads. A
+//! last transpose puts y back in [channel, pixel] order. Must equal `conv2d_forward_naive` up to rounding.
 
 use rayon::prelude::*;
 
@@ -45,6 +49,11 @@ use crate::vector::{self, F32Vector};
 /// per product on small maps; onto 28×28 the two paths measured the same ([32, 32, 56, 56] → 32: 2.49–2.52
 /// ms here, 2.49–2.55 on phase planes), so larger maps stay there.
 pub const MAX_PIXELS: usize = 200;
+
+/// Bytes of packed weights the products keep in L1 at once: as many taps' blocks ([cpi, B]) as fit, at
+/// least one. With few channels all nine taps fit ([32, 32, 28, 28] → 32: 4 KB a tap), and the sums stay
+/// in registers from the first tap to the last instead of passing through yᵀ after each tap's 32 products.
+const TAP_GROUP_BYTES: usize = 36 << 10;
 
 /// True for the convolutions the dispatch sends here: strided (`direct::is_strided_conv`) onto at most
 /// [`MAX_PIXELS`] output pixels.
@@ -353,26 +362,28 @@ unsafe fn products<V: F32Vector, const R: usize, const NV: usize>(job: Products)
     };
     let bases: Vec<usize> = (0..pixels.next_multiple_of(R)).map(|p| base(if p < pixels { p } else { 0 })).collect();
     let (xt, yt) = (xt.as_ptr(), yt.as_mut_ptr());
+    let group = (TAP_GROUP_BYTES / (cpi * b * 4)).clamp(1, kk); // taps whose weights stay in L1 together
     for co0 in (0..cpo).step_by(b) {
-        for (t, &tap) in taps.iter().enumerate() {
-            let u_tap = packed.as_ptr().add((co0 * kk + t * b) * cpi); // [cpi, B]
+        for t0 in (0..kk).step_by(group) {
             for (p0, bases) in bases.chunks_exact(R).enumerate().map(|(i, c)| (i * R, c)) {
                 let at = |r: usize, v: usize| yt.add((p0 + r) * cpo + co0 + v * lanes);
-                let mut acc: [[V; NV]; R] = match t {
+                let mut acc: [[V; NV]; R] = match t0 {
                     0 => [std::array::from_fn(|v| unsafe { V::load(bias.as_ptr().add(co0 + v * lanes)) }); R],
                     _ => std::array::from_fn(|r| std::array::from_fn(|v| unsafe { V::load(at(r, v)) })),
                 };
-                let x_rows: [*const f32; R] = std::array::from_fn(|r| xt.add(bases[r] + tap));
-                let mut u = u_tap;
-                for ci in 0..cpi {
-                    let weights: [V; NV] = std::array::from_fn(|v| unsafe { V::load(u.add(v * lanes)) });
-                    for (r, acc_r) in acc.iter_mut().enumerate() {
-                        let x = V::splat(*x_rows[r].add(ci));
-                        for v in 0..NV {
-                            acc_r[v] = x.mul_add(weights[v], acc_r[v]);
+                for (t, &tap) in taps.iter().enumerate().skip(t0).take(group) {
+                    let x_rows: [*const f32; R] = std::array::from_fn(|r| xt.add(bases[r] + tap));
+                    let mut u = packed.as_ptr().add((co0 * kk + t * b) * cpi); // [cpi, B]
+                    for ci in 0..cpi {
+                        let weights: [V; NV] = std::array::from_fn(|v| unsafe { V::load(u.add(v * lanes)) });
+                        for (r, acc_r) in acc.iter_mut().enumerate() {
+                            let x = V::splat(*x_rows[r].add(ci));
+                            for v in 0..NV {
+                                acc_r[v] = x.mul_add(weights[v], acc_r[v]);
+                            }
                         }
+                        u = u.add(b);
                     }
-                    u = u.add(b);
                 }
                 let finished = acc;
                 for (r, vectors) in finished.iter().enumerate() {
