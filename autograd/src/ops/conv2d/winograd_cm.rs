@@ -290,13 +290,37 @@ pub fn layouts(h: usize, w: usize) -> ((usize, usize), (usize, usize)) {
     ((2 * th + 2, 2 * tw + 2), (2 * th, 2 * tw))
 }
 
-/// Images per call of [`conv_images`] at most: enough for about 64 tiles (4 images at 7×7, 2 at 14×14),
-/// the calls shared equally by the threads (`parallel::images_per_call`). About 128 (8 images at 7×7) ran
-/// the 7×7 convolutions 4–6% faster (forward [32, 128, 7, 7] → 128 1.52 → 1.44 ms, three alternated
-/// rounds) but its larger V and M buffers raised the main job's peak memory to 414 MB, past the 400 MB it
-/// must stay under (`03_train_mnist --steps 100 --sample-every 50`: 397.4 MB against 389.5 with 64).
+/// Images per call of [`conv_images`] at most: enough for about 128 tiles (8 images at 7×7, 3 at 14×14),
+/// the calls shared equally by the threads (`parallel::images_per_call`). Each call's xᵀ, yᵀ, V and M are
+/// one buffer per thread ([`with_work`]). With them from the buffer pool, which keeps a buffer of every
+/// size it has lent (a size per channel count, forward and input gradient), calls of 128 tiles raised the
+/// main job's peak memory to 414 MB, past the 400 MB it must stay under (`03_train_mnist --steps 100
+/// --sample-every 50`: 397.4 MB against 389.5 with 64), so calls were held at 64 tiles. With the
+/// per-thread buffer that command peaks at 385.6 / 385.3 MB (390.3 at 64 tiles from the pool), and the
+/// convolutions at 7×7 and 14×14 run 1–15% faster (`unet_kernels --bench
+/// 'unet_kernels/(forward|backward)/(05|07|11|13|20|24)$'`, builds alternated, three rounds, medians:
+/// forward [32, 128, 7, 7] → 128 1.494 → 1.336 ms, [32, 32, 14, 14] → 64 655 → 559 µs).
 pub fn most_images_per_call(h: usize, w: usize) -> usize {
-    64usize.div_ceil(h.div_ceil(2) * w.div_ceil(2))
+    128usize.div_ceil(h.div_ceil(2) * w.div_ceil(2))
+}
+
+thread_local! {
+    /// Each thread's working memory for [`conv`]'s calls: xᵀ, yᵀ and the V and M of [`conv_images`], one
+    /// buffer that grows to the largest call the thread has made (about 4.3 MB for [32, 256, 7, 7] → 128,
+    /// computed from the layouts), and so holds one size where the pool held one per shape. Nothing inside
+    /// a call runs in parallel, so a thread never needs two at once.
+    static WORK: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// `f` on `len` floats of this thread's working memory (with whatever they held before).
+fn with_work<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    WORK.with(|work| {
+        let mut work = work.borrow_mut();
+        if work.len() < len {
+            work.resize(len, 0.0);
+        }
+        f(&mut work[..len])
+    })
 }
 
 /// Scratch floats for [`conv_images`] on `images` images: V [16, T, cpi] and M [16, T, cpo] for all T of
@@ -486,21 +510,20 @@ pub fn conv(level: Simd, job: SameConv) -> Vec<f32> {
     let mut out = crate::pool::take_dirty(s.n * ch_out * hw);
     out.par_chunks_mut(per_call * ch_out * hw).enumerate().for_each(|(g, out_g)| {
         let images = out_g.len() / (ch_out * hw);
-        let mut xt = crate::pool::scratch(images * x_image);
-        for (j, dst) in xt.chunks_exact_mut(x_image).enumerate() {
-            let src = &input[(g * per_call + j) * ch_in * hw..][..ch_in * hw];
-            transpose_into(level, ToChannelMinor { src, c: ch_in, h, w, off: 1, cols: xc, cp: cpi, dst });
-        }
-        let mut yt = crate::pool::scratch(images * y_image);
-        let mut scratch = crate::pool::scratch(scratch_len(level, images, h, w, cpo, cpi));
-        let bias = &bias_padded;
-        conv_images(
-            level,
-            ConvImages { xt: &xt, images, h, w, cpi, packed, cpo, bias, yt: &mut yt, scratch: &mut scratch },
-        );
-        for (src, dst) in yt.chunks_exact(y_image).zip(out_g.chunks_exact_mut(ch_out * hw)) {
-            transpose_from(level, FromChannelMinor { src, c: ch_out, h, w, cols: yc, cp: cpo, dst });
-        }
+        let (xt_len, yt_len) = (images * x_image, images * y_image);
+        with_work(xt_len + yt_len + scratch_len(level, images, h, w, cpo, cpi), |work| {
+            let (xt, rest) = work.split_at_mut(xt_len);
+            let (yt, scratch) = rest.split_at_mut(yt_len);
+            for (j, dst) in xt.chunks_exact_mut(x_image).enumerate() {
+                let src = &input[(g * per_call + j) * ch_in * hw..][..ch_in * hw];
+                transpose_into(level, ToChannelMinor { src, c: ch_in, h, w, off: 1, cols: xc, cp: cpi, dst });
+            }
+            let bias = &bias_padded;
+            conv_images(level, ConvImages { xt, images, h, w, cpi, packed, cpo, bias, yt, scratch });
+            for (src, dst) in yt.chunks_exact(y_image).zip(out_g.chunks_exact_mut(ch_out * hw)) {
+                transpose_from(level, FromChannelMinor { src, c: ch_out, h, w, cols: yc, cp: cpo, dst });
+            }
+        });
     });
     out
 }
