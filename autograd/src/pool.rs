@@ -8,7 +8,8 @@
 //! by allocating every activation once, up front).
 //!
 //! Tensors give their buffer back here when their last reference drops; kernels take their outputs and
-//! scratch space from here. Buffers under [`MIN_POOLED`] floats go to the system allocator as usual (small
+//! scratch space from here. (One exception: the channel-minor Winograd kernel, whose working memory has a
+//! size per shape, keeps it in one buffer per thread instead, `ops/conv2d/winograd_cm.rs`.) Buffers under [`MIN_POOLED`] floats go to the system allocator as usual (small
 //! allocations are served from the allocator's own free lists without page faults).
 //!
 //! The pool takes back only buffers it lent (it remembers their addresses): a buffer that some other code

@@ -169,9 +169,9 @@ fn winograd_equals_naive_at_every_simd_level() {
     }
 }
 
-/// The channel-minor Winograd weight pack, vectorised (a vector of output channels at a time, from the
-/// transposed weight), equals its definition bit for bit at every level, as it is and rotated for the input
-/// gradient: channel counts under one vector, past one block, and partial blocks and vectors.
+/// The channel-minor Winograd weight pack, vectorised (a vector of output channels at a time, their taps
+/// transposed in registers), equals its definition bit for bit at every level, as it is and rotated for the
+/// input gradient: channel counts under one vector, past one block, and partial blocks and vectors.
 #[test]
 fn winograd_cm_pack_equals_naive_at_every_simd_level() {
     use super::winograd_cm::{pack_weight, pack_weight_naive, padding, tile};
