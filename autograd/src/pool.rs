@@ -12,8 +12,10 @@
 //! size per shape, keeps it in one buffer per thread instead, `ops/conv2d/winograd_cm.rs`.) Buffers under [`MIN_POOLED`] floats go to the system allocator as usual (small
 //! allocations are served from the allocator's own free lists without page faults).
 //!
-//! The pool takes back only buffers it lent (it remembers their addresses): a buffer that some other code
-//! allocated, wrapped in a tensor and dropped goes back to the system. Otherwise every step's freshly built
+//! The pool takes back only buffers it lent (it remembers their addresses and capacities): a buffer that some
+//! other code allocated, wrapped in a tensor and dropped goes back to the system. The capacity is part of the
+//! key because a lent buffer can end its life without coming back (kept by `Scratch::into_vec` and dropped),
+//! and the allocator may then place a buffer of another size at its address. Otherwise every step's freshly built
 //! batch, noise and targets would pile up in the pool, never to be asked for again, and a long run would grow
 //! by their size every step. So the pool never holds more buffers of a size than were out at once. It also
 //! holds at most [`MAX_POOLED_BYTES`].
@@ -31,8 +33,8 @@ pub const MAX_POOLED_BYTES: usize = 6 << 30;
 struct Pool {
     free: HashMap<usize, Vec<Vec<f32>>>,
     bytes: usize,
-    /// Addresses of the buffers lent and not yet given back.
-    lent: HashSet<usize>,
+    /// (address, capacity) of the buffers lent and not yet given back.
+    lent: HashSet<(usize, usize)>,
 }
 
 fn lock() -> std::sync::MutexGuard<'static, Option<Pool>> {
@@ -42,7 +44,7 @@ fn lock() -> std::sync::MutexGuard<'static, Option<Pool>> {
 /// Records that `v` is lent by the pool (so that [`give`] takes it back).
 fn lend(v: Vec<f32>) -> Vec<f32> {
     if v.capacity() >= MIN_POOLED {
-        lock().get_or_insert_with(Pool::default).lent.insert(v.as_ptr() as usize);
+        lock().get_or_insert_with(Pool::default).lent.insert((v.as_ptr() as usize, v.capacity()));
     }
     v
 }
@@ -65,7 +67,7 @@ fn recycled(len: usize) -> Option<Vec<f32>> {
     let pool = guard.get_or_insert_with(Pool::default);
     if let Some(v) = pool.free.get_mut(&len).and_then(Vec::pop) {
         pool.bytes -= len * 4;
-        pool.lent.insert(v.as_ptr() as usize);
+        pool.lent.insert((v.as_ptr() as usize, v.capacity()));
         return Some(v);
     }
     FRESH.fetch_add(1, Ordering::Relaxed);
@@ -119,7 +121,7 @@ pub fn give(v: Vec<f32>) {
     }
     let mut guard = lock();
     let pool = guard.get_or_insert_with(Pool::default);
-    if pool.lent.remove(&(v.as_ptr() as usize)) && pool.bytes + cap * 4 <= MAX_POOLED_BYTES {
+    if pool.lent.remove(&(v.as_ptr() as usize, cap)) && pool.bytes + cap * 4 <= MAX_POOLED_BYTES {
         pool.bytes += cap * 4;
         pool.free.entry(cap).or_default().push(v);
     }
