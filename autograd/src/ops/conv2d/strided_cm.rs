@@ -337,9 +337,9 @@ unsafe fn products_avx2<const R: usize, const NV: usize>(job: Products) {
     products::<vector::Avx2, R, NV>(job)
 }
 
-/// For each block of B output channels, each tap, each R output pixels: acc [R][NV] starts at the bias
-/// (first tap) or the sums so far (yᵀ), takes Σ_ci xᵀ[base + tap, ci] (broadcast) · packed[ci, B] (loaded),
-/// and goes back to yᵀ. Pixels past the last (rounding up to R) read pixel 0's window; their rows of yᵀ
+/// For each block of B output channels, each group of taps ([`TAP_GROUP_BYTES`]), each R output pixels:
+/// acc [R][NV] starts at the bias (first group) or the sums so far (yᵀ), takes, for each tap of the group in
+/// order, Σ_ci xᵀ[base + tap, ci] (broadcast) · packed[ci, B] (loaded), and goes back to yᵀ. Pixels past the last (rounding up to R) read pixel 0's window; their rows of yᵀ
 /// are never read.
 ///
 /// # Safety

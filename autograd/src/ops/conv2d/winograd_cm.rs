@@ -82,7 +82,6 @@ pub fn pack_weight(
     (cpo, cpi, block): (usize, usize, usize),
     rotate: bool,
 ) -> Vec<f32> {
-    use rayon::prelude::*;
     crate::cpu::check_supported(level);
     let lanes = tile(level).2;
     assert!(
