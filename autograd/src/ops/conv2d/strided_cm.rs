@@ -64,13 +64,14 @@ pub fn is_strided_cm_conv(s: &ConvShape) -> bool {
 /// The register tile for `c_out` output channels at each SIMD level: R pixels × NV vectors of output
 /// channels (R·NV accumulators, NV weight vectors and a broadcast within the register file), and the
 /// lanes per vector. Few output channels (the U-Net's 32) take a tile two vectors wide, which leaves 32
-/// channels as they are where the four-vector tile would pad them to 64.
+/// channels as they are where the four-vector tile would pad them to 64. AVX2 takes 6 × 2 always (B = 16,
+/// no padding for the U-Net's 32 to 384 channels): its 4 × 3 tile, 16 registers to the last one, padded 32
+/// to 48 and 64 to 72 and ran at about half the speed, for the same reason as `winograd_cm::tile`'s.
 pub fn tile(level: Simd, c_out: usize) -> (usize, usize, usize) {
     match level {
         Simd::Avx512 if c_out <= 32 => (12, 2, 16),
         Simd::Avx512 => (6, 4, 16),
-        Simd::Avx2 if c_out <= 16 => (6, 2, 8),
-        Simd::Avx2 => (4, 3, 8),
+        Simd::Avx2 => (6, 2, 8),
         Simd::Baseline if cfg!(target_arch = "aarch64") => (6, 4, 4),
         Simd::Baseline => (4, 2, 4),
     }
@@ -143,9 +144,7 @@ pub fn conv(level: Simd, job: SameConv) -> Vec<f32> {
                 #[cfg(target_arch = "x86_64")]
                 (Simd::Avx512, _) => products_avx512::<6, 4>(job),
                 #[cfg(target_arch = "x86_64")]
-                (Simd::Avx2, 2) => products_avx2::<6, 2>(job),
-                #[cfg(target_arch = "x86_64")]
-                (Simd::Avx2, _) => products_avx2::<4, 3>(job),
+                (Simd::Avx2, _) => products_avx2::<6, 2>(job),
                 #[cfg(target_arch = "aarch64")]
                 _ => products::<vector::Neon, 6, 4>(job),
                 #[cfg(not(target_arch = "aarch64"))]
@@ -225,9 +224,7 @@ pub fn dweight(level: Simd, x: &[f32], dy: &[f32], s: &ConvShape) -> Vec<f32> {
                 #[cfg(target_arch = "x86_64")]
                 (Simd::Avx512, _) => sums_avx512::<6, 4>(job),
                 #[cfg(target_arch = "x86_64")]
-                (Simd::Avx2, 2) => sums_avx2::<6, 2>(job),
-                #[cfg(target_arch = "x86_64")]
-                (Simd::Avx2, _) => sums_avx2::<4, 3>(job),
+                (Simd::Avx2, _) => sums_avx2::<6, 2>(job),
                 #[cfg(target_arch = "aarch64")]
                 _ => sums::<vector::Neon, 6, 4>(job),
                 #[cfg(not(target_arch = "aarch64"))]
