@@ -61,7 +61,7 @@
 //! the direct kernel's (the transforms add up to 9 terms before and after the products), checked against
 //! `conv2d_forward_naive` with the same bound as every other path.
 
-use super::direct::{forward_tile, is_same_conv, Runs};
+use super::direct::{forward_tile, is_same_conv, vectors_per_tile, Runs};
 use super::parallel::per_image;
 use super::shape::{ConvShape, SameConv};
 use crate::cpu::Simd;
@@ -119,9 +119,8 @@ impl Tiles {
 
     /// The layout at this SIMD level: register tiles of 2 or 3 vectors of tiles, whichever rounds less.
     pub fn for_level(level: Simd, h: usize, w: usize) -> Tiles {
-        let (lanes, q) = (forward_tile(level).1, h.div_ceil(2) * (w.div_ceil(2) + 1));
-        let nv = if q.next_multiple_of(2 * lanes) < q.next_multiple_of(3 * lanes) { 2 } else { 3 };
-        Tiles::new(h, w, nv * lanes)
+        let q = h.div_ceil(2) * (w.div_ceil(2) + 1);
+        Tiles::new(h, w, vectors_per_tile(level, q) * forward_tile(level).1)
     }
 
     /// phases [c, 4, plane] ← x [c, h, w]: phase 2a + b holds xpad[2r + a, 2col + b] at r·row + col, where
@@ -283,9 +282,7 @@ pub fn winograd_image(level: Simd, job: WinogradImage) {
             #[cfg(target_arch = "x86_64")]
             (Simd::Avx512, _) => winograd_avx512::<3>(args),
             #[cfg(target_arch = "x86_64")]
-            (Simd::Avx2, 2) => winograd_avx2::<2>(args),
-            #[cfg(target_arch = "x86_64")]
-            (Simd::Avx2, _) => winograd_avx2::<3>(args),
+            (Simd::Avx2, _) => winograd_avx2(args),
             #[cfg(target_arch = "aarch64")]
             (_, 2) => winograd_tiles::<vector::Neon, 8, 2>(args),
             #[cfg(target_arch = "aarch64")]
@@ -306,8 +303,8 @@ unsafe fn winograd_avx512<const NV: usize>(args: WinogradImage) {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn winograd_avx2<const NV: usize>(args: WinogradImage) {
-    winograd_tiles::<vector::Avx2, 4, NV>(args)
+unsafe fn winograd_avx2(args: WinogradImage) {
+    winograd_tiles::<vector::Avx2, 6, 2>(args)
 }
 
 /// The tile loop: for each L = NV·lanes tiles t0..,
