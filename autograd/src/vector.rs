@@ -312,8 +312,9 @@ mod tests {
             assert_eq!(out[i], a[i] * b[i] + 3.0, "mul_add lane {i}"); // exact: small integers and halves
         }
         assert_eq!(out[n], 0.0, "store wrote past its lanes");
-        // store_lanes writes exactly lanes lo..hi, through a pointer that may start before the buffer.
-        for (lo, hi) in [(0, n), (0, 1), (1, n - 1), (n - 1, n), (2, 2)] {
+        // store_lanes writes exactly lanes lo..hi, through a pointer that may start before the buffer, for
+        // every range.
+        for (lo, hi) in (0..=n).flat_map(|lo| (lo..=n).map(move |hi| (lo, hi))) {
             let mut part = vec![-1.0f32; n - lo];
             let base = part.as_mut_ptr().wrapping_sub(lo);
             V::load(a.as_ptr()).store_lanes(base, lo, hi);
