@@ -271,7 +271,8 @@ pub fn forward_tile(level: Simd) -> (usize, usize) {
 }
 
 /// Positions per tile of [`direct_image`] for `q` output positions at this level: 3 vectors, or 2 where
-/// that rounds q up less (a 7×7 image is 63 positions: 64 in tiles of 32, but 96 in tiles of 48).
+/// that rounds q up less (a 7×7 image is 63 positions: 64 in tiles of 32, but 96 in tiles of 48), or 2
+/// always on AVX2 ([`vectors_per_tile`]).
 pub fn tile_positions(level: Simd, q: usize) -> usize {
     vectors_per_tile(level, q) * forward_tile(level).1
 }

@@ -117,7 +117,8 @@ impl Tiles {
         Tiles { h, w, th, row, tile, qr, plane }
     }
 
-    /// The layout at this SIMD level: register tiles of 2 or 3 vectors of tiles, whichever rounds less.
+    /// The layout at this SIMD level: register tiles of 2 or 3 vectors of tiles, whichever rounds less (always
+    /// 2 on AVX2: `direct::vectors_per_tile`).
     pub fn for_level(level: Simd, h: usize, w: usize) -> Tiles {
         let q = h.div_ceil(2) * (w.div_ceil(2) + 1);
         Tiles::new(h, w, vectors_per_tile(level, q) * forward_tile(level).1)
