@@ -317,7 +317,10 @@ pub fn direct_image(level: Simd, job: DirectImage) {
     let nv = flat.tile / lanes;
     // Everything the tiles read and write, checked once here: inputs up to the last tile's last tap, every
     // channel block of the packed weight, bias for every channel, a full qr per output row.
-    assert!((nv == 2 || nv == 3) && flat.tile == nv * lanes && flat.qr.is_multiple_of(flat.tile));
+    // AVX2 has one kernel, of 2 vectors (`vectors_per_tile`).
+    assert!(
+        (nv == 2 || (nv == 3 && level != Simd::Avx2)) && flat.tile == nv * lanes && flat.qr.is_multiple_of(flat.tile)
+    );
     let farthest = taps.iter().copied().max().unwrap_or(0);
     assert!(flat.plane >= flat.qr + farthest && xpad.len() >= c_in * flat.plane);
     assert!(flat.out_row >= flat.w && flat.h >= 1);

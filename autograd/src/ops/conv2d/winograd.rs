@@ -270,7 +270,12 @@ pub fn winograd_image(level: Simd, job: WinogradImage) {
     let (c, lanes) = forward_tile(level);
     let nv = tiles.tile / lanes;
     // Everything the tiles read and write, checked once here.
-    assert!((nv == 2 || nv == 3) && tiles.tile == nv * lanes && tiles.qr.is_multiple_of(tiles.tile));
+    // AVX2 has one kernel, of 2 vectors (`direct::vectors_per_tile`).
+    assert!(
+        (nv == 2 || (nv == 3 && level != Simd::Avx2))
+            && tiles.tile == nv * lanes
+            && tiles.qr.is_multiple_of(tiles.tile)
+    );
     assert!(tiles.plane > tiles.qr + tiles.row && phases.len() >= c_in * 4 * tiles.plane);
     assert!(packed.len() >= 16 * c_out.div_ceil(c) * spread(c * c_in) && y.len() >= c_out * tiles.h * tiles.w);
     assert!(bias.is_none_or(|b| b.len() >= c_out) && scratch.len() >= scratch_len(tiles, c_in, c_out, c));
