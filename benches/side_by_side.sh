@@ -27,7 +27,7 @@ for r in $(seq 1 "$rounds"); do
     d="$out/round-$r"
     mkdir -p "$d"
     echo "round $r of $rounds: $(date -u +%H:%M:%S)"
-    target/release/examples/03_train_mnist --steps 60 --sample-every 0 --grid 4 --sampler-steps 5 \
+    target/release/examples/03_train_mnist --steps 60 --accumulate 1 --sample-every 0 --grid 4 --sampler-steps 5 \
         --checkpoint-every 0 --out "$d/03" > "$d/step.txt" 2>&1
     "$python" "$twin/bench.py" --threads 2 --only M1,M2 --json "$d/torch_m1m2.json" > "$d/torch_m1m2.txt"
     target/release/examples/04_sample --random-weights small --sampler ddim --steps 50 --out "$d/04" > "$d/ddim16.txt"

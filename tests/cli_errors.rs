@@ -20,6 +20,9 @@ fn unknown_flags_and_bad_values_are_usage_errors() {
     assert_eq!((code, err.as_str()), (2, format!("error: --sampler \"lms\": unknown ({names})").as_str()));
     let (code, err) = fails(example("03_train_mnist").args(["--preset", "huge"]));
     assert_eq!((code, err.as_str()), (2, "error: --preset \"huge\": unknown"));
+    let (code, err) = fails(example("03_train_mnist").args(["--quick", "--batch", "64", "--accumulate", "4096"]));
+    let problem = "error: images a step (batch × accumulate) 262144: out of range (1 to 65536)";
+    assert_eq!((code, err.as_str()), (2, problem));
     let args = ["--quick", "--eval-every", "1", "--classifier", "/no/such/classifier.safetensors"];
     let (code, err) = fails(example("03_train_mnist").args(args));
     assert_eq!(code, 2);

@@ -161,6 +161,30 @@ impl Gradients {
     pub fn set_param(&mut self, id: ParamId, grad: Tensor) {
         self.params.insert(id, grad);
     }
+
+    /// Adds the parameter gradients of `other` into these: gradient accumulation, where a step's loss is a
+    /// sum over passes, L = Σ_k L_k, so ∂L/∂θ = Σ_k ∂L_k/∂θ, each pass's from its own backward. A parameter
+    /// only one side has keeps that side's gradient. Leaf gradients are not carried over: a leaf belongs to
+    /// the tape of its pass.
+    #[track_caller]
+    pub fn accumulate(&mut self, other: Gradients) {
+        for (id, g) in other.params {
+            match self.params.get_mut(&id) {
+                Some(mine) => {
+                    assert!(
+                        mine.shape() == g.shape(),
+                        "Gradients::accumulate: parameter {id:?} has gradients of shapes {:?} and {:?}",
+                        mine.shape(),
+                        g.shape()
+                    );
+                    mine.data_mut().iter_mut().zip(g.data()).for_each(|(a, &b)| *a += b);
+                }
+                None => {
+                    self.params.insert(id, g);
+                }
+            }
+        }
+    }
 }
 
 impl Tape {
@@ -406,6 +430,34 @@ mod tests {
         assert_eq!(grads.param(w).unwrap().data(), &[2.0, 4.0, 6.0]);
         assert!(grads.param(unused).is_none(), "a parameter the loss does not use has no gradient");
         assert!(tape.is_empty(), "backward consumes the tape");
+    }
+
+    /// Two passes, each with its own tape and its own half of the data, accumulate to the gradient of one
+    /// pass over all of it: L = Σ_i w_i x_i² over x = [1, 2, 3, 4] split [1, 2] and [3, 4] (as rows of the
+    /// same w), and a parameter only the second pass uses keeps the second pass's gradient.
+    #[test]
+    fn accumulated_passes_sum_to_the_whole_batch_gradient() {
+        let mut params = ParamStore::new();
+        let w = params.add("w", Tensor::from_vec(&[2], vec![0.5, -1.5]));
+        let late = params.add("late", Tensor::from_vec(&[2], vec![2.0, 3.0]));
+        let pass = |rows: &[f32], use_late: bool| {
+            let mut tape = Tape::new();
+            let x = tape.constant(Tensor::from_vec(&[rows.len() / 2, 2], rows.to_vec()));
+            let wv = tape.param(&params, w);
+            let sq = tape.mul(&x, &x);
+            let mut y = tape.mul(&sq, &wv);
+            if use_late {
+                let lv = tape.param(&params, late);
+                y = tape.mul(&y, &lv);
+            }
+            let loss = tape.sum_all(&y);
+            tape.backward(&loss)
+        };
+        let mut grads = pass(&[1.0, 2.0], false);
+        grads.accumulate(pass(&[3.0, 4.0], true));
+        // ∂/∂w: [1² + 3²·2, 2² + 4²·3]; ∂/∂late: [3²·0.5, 4²·(−1.5)].
+        assert_eq!(grads.param(w).unwrap().data(), &[19.0, 52.0]);
+        assert_eq!(grads.param(late).unwrap().data(), &[4.5, -24.0]);
     }
 
     #[test]

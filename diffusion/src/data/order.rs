@@ -10,10 +10,18 @@ use rand::{RngExt, SeedableRng};
 /// whose key is (seed, stream, index). A run's randomness is then a function of where it is, not of how it
 /// got there, which is what makes resuming exact without saving any generator state.
 pub fn keyed_rng(seed: u64, stream: Stream, index: u64) -> StdRng {
+    pass_rng(seed, stream, index, 0)
+}
+
+/// The generator of pass `pass` of index `index` (a step whose gradient is accumulated over several passes):
+/// ChaCha12 keyed (seed, stream, index, pass). Pass 0's is [`keyed_rng`]'s, so a step of one pass draws
+/// what it always drew.
+pub fn pass_rng(seed: u64, stream: Stream, index: u64, pass: u64) -> StdRng {
     let mut key = [0u8; 32];
     key[..8].copy_from_slice(&seed.to_le_bytes());
     key[8..16].copy_from_slice(&(stream as u64).to_le_bytes());
     key[16..24].copy_from_slice(&index.to_le_bytes());
+    key[24..].copy_from_slice(&pass.to_le_bytes());
     StdRng::from_seed(key)
 }
 

@@ -33,12 +33,16 @@ pub struct TrainFlags {
     /// U-Net preset: small, tiny, rgb32, diffusers-mnist (diffusers' UNet2DModel, see 11_diffusers)
     #[arg(long, default_value = "small")]
     pub preset: String,
-    /// Training steps [default: 4500; --quick: 3]
+    /// Training steps [default: 2250; --quick: 3]
     #[arg(long, value_parser = in_range(limits::STEPS))]
     pub steps: Option<usize>,
-    /// Images per step [default: 32; --quick: 4]
+    /// Images per forward and backward pass [default: 32; --quick: 4]
     #[arg(long, value_parser = in_range(limits::BATCH))]
     pub batch: Option<usize>,
+    /// Passes per step, their gradients averaged (gradient accumulation): a step learns from batch ×
+    /// accumulate images in the memory of one batch [default: 2; --quick: 1]
+    #[arg(long, value_parser = in_range(limits::ACCUMULATE))]
+    pub accumulate: Option<usize>,
     /// Peak learning rate (AdamW)
     #[arg(long, default_value_t = 1e-3, value_parser = in_range(limits::LR))]
     pub lr: f32,

@@ -29,12 +29,13 @@ use crate::training::train::{train, TrainConfig, TrainReport};
 
 /// The settings (by flag name) that define a run: stored in its checkpoints, and not to be given again when
 /// resuming it.
-pub const RUN_SETTINGS: [&str; 18] = [
+pub const RUN_SETTINGS: [&str; 19] = [
     "conditional",
     "label-dropout",
     "preset",
     "steps",
     "batch",
+    "accumulate",
     "lr",
     "warmup",
     "weight-decay",
@@ -190,8 +191,12 @@ impl Run {
             Some(path) => Some(resumable(path, &params, &config, images.shape()[0], &images_path)?),
             None => None,
         };
+        let passes = match config.accumulate {
+            1 => String::new(),
+            k => format!(" × {k} passes (gradients accumulated: {} images a step)", k * config.batch),
+        };
         println!(
-            "U-Net: {} parameters; {} images from {}; {} steps of batch {}",
+            "U-Net: {} parameters; {} images from {}; {} steps of batch {}{passes}",
             params.num_elements(),
             images.shape()[0],
             images_path.display(),

@@ -1,5 +1,6 @@
-//! The training loop for image diffusion: AdamW with warmup then cosine decay, gradient clipping, an EMA of
-//! the weights (used for sampling), a progress line, the loss of every step in a CSV file, and sample grids.
+//! The training loop for image diffusion: AdamW with warmup then cosine decay, gradient accumulation over
+//! several passes a step, gradient clipping, an EMA of the weights (used for sampling), a progress line, the
+//! loss of every step in a CSV file, and sample grids.
 //!
 //! Files: this one holds the config, its limits, the [`Trainable`] trait and the loop with its learning
 //! step; `parts.rs` what the loop keeps and writes (the batches, the optimizer state, the loss log, the
@@ -17,10 +18,10 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use autograd::optim::{clip_grad_norm, Ema, Optimizer};
-use autograd::{ParamStore, Tape, Tensor, Var};
+use autograd::{Gradients, ParamStore, Tape, Tensor, Var};
 use rand::rngs::StdRng;
 
-use crate::data::order::{keyed_rng, Stream};
+use crate::data::order::{pass_rng, Stream};
 use crate::error::{check_range, Error, Result};
 use crate::metadata::Fields;
 use crate::model::denoiser::Denoiser;
@@ -38,6 +39,9 @@ pub mod limits {
     pub const STEPS: RangeInclusive<usize> = 1..=100_000_000;
     /// Also bounded by the memory it takes ([`crate::model::unet::UNetConfig::check_memory`]).
     pub const BATCH: RangeInclusive<usize> = 1..=65_536;
+    /// Passes per step. A step's `batch · accumulate` images are drawn before its first pass, so their
+    /// product is bounded like a batch, by [`BATCH`]'s end.
+    pub const ACCUMULATE: RangeInclusive<usize> = 1..=65_536;
     /// Positive and finite; a huge one diverges, and training says so at the step it does.
     pub const LR: RangeInclusive<f32> = f32::MIN_POSITIVE..=f32::MAX;
     pub const MIN_LR_RATIO: RangeInclusive<f32> = 0.0..=1.0;
@@ -59,7 +63,12 @@ pub mod limits {
 #[derive(Clone, Debug)]
 pub struct TrainConfig {
     pub steps: usize,
+    /// Images per forward and backward pass: what sizes the memory of a step.
     pub batch: usize,
+    /// Passes per step (gradient accumulation, diffusers' `gradient_accumulation_steps`): a step averages
+    /// the gradients of `accumulate` batches, one pass each, before clipping and AdamW, so it learns from
+    /// `batch · accumulate` images in the memory of `batch`.
+    pub accumulate: usize,
     pub lr: f32,
     /// Linear warmup from 0 over this many steps, then cosine decay to `min_lr_ratio · lr`.
     pub warmup: usize,
@@ -105,6 +114,7 @@ impl TrainConfig {
         TrainConfig {
             steps,
             batch,
+            accumulate: 1,
             lr: 1e-3,
             warmup: 200,
             min_lr_ratio: 0.0,
@@ -172,8 +182,10 @@ impl TrainConfig {
             ("label_dropout", self.label_dropout.to_string()),
         ]
         .into_iter()
-        // Uniform timesteps, the default, are not written: files of runs from before the option stay the same.
+        // Uniform timesteps and one pass a step, the defaults, are not written: files of runs from before
+        // these options stay the same.
         .chain((self.time_sampling != TimeSampling::Uniform).then(|| ("t_sampling", self.time_sampling.name())))
+        .chain((self.accumulate != 1).then(|| ("accumulate", self.accumulate.to_string())))
         .map(|(k, v)| (format!("train.{k}"), v))
         .collect()
     }
@@ -192,6 +204,8 @@ impl TrainConfig {
     pub fn validate(&self, timesteps: usize) -> std::result::Result<(), String> {
         check_range("steps", &self.steps, &limits::STEPS)?;
         check_range("batch", &self.batch, &limits::BATCH)?;
+        check_range("accumulate", &self.accumulate, &limits::ACCUMULATE)?;
+        check_range("images a step (batch × accumulate)", &self.batch.saturating_mul(self.accumulate), &limits::BATCH)?;
         check_range("lr", &self.lr, &limits::LR)?;
         check_range("warmup", &self.warmup, &limits::WARMUP)?;
         check_range("min_lr_ratio", &self.min_lr_ratio, &limits::MIN_LR_RATIO)?;
@@ -233,6 +247,10 @@ impl TrainConfig {
         self.time_sampling = match fields.text("train.t_sampling") {
             Ok(_) => fields.named("train.t_sampling", TimeSampling::from_name)?,
             Err(_) => TimeSampling::Uniform,
+        };
+        self.accumulate = match fields.text("train.accumulate") {
+            Ok(_) => fields.get("train.accumulate")?,
+            Err(_) => 1,
         };
         if fields.text("train.label_dropout").is_ok() {
             self.label_dropout = fields.get("train.label_dropout")?;
@@ -377,18 +395,23 @@ pub fn train_with(
     // `autograd::cpu::with_spinning_workers`): the same result, less time lost waking them.
     autograd::cpu::with_spinning_workers(|| -> Result<()> {
         for step in start..end {
-            let (x_0, batch_labels) = batches.next();
-            let denoiser: Box<dyn Denoiser + '_> = match &batch_labels {
-                Some(l) => model.labelled(l, config.label_dropout),
-                None => Box::new(model),
-            };
+            // One batch per pass, consecutive in the data order: the step's batch · accumulate images.
+            let drawn: Vec<(Tensor, Option<Vec<usize>>)> = (0..config.accumulate).map(|_| batches.next()).collect();
+            let passes: Vec<(&Tensor, Box<dyn Denoiser + '_>)> = drawn
+                .iter()
+                .map(|(x_0, labels)| match labels {
+                    Some(l) => (x_0, model.labelled(l, config.label_dropout)),
+                    None => (x_0, Box::new(model) as Box<dyn Denoiser + '_>),
+                })
+                .collect();
             let lr = config.lr_at(step);
             tape.profile_mark("(outside the tape: batch, logs)");
             let step_state = (&mut state, step, lr);
-            last_loss = learning_step(&mut tape, &*denoiser, params, step_state, schedule, config, objective, &x_0)
+            last_loss = learning_step(&mut tape, &passes, params, step_state, schedule, config, objective)
                 .map_err(|problem| diverged(step, problem, &last_checkpoint))?;
             log.write(step + 1, last_loss, lr)?;
-            progress.update(step + 1, config.steps, last_loss, config.batch, step + 1 == end);
+            let images = config.batch * config.accumulate;
+            progress.update(step + 1, config.steps, last_loss, images, step + 1 == end);
             if config.sample_every > 0 && (step + 1) % config.sample_every == 0 && step + 1 < config.steps {
                 let path = config.out_dir.join(format!("samples_step{}.png", step + 1));
                 write_grid(model, state.ema.params(), schedule, config, &path)?;
@@ -424,27 +447,20 @@ pub fn train_with(
     Ok((state.ema, report))
 }
 
-/// One step of learning on the batch x_0: the loss, its gradient (clipped to `grad_clip`), AdamW at
-/// learning rate `lr`, and the EMA of the weights. Returns the loss, or what went non-finite.
+/// One step of learning on the batches of `passes` (each with the model that predicts for it): the loss
+/// and its gradient ([`step_gradients`]), clipped to `grad_clip`, AdamW at learning rate `lr`, and the EMA
+/// of the weights. Returns the loss, or what went non-finite.
 #[allow(clippy::too_many_arguments)]
 fn learning_step(
     tape: &mut Tape,
-    model: &dyn Denoiser,
+    passes: &[(&Tensor, Box<dyn Denoiser + '_>)],
     params: &mut ParamStore,
     (state, step, lr): (&mut State, usize, f32),
     schedule: &NoiseSchedule,
     config: &TrainConfig,
     objective: &dyn Objective,
-    x_0: &Tensor,
 ) -> std::result::Result<f32, String> {
-    let mut rng = keyed_rng(config.seed, Stream::Step, step as u64);
-    let loss = objective.loss(tape, model, params, schedule, config, step, x_0, &mut rng);
-    let value = loss.value().item();
-    if !value.is_finite() {
-        tape.clear();
-        return Err(explain_non_finite_loss(model, params, schedule, config, objective, x_0, step, value));
-    }
-    let mut grads = tape.backward(&loss);
+    let (value, mut grads) = step_gradients(tape, passes, params, step, schedule, config, objective)?;
     tape.profile_mark("(outside the tape: gradients out of backward)");
     // Clipping computes the global norm anyway, and it is finite exactly when every gradient is.
     let finite = match config.grad_clip > 0.0 {
@@ -465,6 +481,41 @@ fn learning_step(
     state.ema.update(params);
     tape.profile_mark("(outside the tape: EMA)");
     Ok(value)
+}
+
+/// The loss of step `step` over the batches of `passes` and its gradient, or why the loss is not finite.
+///
+/// With several passes (gradient accumulation) the step's loss is the mean of the passes' losses,
+/// L = (1/K) Σ_k L_k over K passes of equal batches: the mean over all their images, as one batch of
+/// K · batch would give it. Each pass runs its forward and backward on its own, the backward seeded with
+/// ∂L/∂L_k = 1/K, and the gradients add up ([`Gradients::accumulate`]), so only one pass's activations are
+/// alive at a time. Pass k draws its timesteps and noise from [`pass_rng`] (seed, step, k), pass 0 from
+/// the step's own generator, so a step of one pass is exactly the step without accumulation.
+#[allow(clippy::too_many_arguments)]
+fn step_gradients(
+    tape: &mut Tape,
+    passes: &[(&Tensor, Box<dyn Denoiser + '_>)],
+    params: &ParamStore,
+    step: usize,
+    schedule: &NoiseSchedule,
+    config: &TrainConfig,
+    objective: &dyn Objective,
+) -> std::result::Result<(f32, Gradients), String> {
+    let share = 1.0 / passes.len() as f32;
+    let (mut total, mut grads) = (0.0f32, Gradients::default());
+    for (pass, (x_0, model)) in passes.iter().enumerate() {
+        let mut rng = pass_rng(config.seed, Stream::Step, step as u64, pass as u64);
+        let loss = objective.loss(tape, &**model, params, schedule, config, step, x_0, &mut rng);
+        let value = loss.value().item();
+        if !value.is_finite() {
+            tape.clear();
+            let at = (step, pass);
+            return Err(explain_non_finite_loss(&**model, params, schedule, config, objective, x_0, at, value));
+        }
+        total += value;
+        grads.accumulate(tape.backward_from(&loss, Tensor::full(loss.shape(), share)));
+    }
+    Ok((total * share, grads))
 }
 
 /// The labels to train on: `None` for an unconditional model (whatever was passed), else one valid label

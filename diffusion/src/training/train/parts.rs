@@ -11,7 +11,7 @@ use autograd::optim::{Adam, Ema};
 use autograd::{ParamStore, Tape, Tensor};
 
 use super::{Objective, TrainConfig};
-use crate::data::order::{epoch_order, keyed_rng, Stream};
+use crate::data::order::{epoch_order, pass_rng, Stream};
 use crate::error::{Error, Result};
 use crate::model::denoiser::Denoiser;
 use crate::process::schedule::NoiseSchedule;
@@ -212,9 +212,9 @@ pub(super) fn loss_csv(path: &Path, start: usize) -> Result<BufWriter<File>> {
     Ok(file)
 }
 
-/// Why the loss of `step` is not finite: the first parameter that is not, or else the first activation
-/// that is not, found by running the step's forward pass again (same batch, same random draws) with the
-/// tape's finite check on.
+/// Why the loss of pass `pass` of `step` is not finite: the first parameter that is not, or else the first
+/// activation that is not, found by running that pass's forward again (same batch, same random draws) with
+/// the tape's finite check on.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn explain_non_finite_loss(
     model: &dyn Denoiser,
@@ -223,7 +223,7 @@ pub(super) fn explain_non_finite_loss(
     config: &TrainConfig,
     objective: &dyn Objective,
     x_0: &Tensor,
-    step: usize,
+    (step, pass): (usize, usize),
     loss: f32,
 ) -> String {
     if let Some((_, name, _)) = params.iter().find(|(_, _, t)| !t.all_finite()) {
@@ -234,7 +234,7 @@ pub(super) fn explain_non_finite_loss(
     }
     let mut tape = Tape::new();
     tape.enable_finite_check();
-    let mut rng = keyed_rng(config.seed, Stream::Step, step as u64);
+    let mut rng = pass_rng(config.seed, Stream::Step, step as u64, pass as u64);
     let _ = objective.loss(&mut tape, model, params, schedule, config, step, x_0, &mut rng);
     let Some(first) = tape.first_non_finite() else { return format!("the loss is {loss}") };
     let layer = match first.params.first() {

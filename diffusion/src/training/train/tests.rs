@@ -118,20 +118,21 @@ fn tiny_unet_training_lowers_the_loss_and_writes_its_outputs() {
 
 /// N steps straight, against N/2 steps, a stop, a resume from the checkpoint, and N/2 more: the same
 /// losses and the same parameters, EMA and Adam moments, bit for bit. Dropout is on, and 20 images in
-/// batches of 8 make batches straddle epochs, so the random draws and the data order are both tested.
-#[test]
-fn a_resumed_run_equals_the_uninterrupted_run_bit_for_bit() {
+/// batches of 8 make batches straddle epochs, so the random draws and the data order are both tested;
+/// `accumulate` passes a step, and the data position `(epoch, position)` expected after N/2 steps.
+fn resumed_equals_uninterrupted(accumulate: usize, expected: (u64, u64)) {
     let images = squares(20);
     let net = UNetConfig { dropout: 0.1, ..UNetConfig::tiny() };
     let schedule = NoiseSchedule::linear(200, 1e-4, 0.04);
     let steps = 12;
+    let config = |out: &str| TrainConfig { accumulate, ..config(steps, &format!("{out}{accumulate}")) };
 
-    let straight = config(steps, "straight");
+    let straight = config("straight");
     let mut p_straight = ParamStore::new();
     let model = UNet::new(net.clone(), &mut p_straight, 3);
     let (ema_straight, _) = train(&model, &mut p_straight, &schedule, &images, None, &straight, None).unwrap();
 
-    let sittings = TrainConfig { stop_at: Some(steps / 2), ..config(steps, "sittings") };
+    let sittings = TrainConfig { stop_at: Some(steps / 2), ..config("sittings") };
     let mut p_first = ParamStore::new();
     let model = UNet::new(net, &mut p_first, 3);
     let (_, first) = train(&model, &mut p_first, &schedule, &images, None, &sittings, None).unwrap();
@@ -140,7 +141,7 @@ fn a_resumed_run_equals_the_uninterrupted_run_bit_for_bit() {
     let mut p_resumed = ParamStore::new();
     let model = UNet::new(model.config.clone(), &mut p_resumed, 99);
     let checkpoint = Checkpoint::load(&first.checkpoint, &p_resumed).unwrap();
-    assert_eq!((checkpoint.step, checkpoint.epoch, checkpoint.position), (6, 2, 8), "48 items = 2 epochs + 8");
+    assert_eq!((checkpoint.step, checkpoint.epoch, checkpoint.position), (6, expected.0, expected.1));
     let resume = TrainConfig { stop_at: None, ..sittings.clone() };
     let (ema_resumed, report) =
         train(&model, &mut p_resumed, &schedule, &images, None, &resume, Some(checkpoint)).unwrap();
@@ -156,6 +157,96 @@ fn a_resumed_run_equals_the_uninterrupted_run_bit_for_bit() {
     for dir in [&straight.out_dir, &sittings.out_dir] {
         std::fs::remove_dir_all(dir).unwrap();
     }
+}
+
+#[test]
+fn a_resumed_run_equals_the_uninterrupted_run_bit_for_bit() {
+    resumed_equals_uninterrupted(1, (2, 8)); // 48 items = 2 epochs + 8
+}
+
+#[test]
+fn a_resumed_run_with_accumulated_gradients_equals_the_uninterrupted_run() {
+    resumed_equals_uninterrupted(2, (4, 16)); // 6 steps of 2 passes of 8 = 96 items = 4 epochs + 16
+}
+
+/// A loss without random draws: the model's prediction at t = 40 for the clean images, against them.
+struct Deterministic;
+
+impl Objective for Deterministic {
+    fn loss(
+        &self,
+        tape: &mut Tape,
+        model: &dyn Denoiser,
+        params: &ParamStore,
+        _: &NoiseSchedule,
+        _: &TrainConfig,
+        _: usize,
+        x_0: &Tensor,
+        rng: &mut StdRng,
+    ) -> Var {
+        let x = tape.constant(x_0.clone());
+        let output = model.predict_train(tape, params, &x, &vec![40; x_0.shape()[0]], rng);
+        tape.mse_loss(&output, &x)
+    }
+}
+
+/// Gradient accumulation: two passes of 8 images give the loss and the gradient of one pass of all 16 (to
+/// f32 rounding: the sums run in another order), every parameter's. Without the 1/K seed of each pass's
+/// backward they would be twice it. And under the denoising loss the passes draw their own timesteps and
+/// noise: two passes of the same 8 images are not one pass of them.
+#[test]
+fn accumulated_passes_give_the_gradient_of_one_batch_of_all_their_images() {
+    let images = squares(16);
+    let rows =
+        |from: usize, to: usize| Tensor::from_vec(&[to - from, 1, 8, 8], images.data()[from * 64..to * 64].to_vec());
+    let (first, second) = (rows(0, 8), rows(8, 16));
+    let mut params = ParamStore::new();
+    let model = UNet::new(UNetConfig::tiny(), &mut params, 0);
+    let schedule = NoiseSchedule::linear(200, 1e-4, 0.04);
+    let cfg = config(1, "accumulate");
+    fn with<'a>(x: &'a Tensor, model: &'a UNet) -> (&'a Tensor, Box<dyn Denoiser + 'a>) {
+        (x, Box::new(model))
+    }
+    let pass = |x| with(x, &model);
+    let gradients = |passes: &[(&Tensor, Box<dyn Denoiser + '_>)], objective: &dyn Objective| {
+        step_gradients(&mut Tape::new(), passes, &params, 0, &schedule, &cfg, objective).unwrap()
+    };
+
+    let (loss_one, one) = gradients(&[pass(&images)], &Deterministic);
+    let (loss_two, two) = gradients(&[pass(&first), pass(&second)], &Deterministic);
+    assert!((loss_one - loss_two).abs() <= 1e-6 * loss_one, "loss {loss_one} against {loss_two}");
+    assert_eq!(one.params().count(), params.len());
+    assert_eq!(two.params().count(), params.len());
+    for (id, g) in one.params() {
+        let scale = g.data().iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-6);
+        let diff = g.max_abs_diff(two.param(id).unwrap());
+        assert!(diff <= 1e-4 * scale, "{}: differs by {diff} (largest entry {scale})", params.name(id));
+    }
+
+    let (_, alone) = gradients(&[pass(&first)], &Denoising);
+    let (_, twice) = gradients(&[pass(&first), pass(&first)], &Denoising);
+    let w = params.iter().next().unwrap().0;
+    assert!(alone.param(w).unwrap().max_abs_diff(twice.param(w).unwrap()) > 1e-4, "pass 1 drew pass 0's noise");
+}
+
+/// `train.accumulate` is written only for several passes a step (files of one-pass runs stay as they
+/// were), read back, and taken as 1 when absent; 0 passes is refused, and so are more images a step than
+/// a batch may hold.
+#[test]
+fn accumulation_is_recorded_only_when_a_step_has_several_passes() {
+    let one = config(10, "meta").to_metadata();
+    assert!(!one.contains_key("train.accumulate"));
+    let three = TrainConfig { accumulate: 3, ..config(10, "meta") }.to_metadata();
+    assert_eq!(three.get("train.accumulate").map(String::as_str), Some("3"));
+    let mut back = config(10, "meta");
+    back.set_from_metadata(&Fields::new(Path::new("run.safetensors"), &three)).unwrap();
+    assert_eq!(back.accumulate, 3);
+    back.set_from_metadata(&Fields::new(Path::new("run.safetensors"), &one)).unwrap();
+    assert_eq!(back.accumulate, 1);
+    let none = TrainConfig { accumulate: 0, ..config(10, "meta") }.validate(200).unwrap_err();
+    assert!(none.contains("accumulate"), "{none}");
+    let huge = TrainConfig { accumulate: 4096, batch: 32, ..config(10, "meta") }.validate(200).unwrap_err();
+    assert!(huge.contains("batch × accumulate"), "{huge}");
 }
 
 #[test]
