@@ -177,7 +177,7 @@ impl Gradients {
                         mine.shape(),
                         g.shape()
                     );
-                    mine.data_mut().iter_mut().zip(g.data()).for_each(|(a, &b)| *a += b);
+                    add_into(mine, &g);
                 }
                 None => {
                     self.params.insert(id, g);
