@@ -61,6 +61,11 @@ fn refused(name: &str, args: &[&str], code: i32, start: &str, part: &str) {
 fn numeric_flags_out_of_range_nan_and_non_utf8_are_usage_errors() {
     let cases: &[(&str, &[&str], &str)] = &[
         ("03_train_mnist", &["--batch", "0"], "invalid value '0' for '--batch <BATCH>': out of range (1 to 65536)"),
+        (
+            "03_train_mnist",
+            &["--accumulate", "0"],
+            "invalid value '0' for '--accumulate <ACCUMULATE>': out of range (1 to 65536)",
+        ),
         ("12_distill", &["--quick", "--from-steps", "3"], "--from-steps 3 --to-steps 2: powers of two, from above to"),
         ("12_distill", &["--quick", "--from-steps", "128"], "--from-steps 128: the model has T = 100"),
         (
