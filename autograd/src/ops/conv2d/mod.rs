@@ -7,7 +7,7 @@
 //! - `path.rs`: which path computes which shape, and why, in one screen (`enum Path`).
 //! - `im2col.rs`: im2col + matrix product, for 1×1 and unpadded convolutions.
 //! - `direct.rs`: the register-tiled direct kernel of "same" convolutions; `direct_dweight.rs` its
-//!   weight gradient; `strided.rs` the same kernels on strided convolutions, by phase planes;
+//!   weight gradient (`narrow_dweight.rs` for few output channels); `strided.rs` the same kernels on strided convolutions, by phase planes;
 //!   `strided_cm.rs` the forward of strided convolutions onto small maps, channels in the lanes;
 //!   `pointwise.rs` the direct kernel on 1×1 convolutions of small maps, several images side by side.
 //! - `winograd.rs`: Winograd F(2×2, 3×3) for 3×3 "same" convolutions on large maps; `winograd_cm.rs` the
@@ -19,6 +19,7 @@ mod direct;
 mod direct_dweight;
 mod im2col;
 mod naive;
+mod narrow_dweight;
 mod parallel;
 mod path;
 mod pointwise;

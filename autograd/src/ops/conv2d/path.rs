@@ -5,7 +5,7 @@
 //! |---|---|---|
 //! | 3×3 "same" (stride 1, padding 1), ≥ 8 channels in and out, map ≥ 24×24 | Winograd F(2×2, 3×3), `winograd.rs` | Winograd, `winograd_dweight.rs` |
 //! | the same on a smaller map (the U-Net's 14×14 and 7×7) | Winograd, channel-minor, `winograd_cm.rs` | Winograd, `winograd_dweight.rs` |
-//! | other "same" convolutions (5×5, or fewer than 8 channels) | direct, `direct.rs` | direct, `direct_dweight.rs` |
+//! | other "same" convolutions (5×5, or fewer than 8 channels) | direct, `direct.rs` | direct, `direct_dweight.rs`; under 8 output channels, positions in the lanes, `narrow_dweight.rs` (under 8 input channels, im2col) |
 //! | strided, kernel bigger than 1×1, onto a map of at most 200 pixels (the U-Net's stride-2 3×3 downsampling to 14×14 and 7×7) | forward: channel-minor products per tap, `strided_cm.rs`; input gradient: direct on phase planes, `strided.rs` | channel-minor sums over pixels per tap, `strided_cm.rs` |
 //! | strided onto larger maps | direct on phase planes, `strided.rs` | direct, `direct_dweight.rs` |
 //! | 1×1, stride 1, unpadded, on a map of at most 100 pixels (the U-Net's 7×7) | the direct kernel with one tap, several images side by side, `pointwise.rs` | channel-minor sums over the pixels, `strided_cm.rs` (up to [`POINTWISE_DWEIGHT_MAX_OUT`] output channels; im2col above) |
@@ -27,7 +27,10 @@
 use rayon::prelude::*;
 
 use super::shape::{ConvShape, SameConv};
-use super::{direct, direct_dweight, im2col, pointwise, strided, strided_cm, winograd, winograd_cm, winograd_dweight};
+use super::{
+    direct, direct_dweight, im2col, narrow_dweight, pointwise, strided, strided_cm, winograd, winograd_cm,
+    winograd_dweight,
+};
 use crate::cpu;
 use crate::pool::Scratch;
 
@@ -151,10 +154,12 @@ fn run(level: cpu::Simd, packing: Packing, job: SameConv) -> Vec<f32> {
     }
 }
 
-/// The gradients of a "same" convolution with fewer input or output channels than this take the im2col
-/// path: dx's direct tile spans 8 of its channels (the input's), and dweight's 32 output channels and 12
+/// The gradients of a "same" convolution with fewer input or output channels than this leave the direct
+/// kernels: dx's direct tile spans 8 of its channels (the input's), and dweight's 32 output channels and 12
 /// rows of c_in·k·k, so a first layer (3 channels in) or a last one (1 out) would waste most of each tile.
 /// Measured for x [16, 3, 32, 32] → 64: dx direct 0.83 ms, im2col 0.63 ms; dweight 0.73 against 0.58 ms.
+/// With few input channels both gradients take im2col; with few output channels only, dweight takes
+/// `narrow_dweight.rs` (positions in the lanes) and dx stays direct.
 pub const DIRECT_GRADIENT_MIN_CHANNELS: usize = 8;
 
 /// The 1×1 convolutions on small maps with at most this many output channels take `strided_cm::dweight` for
@@ -179,6 +184,7 @@ pub fn conv2d_backward(
     let strided = direct::is_strided_conv(s);
     let direct_dx = (direct::is_same_conv(s) || strided) && s.c_in >= DIRECT_GRADIENT_MIN_CHANNELS;
     let direct_dweight = direct_dx && s.c_out >= DIRECT_GRADIENT_MIN_CHANNELS;
+    let narrow_dweight = want_dweight && direct_dx && !strided && !direct_dweight;
     let (mut dx, mut dweight) = (None, None);
     if (want_dx && direct_dx) || (want_dweight && direct_dweight) {
         let backward = if strided { strided::conv2d_backward_strided } else { conv2d_backward_direct };
@@ -199,7 +205,11 @@ pub fn conv2d_backward(
     if pointwise_dweight {
         dweight = Some(strided_cm::dweight(cpu::simd(), x, dy, s));
     }
-    let im2col_dweight = want_dweight && !direct_dweight && !pointwise_dweight;
+    // A "same" convolution with few output channels (a last layer): positions in the lanes.
+    if narrow_dweight {
+        dweight = Some(narrow_dweight::narrow_dweight(cpu::simd(), x, dy, s));
+    }
+    let im2col_dweight = want_dweight && !direct_dweight && !pointwise_dweight && !narrow_dweight;
     let im2col_dx = want_dx && !direct_dx && !pointwise_dx;
     if im2col_dx || im2col_dweight {
         let (dx_i, dweight_i) = im2col::conv2d_backward_im2col(x, weight, dy, s, im2col_dx, im2col_dweight);

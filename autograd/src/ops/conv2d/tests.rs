@@ -13,6 +13,13 @@ fn conv2d_gradcheck_3x3_padded() {
     gradcheck(&xs, |t, v| t.conv2d(&v[0], &v[1], Some(&v[2]), 1, 1)).unwrap();
 }
 
+/// A last layer, 8 channels in and 2 out: dx on the direct kernel, dweight on `narrow_dweight.rs`.
+#[test]
+fn conv2d_gradcheck_few_output_channels() {
+    let xs = [randn(&[2, 8, 5, 4], 21), randn(&[2, 8, 3, 3], 22), randn(&[2], 23)];
+    gradcheck(&xs, |t, v| t.conv2d(&v[0], &v[1], Some(&v[2]), 1, 1)).unwrap();
+}
+
 /// At least 8 channels in and out: the direct kernels compute both gradients (with fewer they go through
 /// im2col), so this checks them against finite differences too.
 #[test]
@@ -138,6 +145,30 @@ fn direct_equals_naive_at_every_simd_level() {
             // Strided onto small maps, the weight gradient is `strided_cm.rs`'s; the phase planes' too.
             let dw = direct_dweight::direct_dweight(level, x.data(), dy.data(), &s);
             assert_close(&dw, &ndw, &format!("dweight (phase planes) {what}"));
+        }
+    }
+}
+
+/// The weight gradient of "same" convolutions with few output channels (`narrow_dweight.rs`) at every SIMD
+/// level: the U-Net's last layer on a short batch, odd maps (5×7, 1×1), 1 to 7 output channels, and 5×5
+/// and 7×7 kernels, whose 25 and 49 taps take several rounds of 9, the last one partial.
+#[test]
+fn narrow_dweight_equals_naive_at_every_simd_level() {
+    let shapes = [
+        ([3, 32, 28, 28], [1, 32, 3, 3], 1),
+        ([2, 9, 5, 7], [3, 9, 3, 3], 1),
+        ([1, 13, 1, 1], [7, 13, 3, 3], 1),
+        ([2, 8, 6, 5], [2, 8, 5, 5], 2),
+        ([2, 8, 4, 4], [1, 8, 7, 7], 3),
+    ];
+    for (i, (xs, ws, padding)) in shapes.into_iter().enumerate() {
+        let s = ConvShape::new(&xs, &ws, 1, padding).unwrap();
+        let x = randn(&xs, i as u64);
+        let dy = randn(&[s.n, s.c_out, s.oh, s.ow], 300 + i as u64);
+        let (_, ndw, _) = conv2d_backward_naive(x.data(), randn(&ws, 100).data(), dy.data(), &s);
+        for level in crate::cpu::available() {
+            let dw = narrow_dweight::narrow_dweight(level, x.data(), dy.data(), &s);
+            assert_close(&dw, &ndw, &format!("dweight {xs:?} * {ws:?} at {level:?}"));
         }
     }
 }
@@ -339,6 +370,8 @@ fn results_are_bit_identical_at_one_and_two_threads() {
         // 1×1 at 7×7 (`pointwise.rs`): images grouped 6 + 5 on one thread and 3 + 3 + 3 + 2 on two.
         ([11, 24, 7, 7], [40, 24, 1, 1]),
         ([5, 6, 12, 12], [20, 6, 3, 3]),
+        // A last layer: the weight gradient on `narrow_dweight.rs`, split over input channels.
+        ([5, 12, 10, 9], [1, 12, 3, 3]),
     ];
     for (xs, ws) in shapes {
         check_threads(&xs, &ws, 1, ws[2] / 2);
