@@ -102,6 +102,25 @@ fn ema_follows_its_recurrence() {
     assert_eq!(ema.current_decay(), 0.5);
 }
 
+/// The warmup caps every decay at (1 + n)/(10 + n), 2,250/2,259 ≈ 0.99602 at the main job's last (2,250th)
+/// update: over 2,250 updates 0.998 and 0.999 give the same average to the bit (the README's "The recipe"),
+/// while 0.995, capped from the 1,791st update on, does not.
+#[test]
+fn ema_decays_above_the_warmups_cap_give_the_same_average() {
+    let mut params = ParamStore::new();
+    let id = params.add("w", Tensor::zeros(&[3]));
+    let mut emas = [0.999, 0.998, 0.995].map(|d| Ema::new(&params, d));
+    for n in 0..2250 {
+        params.get_mut(id).data_mut().copy_from_slice(&[n as f32, (n as f32 * 0.37).sin(), 1.0 / (1.0 + n as f32)]);
+        emas.iter_mut().for_each(|ema| ema.update(&params));
+    }
+    let avg = |i: usize| emas[i].params().get(id).data().to_vec();
+    assert_eq!(avg(0), avg(1));
+    assert_ne!(avg(0), avg(2));
+    let cap = emas[0].current_decay(); // the decay of the 2,251st update: 2,251/2,260
+    assert!(cap < 0.9961 && cap > 0.996, "{cap}");
+}
+
 #[test]
 fn adam_update_is_bit_identical_at_every_simd_level() {
     let n = 100_003;

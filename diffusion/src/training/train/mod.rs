@@ -108,7 +108,7 @@ pub struct TrainConfig {
 
 impl TrainConfig {
     /// A run with the usual settings (AdamW at 1e-3 without weight decay, 200 warmup steps, clipping at 1,
-    /// EMA 0.999, ε-prediction, grids with SDE-DPM-Solver++(2M) in 20 steps, a checkpoint every 500 steps,
+    /// EMA 0.999 (after diffusers' warmup, `Ema`), ε-prediction, grids with SDE-DPM-Solver++(2M) in 20 steps, a checkpoint every 500 steps,
     /// keep 3).
     pub fn new(steps: usize, batch: usize, out_dir: impl Into<PathBuf>) -> TrainConfig {
         TrainConfig {
