@@ -29,6 +29,17 @@ pub enum Simd {
     Avx512,
 }
 
+impl Simd {
+    /// f32 lanes per vector at this level (the baseline's: SSE2 and NEON, 4).
+    pub fn lanes(self) -> usize {
+        match self {
+            Simd::Avx512 => 16,
+            Simd::Avx2 => 8,
+            Simd::Baseline => 4,
+        }
+    }
+}
+
 /// Below this many scalar operations a kernel does not split work across threads.
 pub const PARALLEL_MIN_WORK: usize = 1 << 15;
 

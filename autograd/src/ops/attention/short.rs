@@ -38,15 +38,6 @@ pub fn is_short(s: &AttentionShape) -> bool {
     s.sq <= SHORT && s.sk <= SHORT && s.sq >= 1 && s.sk >= 1
 }
 
-/// Lanes per vector at each level (the padding of every right-hand row here).
-fn lanes(level: Simd) -> usize {
-    match level {
-        Simd::Avx512 => 16,
-        Simd::Avx2 => 8,
-        Simd::Baseline => 4,
-    }
-}
-
 /// A matrix [rows, cols] stored with rows `ld` apart, `ld` a whole number of vectors, zeros (or, in a
 /// borrowed source, nothing) past cols: what [`product`] reads as its right-hand side.
 struct Padded<'a> {
@@ -72,7 +63,7 @@ impl<'a> Padded<'a> {
     /// transpose (in registers; its rows as channels, one row of `cols` pixels), then the factor. (One float
     /// at a time, the transpose was 16% of the forward of [32, 4, 49, 32], `perf`.)
     fn transposed(level: Simd, src: &[f32], rows: usize, cols: usize, factor: f32) -> Padded<'static> {
-        let ld = rows.next_multiple_of(lanes(level));
+        let ld = rows.next_multiple_of(level.lanes());
         let mut data = vec![0.0; cols * ld];
         let job =
             ToChannelMinor { src: &src[..rows * cols], c: rows, h: 1, w: cols, off: 0, cols, cp: ld, dst: &mut data };
@@ -100,7 +91,7 @@ fn product(level: Simd, (m, k, n): (usize, usize, usize), a: Left, b: &Padded, c
         return;
     }
     crate::cpu::check_supported(level);
-    assert!(b.ld.is_multiple_of(lanes(level)) && b.ld >= n && b.data.len() >= k * b.ld, "product: b too small");
+    assert!(b.ld.is_multiple_of(level.lanes()) && b.ld >= n && b.data.len() >= k * b.ld, "product: b too small");
     assert!(k == 0 || a.data.len() > (m - 1) * a.row + (k - 1) * a.col, "product: a too small");
     assert!(c.len() >= (m - 1) * ldc + n && ldc >= n, "product: c too small");
     let args = Product { m, k, n, a, b: &b.data, ldb: b.ld, c, ldc };
@@ -215,7 +206,7 @@ crate::multiversion!(fn softmax_columns_at(level: Simd, st: &mut [f32], ld: usiz
 
 /// ld of an entry's pᵀ [sk, ld]: sq rounded up to whole vectors.
 fn probabilities_ld(level: Simd, s: &AttentionShape) -> usize {
-    s.sq.next_multiple_of(lanes(level))
+    s.sq.next_multiple_of(level.lanes())
 }
 
 /// The forward over every batch entry in parallel: (o [batch, sq, dv], lse and pᵀ [batch, sk, ld], which
@@ -235,7 +226,7 @@ pub fn forward(level: Simd, q: &[f32], k: &[f32], v: &[f32], s: &AttentionShape)
         softmax_columns_at(level, pt, ld, s.sq, lse);
         // o = p [sq, sk] · v [sk, dv], p read as pᵀ with its strides swapped
         let p = Left { data: pt, row: 1, col: ld };
-        product(level, (s.sq, s.sk, s.dv), p, &Padded::of(vb, s.sk, s.dv, lanes(level)), o, s.dv);
+        product(level, (s.sq, s.sk, s.dv), p, &Padded::of(vb, s.sk, s.dv, level.lanes()), o, s.dv);
     });
     (o, Saved { lse, probabilities: Some((probabilities, ld)) })
 }
@@ -258,7 +249,7 @@ pub fn backward(
     let Some((probabilities, ld)) = &saved.probabilities else {
         panic!("attention short::backward: {s:?} needs the probabilities its forward saves");
     };
-    let (lanes, ld) = (lanes(level), *ld);
+    let (lanes, ld) = (level.lanes(), *ld);
     assert!(ld >= s.sq && probabilities.len() >= s.batch * s.sk * ld, "attention short::backward: saved pᵀ too small");
     let mut dq = crate::pool::take_dirty(q.len());
     let mut dk = crate::pool::take_dirty(k.len());
@@ -309,7 +300,7 @@ mod tests {
             for level in cpu::available() {
                 let mut c = vec![f32::NAN; m * n + 1];
                 let left = Left { data: a.data(), row: k, col: 1 };
-                product(level, (m, k, n), left, &Padded::of(b.data(), k, n, lanes(level)), &mut c, n);
+                product(level, (m, k, n), left, &Padded::of(b.data(), k, n, level.lanes()), &mut c, n);
                 let mut ct = vec![f32::NAN; n * m + 1];
                 let bt = Left { data: b.data(), row: 1, col: n };
                 product(level, (n, k, m), bt, &Padded::transposed(level, a.data(), m, k, 1.0), &mut ct, m);

@@ -28,20 +28,11 @@ use crate::vector::{self, F32Vector};
 /// registers of AVX2.
 const TAPS: usize = 9;
 
-/// Lanes of the vectors at this level; the flat layout's positions are rounded up to a multiple of it.
-fn lanes(level: Simd) -> usize {
-    match level {
-        Simd::Avx512 => 16,
-        Simd::Avx2 => 8,
-        Simd::Baseline => 4,
-    }
-}
-
 /// dweight [c_out, c_in, k, k] of a "same" convolution. Must equal `conv2d_backward_naive`'s up to rounding.
 pub fn narrow_dweight(level: Simd, x: &[f32], dy: &[f32], s: &ConvShape) -> Vec<f32> {
     assert!(is_same_conv(s), "narrow_dweight: not a same convolution: {s:?}");
     crate::cpu::check_supported(level);
-    let flat = Flat::new(s, lanes(level));
+    let flat = Flat::new(s, level.lanes());
     let (hw, kk) = (s.h * s.w, s.kh * s.kw);
     // dyflat [n, c_out, qr]: dy's rows wp apart, zeros in the junk columns and after the last row.
     let mut dyflat = crate::pool::scratch_filled(s.n * s.c_out * flat.qr, 0.0);
@@ -101,7 +92,7 @@ fn narrow_taps(level: Simd, job: Narrow) -> [f32; TAPS] {
     let n = xpad.len() / flat.plane;
     let farthest = taps.iter().copied().max().unwrap_or(0);
     assert!(co < c_out && dyflat.len() >= n * c_out * flat.qr && flat.plane >= flat.qr + farthest);
-    assert!(flat.qr.is_multiple_of(lanes(level)));
+    assert!(flat.qr.is_multiple_of(level.lanes()));
     let job = Narrow { dyflat, xpad, flat, c_out, co, taps };
     // SAFETY: the level is supported (`narrow_dweight` checked), and the asserts cover every access.
     unsafe {
