@@ -37,7 +37,7 @@ use super::shape::{ConvShape, SameConv};
 use super::transpose::{transpose_from, transpose_into, FromChannelMinor, ToChannelMinor};
 use super::winograd::{output_transform, spread, transform_inputs_cm};
 use crate::cpu::Simd;
-use crate::pool::Scratch;
+use crate::pool::{aligned_start, Scratch, ALIGN_SLACK};
 use crate::vector::{self, F32Vector};
 
 /// The register tile at each SIMD level: R tiles × NV vectors of output channels (R·NV accumulators, NV
@@ -319,14 +319,16 @@ thread_local! {
     static WORK: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// `f` on `len` floats of this thread's working memory (with whatever they held before).
+/// `f` on `len` floats of this thread's working memory (with whatever they held before), starting on a cache
+/// line as the pool's scratch does (`pool::Scratch`, which says why).
 fn with_work<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
     WORK.with(|work| {
         let mut work = work.borrow_mut();
-        if work.len() < len {
-            work.resize(len, 0.0);
+        if work.len() < len + ALIGN_SLACK {
+            work.resize(len + ALIGN_SLACK, 0.0);
         }
-        f(&mut work[..len])
+        let start = aligned_start(&work);
+        f(&mut work[start..][..len])
     })
 }
 
