@@ -17,8 +17,9 @@
 //! so the inner loop is a plain vector load at a fixed offset and C·L fused multiply-adds into a register tile
 //! of C output channels × L consecutive q, with no boundary test (the zero border is the padding). Each input
 //! vector loaded feeds C channels and each weight feeds L positions, which is what keeps it compute-bound.
-//! The finished tile goes straight to y [c_out, h, w] by masked stores of each vector's runs of valid
-//! columns ([`Runs`]); junk positions are never written. What it costs: the junk columns (2·padding of every
+//! The finished tile goes straight to y [c_out, h, w]: each vector by one store where it lies in one row's
+//! valid columns, else by partial stores of its runs of valid columns ([`Place`]); junk positions are never
+//! written. What it costs: the junk columns (2·padding of every
 //! wp: 7% at 28×28, 22% at 7×7), the rounding of qr up to whole tiles, and the copy into the padded layout,
 //! all far less than writing and re-reading the 9× larger im2col matrix, which for few channels (32 in,
 //! 32 out) took as long as the product itself.
@@ -375,7 +376,7 @@ unsafe fn direct_tiles<V: F32Vector, const C: usize, const NV: usize>(
     let block = c_in * taps.len() * C; // one block of C channels in `packed`
     for q0 in (0..flat.qr).step_by(l) {
         // Where each vector's lanes go in y (the same for every channel).
-        let runs: [Runs; NV] = std::array::from_fn(|v| Runs::of(flat, q0 + v * V::LANES, V::LANES));
+        let places: [Place; NV] = std::array::from_fn(|v| Place::of(flat, q0 + v * V::LANES, V::LANES));
         for cb in 0..c_out.div_ceil(C) {
             let mut acc = [[V::zero(); NV]; C];
             if let Some(b) = bias {
@@ -397,16 +398,19 @@ unsafe fn direct_tiles<V: F32Vector, const C: usize, const NV: usize>(
                     w = w.add(C);
                 }
             }
-            // Straight into y: each vector's runs of valid columns, by masked stores (the junk columns and
-            // the positions past the last row are never written).
+            // Straight into y: a whole vector where it lies in one row's valid columns, else its runs of
+            // valid columns by partial stores (the junk columns and the positions past the last row are
+            // never written).
             // (From a copy: indexing the accumulators themselves in this loop made the compiler keep them in
             // memory through the whole tile loop above, 2.5× slower.)
             let finished = acc;
             for (c, vectors) in finished.iter().enumerate().take(c_out - cb * C) {
                 let y_c = y.as_mut_ptr().add((cb * C + c) * flat.out_channel);
-                for (lanes, runs) in vectors.iter().zip(&runs) {
-                    for &(lo, hi, at) in &runs.runs[..runs.len] {
-                        lanes.store_lanes(y_c.wrapping_add(at).wrapping_sub(lo), lo, hi);
+                for (&vector, &place) in vectors.iter().zip(&places) {
+                    match place {
+                        Place::Whole(at) => vector.store(y_c.add(at)),
+                        Place::Split { row, col } => store_split(vector, y_c, flat, row, col),
+                        Place::Nothing => {}
                     }
                 }
             }
@@ -414,18 +418,60 @@ unsafe fn direct_tiles<V: F32Vector, const C: usize, const NV: usize>(
     }
 }
 
+/// Where one vector of flat positions q..q + lanes goes in y, the same for every channel: all of it into
+/// one row's valid columns at y[at..] (most vectors: one plain store), runs of it across a row's end from
+/// (row, col) on ([`store_split`]), or nothing (past the last row). The tiles used to build the runs of
+/// every vector ([`Runs`]), 392 bytes each, moved by `memcpy`: on the first convolution, [32, 1, 28, 28] →
+/// 32, whose tiles do little else (one input channel), that was 22% of its time.
+#[derive(Clone, Copy)]
+enum Place {
+    Whole(usize),
+    Split { row: usize, col: usize },
+    Nothing,
+}
+
+impl Place {
+    fn of(flat: &Flat, q: usize, lanes: usize) -> Place {
+        let (row, col) = (q / flat.wp, q % flat.wp);
+        if row >= flat.h {
+            Place::Nothing
+        } else if col + lanes <= flat.w {
+            Place::Whole(row * flat.out_row + col)
+        } else {
+            Place::Split { row, col }
+        }
+    }
+}
+
+/// The lanes of `v`, flat positions from (row, col) on, that are real output pixels, each run of them to its
+/// place row·out_row + column in y_c: a run ends at a row's last valid column, the junk columns after it
+/// are skipped, and nothing goes past the last row.
+///
+/// # Safety
+/// V's instruction set is available and y_c[..(flat.h − 1)·out_row + w] is writable.
+#[inline(always)]
+unsafe fn store_split<V: F32Vector>(v: V, y_c: *mut f32, flat: &Flat, mut row: usize, mut col: usize) {
+    let mut lane = 0;
+    while lane < V::LANES && row < flat.h {
+        if col < flat.w {
+            let len = (flat.w - col).min(V::LANES - lane);
+            v.store_lanes(y_c.wrapping_add(row * flat.out_row + col).wrapping_sub(lane), lane, lane + len);
+            (lane, col) = (lane + len, col + len);
+        } else {
+            (lane, row, col) = (lane + flat.wp - col, row + 1, 0);
+        }
+    }
+}
+
 /// The runs of one vector of flat positions q..q + lanes that are real output pixels: lanes lo..hi go to
 /// y[at..at + hi − lo] (at = oy·w + ox). A vector crosses at most `lanes` rows, so at most that many runs.
+/// (The Winograd kernel's outputs, `winograd.rs`; the direct kernel's take [`Place`].)
 pub(super) struct Runs {
     pub runs: [(usize, usize, usize); 16],
     pub len: usize,
 }
 
 impl Runs {
-    fn of(flat: &Flat, q: usize, lanes: usize) -> Runs {
-        Runs::in_rows(q, lanes, flat.wp, flat.w, flat.h, flat.out_row)
-    }
-
     /// The general form: flat position q is (row q / wp, column q % wp); columns from w on and rows from
     /// `rows` on are junk; a real one goes to at = row·out_row + column.
     pub(super) fn in_rows(q: usize, lanes: usize, wp: usize, w: usize, rows: usize, out_row: usize) -> Runs {
