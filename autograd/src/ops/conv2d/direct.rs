@@ -374,9 +374,10 @@ unsafe fn direct_tiles<V: F32Vector, const C: usize, const NV: usize>(
 ) {
     let l = NV * V::LANES;
     let block = c_in * taps.len() * C; // one block of C channels in `packed`
+    let rows = flat.rows();
     for q0 in (0..flat.qr).step_by(l) {
         // Where each vector's lanes go in y (the same for every channel).
-        let places: [Place; NV] = std::array::from_fn(|v| Place::of(flat, q0 + v * V::LANES, V::LANES));
+        let places: [Place; NV] = std::array::from_fn(|v| Place::of(rows, q0 + v * V::LANES, V::LANES));
         for cb in 0..c_out.div_ceil(C) {
             let mut acc = [[V::zero(); NV]; C];
             if let Some(b) = bias {
@@ -407,91 +408,78 @@ unsafe fn direct_tiles<V: F32Vector, const C: usize, const NV: usize>(
             for (c, vectors) in finished.iter().enumerate().take(c_out - cb * C) {
                 let y_c = y.as_mut_ptr().add((cb * C + c) * flat.out_channel);
                 for (&vector, &place) in vectors.iter().zip(&places) {
-                    match place {
-                        Place::Whole(at) => vector.store(y_c.add(at)),
-                        Place::Split { row, col } => store_split(vector, y_c, flat, row, col),
-                        Place::Nothing => {}
-                    }
+                    store_at(vector, y_c, place, rows);
                 }
             }
         }
     }
 }
 
+/// How the rows of a flat layout go to y: flat position q is (row q / wp, column q % wp); columns from w on
+/// and rows from `rows` on are junk; a real one goes to y[row·out_row + column]. A [`Flat`]'s are
+/// [`Flat::rows`]; the Winograd kernel's outputs (`winograd.rs`) have their own.
+#[derive(Clone, Copy)]
+pub(super) struct Rows {
+    pub wp: usize,
+    pub w: usize,
+    pub rows: usize,
+    pub out_row: usize,
+}
+
+impl Flat {
+    pub(super) fn rows(&self) -> Rows {
+        Rows { wp: self.wp, w: self.w, rows: self.h, out_row: self.out_row }
+    }
+}
+
 /// Where one vector of flat positions q..q + lanes goes in y, the same for every channel: all of it into
 /// one row's valid columns at y[at..] (most vectors: one plain store), runs of it across a row's end from
-/// (row, col) on ([`store_split`]), or nothing (past the last row). The tiles used to build the runs of
-/// every vector ([`Runs`]), 392 bytes each, moved by `memcpy`: on the first convolution, [32, 1, 28, 28] →
-/// 32, whose tiles do little else (one input channel), that was 22% of its time.
+/// (row, col) on, or nothing (past the last row); [`store_at`] writes it. The tiles used to build a list of
+/// every vector's runs instead, 392 bytes each, moved by `memcpy`: on the first convolution, [32, 1, 28,
+/// 28] → 32, whose tiles do little else (one input channel), that was over 15% of its time.
 #[derive(Clone, Copy)]
-enum Place {
+pub(super) enum Place {
     Whole(usize),
     Split { row: usize, col: usize },
     Nothing,
 }
 
 impl Place {
-    fn of(flat: &Flat, q: usize, lanes: usize) -> Place {
-        let (row, col) = (q / flat.wp, q % flat.wp);
-        if row >= flat.h {
+    pub(super) fn of(rows: Rows, q: usize, lanes: usize) -> Place {
+        let (row, col) = (q / rows.wp, q % rows.wp);
+        if row >= rows.rows {
             Place::Nothing
-        } else if col + lanes <= flat.w {
-            Place::Whole(row * flat.out_row + col)
+        } else if col + lanes <= rows.w {
+            Place::Whole(row * rows.out_row + col)
         } else {
             Place::Split { row, col }
         }
     }
 }
 
-/// The lanes of `v`, flat positions from (row, col) on, that are real output pixels, each run of them to its
-/// place row·out_row + column in y_c: a run ends at a row's last valid column, the junk columns after it
-/// are skipped, and nothing goes past the last row.
+/// Writes the lanes of `v` that are real output pixels to their places in y_c ([`Place`]): a whole vector by
+/// one store; a split one run by run, each ending at a row's last valid column, the junk columns after it
+/// skipped, nothing past the last row.
 ///
 /// # Safety
-/// V's instruction set is available and y_c[..(flat.h − 1)·out_row + w] is writable.
+/// V's instruction set is available, `place` is `Place::of(rows, q, V::LANES)` for some q, and
+/// y_c[..(rows.rows − 1)·out_row + w] is writable.
 #[inline(always)]
-unsafe fn store_split<V: F32Vector>(v: V, y_c: *mut f32, flat: &Flat, mut row: usize, mut col: usize) {
+pub(super) unsafe fn store_at<V: F32Vector>(v: V, y_c: *mut f32, place: Place, rows: Rows) {
+    let (mut row, mut col) = match place {
+        Place::Whole(at) => return v.store(y_c.add(at)),
+        Place::Nothing => return,
+        Place::Split { row, col } => (row, col),
+    };
     let mut lane = 0;
-    while lane < V::LANES && row < flat.h {
-        if col < flat.w {
-            let len = (flat.w - col).min(V::LANES - lane);
-            v.store_lanes(y_c.wrapping_add(row * flat.out_row + col).wrapping_sub(lane), lane, lane + len);
+    while lane < V::LANES && row < rows.rows {
+        if col < rows.w {
+            let len = (rows.w - col).min(V::LANES - lane);
+            v.store_lanes(y_c.wrapping_add(row * rows.out_row + col).wrapping_sub(lane), lane, lane + len);
             (lane, col) = (lane + len, col + len);
         } else {
-            (lane, row, col) = (lane + flat.wp - col, row + 1, 0);
+            (lane, row, col) = (lane + rows.wp - col, row + 1, 0);
         }
-    }
-}
-
-/// The runs of one vector of flat positions q..q + lanes that are real output pixels: lanes lo..hi go to
-/// y[at..at + hi − lo] (at = oy·w + ox). A vector crosses at most `lanes` rows, so at most that many runs.
-/// (The Winograd kernel's outputs, `winograd.rs`; the direct kernel's take [`Place`].)
-pub(super) struct Runs {
-    pub runs: [(usize, usize, usize); 16],
-    pub len: usize,
-}
-
-impl Runs {
-    /// The general form: flat position q is (row q / wp, column q % wp); columns from w on and rows from
-    /// `rows` on are junk; a real one goes to at = row·out_row + column.
-    pub(super) fn in_rows(q: usize, lanes: usize, wp: usize, w: usize, rows: usize, out_row: usize) -> Runs {
-        let mut out = Runs { runs: [(0, 0, 0); 16], len: 0 };
-        let mut lane = 0;
-        while lane < lanes {
-            let (row, col) = ((q + lane) / wp, (q + lane) % wp);
-            if row >= rows {
-                break;
-            }
-            if col < w {
-                let len = (w - col).min(lanes - lane);
-                out.runs[out.len] = (lane, lane + len, row * out_row + col);
-                out.len += 1;
-                lane += len;
-            } else {
-                lane += wp - col; // the junk columns up to the next row
-            }
-        }
-        out
     }
 }
 

@@ -61,7 +61,7 @@
 //! the direct kernel's (the transforms add up to 9 terms before and after the products), checked against
 //! `conv2d_forward_naive` with the same bound as every other path.
 
-use super::direct::{forward_tile, is_same_conv, vectors_per_tile, Runs};
+use super::direct::{forward_tile, is_same_conv, store_at, vectors_per_tile, Place, Rows};
 use super::parallel::per_image;
 use super::shape::{ConvShape, SameConv};
 use crate::cpu::Simd;
@@ -333,6 +333,8 @@ unsafe fn winograd_tiles<V: F32Vector, const C: usize, const NV: usize>(
         std::array::from_fn(|k| ((k / 4 % 2) * 2 + k % 4 % 2) * plane + (k / 8) * row + (k % 4) / 2);
     let (vbuf, stride) = (scratch.as_mut_ptr(), xi_stride(l, c_in));
     let mbuf = vbuf.add(16 * stride);
+    // Output rows of parity a: flat rows 2·row long, w real, 2w apart in y (see the zip below).
+    let rows: [Rows; 2] = std::array::from_fn(|a| Rows { wp: 2 * row, w, rows: (h - a).div_ceil(2), out_row: 2 * w });
     for t0 in (0..tiles.qr).step_by(l) {
         // 1. The input transform of these L tiles, every input channel.
         for ci in 0..c_in {
@@ -347,12 +349,9 @@ unsafe fn winograd_tiles<V: F32Vector, const C: usize, const NV: usize>(
         // Where the zipped outputs go: vector v, row parity a, first or second half of the zip. Zipped lane k
         // of half s holds output column 2j + b of row 2i + a for tile t = i·row + j, at flat position
         // 2t + b = i·(2·row) + 2j + b: rows 2·row long, w of them real, then 2w apart in y.
-        let runs: [[[Runs; 2]; 2]; NV] = std::array::from_fn(|v| {
+        let places: [[[Place; 2]; 2]; NV] = std::array::from_fn(|v| {
             std::array::from_fn(|a| {
-                std::array::from_fn(|s| {
-                    let q = 2 * (t0 + v * lanes) + s * lanes;
-                    Runs::in_rows(q, lanes, 2 * row, w, (h - a).div_ceil(2), 2 * w)
-                })
+                std::array::from_fn(|s| Place::of(rows[a], 2 * (t0 + v * lanes) + s * lanes, lanes))
             })
         });
         // 2. Sixteen products, ξ by ξ so that V_ξ stays in L1 while every block of output channels reads it;
@@ -387,16 +386,13 @@ unsafe fn winograd_tiles<V: F32Vector, const C: usize, const NV: usize>(
             let (cb, c) = (co / C, co % C);
             let b = V::splat(bias.map_or(0.0, |b| b[co]));
             let y_c = y.as_mut_ptr().add(co * h * w);
-            for (v, runs_v) in runs.iter().enumerate() {
+            for (v, places_v) in places.iter().enumerate() {
                 let m = mbuf.add(cb * 16 * C * l + c * l + v * lanes) as *const f32;
                 let out = output_transform(std::array::from_fn(|xi| unsafe { V::load(m.add(xi * C * l)) }));
                 for (a, out_a) in out.iter().enumerate() {
                     let (lo, hi) = out_a[0].add(b).zip(out_a[1].add(b));
                     for (s, half) in [lo, hi].into_iter().enumerate() {
-                        let r = &runs_v[a][s];
-                        for &(first, last, at) in &r.runs[..r.len] {
-                            half.store_lanes(y_c.wrapping_add(a * w + at).wrapping_sub(first), first, last);
-                        }
+                        store_at(half, y_c.wrapping_add(a * w), places_v[a][s], rows[a]);
                     }
                 }
             }
