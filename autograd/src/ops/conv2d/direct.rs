@@ -441,13 +441,18 @@ unsafe fn direct_tiles<V: F32Vector, const C: usize, const NV: usize>(
     }
 }
 
-/// One (channel, tap) step of a tile: NV vector loads of x at `x`, and acc[c][v] += w[c] · x[v] for the C
+/// One (channel, tap) step of a tile (and one tile's step of the Winograd weight gradient, `winograd_dweight.rs`):
+/// NV vector loads of x at `x`, and acc[c][v] += w[c] · x[v] for the C
 /// broadcast weights at `w`.
 ///
 /// # Safety
 /// V's instruction set is available; x[..NV·lanes] and w[..C] are readable.
 #[inline(always)]
-unsafe fn fma_tap<V: F32Vector, const C: usize, const NV: usize>(acc: &mut [[V; NV]; C], x: *const f32, w: *const f32) {
+pub(super) unsafe fn fma_tap<V: F32Vector, const C: usize, const NV: usize>(
+    acc: &mut [[V; NV]; C],
+    x: *const f32,
+    w: *const f32,
+) {
     let x: [V; NV] = std::array::from_fn(|v| unsafe { V::load(x.add(v * V::LANES)) });
     for (c, acc_c) in acc.iter_mut().enumerate() {
         let w_c = V::splat(*w.add(c));

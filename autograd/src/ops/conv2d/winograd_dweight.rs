@@ -12,6 +12,7 @@
 
 use rayon::prelude::*;
 
+use super::direct::fma_tap;
 use super::parallel::sum_partials;
 use super::shape::ConvShape;
 use super::transpose::{transpose_into, ToChannelMinor};
@@ -20,21 +21,24 @@ use crate::cpu::Simd;
 use crate::vector::{self, F32Vector};
 
 /// Weight-gradient tile at each SIMD level: R output channels (broadcast) × 2 vectors of input channels.
-/// The channel axes are padded with zeros to multiples of these ([`dweight_padding`]).
+/// The output channels are padded with zeros to whole vectors, the input channels to the tile's two
+/// ([`dweight_padding`]); where R does not divide the output channels, the last rows take tiles of 4 and 2
+/// ([`dweight_chunk`]). On AVX2, 6 × 2 (12 accumulators of 16 registers) replaced 4 × 2, as the forward's
+/// tiles did (`direct::forward_tile`).
 fn dweight_tile(level: Simd) -> (usize, usize) {
     match level {
         Simd::Avx512 => (8, 16),
-        Simd::Avx2 => (4, 8),
+        Simd::Avx2 => (6, 8),
         Simd::Baseline if cfg!(target_arch = "aarch64") => (8, 4),
         Simd::Baseline => (4, 4),
     }
 }
 
-/// (cpo, cpi): c_out rounded up to the weight gradient's register tile and to whole vectors (dy's transform
-/// runs on vectors of output channels), c_in to the tile's two vectors.
+/// (cpo, cpi): c_out rounded up to whole vectors (dy's transform runs on vectors of output channels), c_in
+/// to the tile's two vectors.
 pub fn dweight_padding(level: Simd, c_out: usize, c_in: usize) -> (usize, usize) {
-    let (r, lanes) = dweight_tile(level);
-    (c_out.next_multiple_of(r.max(lanes)), c_in.next_multiple_of(2 * lanes))
+    let lanes = dweight_tile(level).1;
+    (c_out.next_multiple_of(lanes), c_in.next_multiple_of(2 * lanes))
 }
 
 /// The layouts [`dweight_images`] reads for an h×w image: (xᵀ [2·th + 2, 2·tw + 2, cpi] from
@@ -75,9 +79,10 @@ pub struct DweightImages<'a> {
 pub fn dweight_images(level: Simd, job: DweightImages) {
     let DweightImages { xt, dyt, images, h, w, cpo, cpi, scratch, du } = job;
     crate::cpu::check_supported(level);
-    let (r, lanes) = dweight_tile(level);
+    let lanes = dweight_tile(level).1;
     let ((xr, xc), (yr, yc)) = dweight_layouts(h, w);
-    assert!(cpo.is_multiple_of(r) && cpo.is_multiple_of(lanes) && cpi.is_multiple_of(2 * lanes));
+    // Whole vectors of output channels (an even number: the tail tiles are 4 and 2 rows).
+    assert!(cpo.is_multiple_of(lanes) && lanes.is_multiple_of(2) && cpi.is_multiple_of(2 * lanes));
     assert!(xt.len() >= images * xr * xc * cpi && dyt.len() >= images * yr * yc * cpo);
     assert!(du.len() >= 16 * cpo * cpi && scratch.len() >= dweight_scratch_len(images, h, w, cpo, cpi));
     let args = DweightImages { xt, dyt, images, h, w, cpo, cpi, scratch, du };
@@ -105,7 +110,7 @@ unsafe fn dweight_avx512(args: DweightImages) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn dweight_avx2(args: DweightImages) {
-    dweight_tiles::<vector::Avx2, 4>(args)
+    dweight_tiles::<vector::Avx2, 6>(args)
 }
 
 /// A y for one column (or row) of a 2×2 block: [y₀, y₀ + y₁, y₀ − y₁, −y₁].
@@ -161,7 +166,8 @@ unsafe fn dweight_tiles<V: F32Vector, const R: usize>(
         for xi in 0..16 {
             let v_xi = vbuf.add(xi * v_plane) as *const f32;
             let w_xi = wbuf.add(xi * w_plane) as *const f32;
-            dweight_chunk::<V, R>(v_xi, w_xi, count, cpo, cpi, du.as_mut_ptr().add(xi * cpo * cpi));
+            let du = du.as_mut_ptr().add(xi * cpo * cpi);
+            dweight_chunk::<V, R>(Chunk { v: v_xi, w: w_xi, count, cpo, cpi, du });
         }
     }
 }
@@ -175,46 +181,63 @@ fn dweight_chunk_tiles(cpo: usize, cpi: usize, tiles: usize) -> usize {
     tiles.div_ceil(tiles.div_ceil(most))
 }
 
-/// du [cpo, cpi] += Σ over `count` tiles of w [tile, cpo] ⊗ v [tile, cpi], register tile by register tile.
-///
-/// # Safety
-/// As [`dweight_tiles`]; `v`, `w` hold `count` rows.
-#[inline(always)]
-unsafe fn dweight_chunk<V: F32Vector, const R: usize>(
-    v_xi: *const f32,
-    w_xi: *const f32,
+/// One ξ of a chunk for [`dweight_chunk`]: v [count tiles, cpi], w [count tiles, cpo], du [cpo, cpi].
+#[derive(Clone, Copy)]
+struct Chunk {
+    v: *const f32,
+    w: *const f32,
     count: usize,
     cpo: usize,
     cpi: usize,
     du: *mut f32,
-) {
-    const NV: usize = 2;
+}
+
+/// du [cpo, cpi] += Σ over `count` tiles of w [tile, cpo] ⊗ v [tile, cpi], register tile by register tile:
+/// R output channels at a time, then the rows left (cpo mod R, even) 4 and 2 at a time.
+///
+/// # Safety
+/// As [`dweight_tiles`]; `v`, `w` hold `count` rows.
+#[inline(always)]
+unsafe fn dweight_chunk<V: F32Vector, const R: usize>(chunk: Chunk) {
+    let whole = chunk.cpo - chunk.cpo % R;
+    for ci0 in (0..chunk.cpi).step_by(2 * V::LANES) {
+        for co0 in (0..whole).step_by(R) {
+            dweight_block::<V, R>(chunk, co0, ci0);
+        }
+        let mut co0 = whole;
+        while co0 + 4 <= chunk.cpo {
+            dweight_block::<V, 4>(chunk, co0, ci0);
+            co0 += 4;
+        }
+        while co0 < chunk.cpo {
+            dweight_block::<V, 2>(chunk, co0, ci0);
+            co0 += 2;
+        }
+    }
+}
+
+/// du[co0 + c, ci0 + v·lanes ..] += Σ_tiles w[tile, co0 + c] · v[tile, ci0 + v·lanes ..] for c < R and two
+/// vectors v: acc [R][2] starts from du, gathers the products over every tile in order (`direct::fma_tap`),
+/// and goes back.
+///
+/// # Safety
+/// As [`dweight_chunk`]; co0 + R ≤ cpo and ci0 + 2·lanes ≤ cpi.
+#[inline(always)]
+unsafe fn dweight_block<V: F32Vector, const R: usize>(chunk: Chunk, co0: usize, ci0: usize) {
+    let Chunk { v, w, count, cpo, cpi, du } = chunk;
     let lanes = V::LANES;
-    {
-        for ci0 in (0..cpi).step_by(NV * lanes) {
-            for co0 in (0..cpo).step_by(R) {
-                let out = du.add(co0 * cpi + ci0);
-                let mut acc: [[V; NV]; R] =
-                    std::array::from_fn(|c| std::array::from_fn(|v| unsafe { V::load(out.add(c * cpi + v * lanes)) }));
-                let (mut vp, mut wp) = (v_xi.add(ci0), w_xi.add(co0));
-                for _ in 0..count {
-                    let x: [V; NV] = std::array::from_fn(|v| unsafe { V::load(vp.add(v * lanes)) });
-                    for (c, acc_c) in acc.iter_mut().enumerate() {
-                        let w_c = V::splat(*wp.add(c));
-                        for v in 0..NV {
-                            acc_c[v] = w_c.mul_add(x[v], acc_c[v]);
-                        }
-                    }
-                    vp = vp.add(cpi);
-                    wp = wp.add(cpo);
-                }
-                let finished = acc;
-                for (c, vectors) in finished.iter().enumerate() {
-                    for (v, vector) in vectors.iter().enumerate() {
-                        vector.store(out.add(c * cpi + v * lanes));
-                    }
-                }
-            }
+    let out = du.add(co0 * cpi + ci0);
+    let mut acc: [[V; 2]; R] =
+        std::array::from_fn(|c| std::array::from_fn(|j| unsafe { V::load(out.add(c * cpi + j * lanes)) }));
+    let (mut vp, mut wp) = (v.add(ci0), w.add(co0));
+    for _ in 0..count {
+        fma_tap(&mut acc, vp, wp);
+        (vp, wp) = (vp.add(cpi), wp.add(cpo));
+    }
+    let finished = acc;
+    for (c, vectors) in finished.iter().enumerate() {
+        for (j, vector) in vectors.iter().enumerate() {
+            vector.store(out.add(c * cpi + j * lanes));
         }
     }
 }
