@@ -19,10 +19,10 @@
 //! vector loaded feeds C channels and each weight feeds L positions, which is what keeps it compute-bound.
 //! The finished tile goes straight to y [c_out, h, w]: each vector by one store where it lies in one row's
 //! valid columns, else by partial stores of its runs of valid columns ([`Place`]); junk positions are never
-//! written. What it costs: the junk columns (2·padding of every
-//! wp: 7% at 28×28, 22% at 7×7; or more where [`forward_flat`] widens the rows), the rounding of qr up to whole tiles, and the copy into the padded layout,
-//! all far less than writing and re-reading the 9× larger im2col matrix, which for few channels (32 in,
-//! 32 out) took as long as the product itself.
+//! written. What it costs: the junk columns (2·padding of every wp: 7% at 28×28, 22% at 7×7; more where
+//! [`forward_flat`] widens the rows), the rounding of qr up to whole tiles, and the copy into the padded
+//! layout, all far less than writing and re-reading the 9× larger im2col matrix, which for few channels
+//! (32 in, 32 out) took as long as the product itself.
 //! Measured on x [32, 32, 28, 28] → 32 (the U-Net's first level): forward 1.6 ms direct, 3.4 ms im2col.
 //!
 //! # Backward
@@ -404,13 +404,13 @@ unsafe fn direct_tiles<V: F32Vector, const C: usize, const NV: usize>(
                     *row = [V::splat(b.get(cb * C + c).copied().unwrap_or(0.0)); NV];
                 }
             }
+            // The loop over taps with their count fixed where a convolution has few (one for a 1×1, one to
+            // four for a stride-2 phase, nine for a 3×3): a loop over a slice, one pass long for a 1×1
+            // convolution, held the products to about half the rate. [32,128,7,7]→384 forward took 2.02 ms
+            // that way against 1.53 with one loop over the channels (AMD EPYC Zen 3, `unet_kernels`, the
+            // builds alternated, three rounds, medians); a stand-alone copy of the tile on one thread ran 73
+            // GFLOP/s without the inner loop and 39–47 with it (90 is the FMA peak).
             let mut w = packed.as_ptr().add(cb * block); // [c_in, taps, C]
-                                                         // The loop over taps with their count fixed where a convolution has few (one for a 1×1, one to
-                                                         // four for a stride-2 phase, nine for a 3×3): a loop over a slice, one pass long for a 1×1
-                                                         // convolution, held the products to about half the rate. [32,128,7,7]→384 forward took 2.02 ms
-                                                         // that way against 1.53 with one loop over the channels (AMD EPYC Zen 3, `unet_kernels`, the
-                                                         // builds alternated, three rounds, medians); a stand-alone copy of the tile on one thread ran 73
-                                                         // GFLOP/s without the inner loop and 39–47 with it (90 is the FMA peak).
             let x0 = xpad.as_ptr().add(q0);
             let channels = Channels { x0, plane: flat.plane, c_in, w };
             match *taps {
@@ -476,9 +476,9 @@ impl Channels {
     }
 }
 
-/// One (channel, tap) step of a tile (and one tile's step of the Winograd weight gradient, `winograd_dweight.rs`):
-/// NV vector loads of x at `x`, and acc[c][v] += w[c] · x[v] for the C
-/// broadcast weights at `w`.
+/// One (channel, tap) step of a tile (and one tile's step of the Winograd weight gradient,
+/// `winograd_dweight.rs`): NV vector loads of x at `x`, and acc[c][v] += w[c] · x[v] for the C broadcast
+/// weights at `w`.
 ///
 /// # Safety
 /// V's instruction set is available; x[..NV·lanes] and w[..C] are readable.
