@@ -117,6 +117,28 @@ fn odd_shapes() -> Vec<([usize; 4], [usize; 4], usize, usize)> {
     ]
 }
 
+/// `direct::forward_flat` widens a "same" convolution's rows to whole vectors where that costs at most 1/8
+/// of a row, and then no vector of outputs runs across a row's end; other rows keep w + k − 1.
+#[test]
+fn flat_rows_widen_to_whole_vectors_only_where_cheap() {
+    use super::direct::{forward_flat, Place};
+    let conv = |hw: usize, k: usize, stride: usize| {
+        ConvShape::new(&[2, 3, hw, hw], &[8, 3, k, k], stride, if stride == 1 { (k - 1) / 2 } else { 0 }).unwrap()
+    };
+    for (level, lanes) in [(crate::cpu::Simd::Avx2, 8), (crate::cpu::Simd::Avx512, 16)] {
+        assert_eq!(forward_flat(level, &conv(28, 3, 1)).wp, 32, "28×28 at {lanes} lanes: 30 → 32");
+        assert_eq!(forward_flat(level, &conv(7, 3, 1)).wp, 9, "7×7: 16 would add 78%");
+        assert_eq!(forward_flat(level, &conv(28, 1, 1)).wp, 28, "1×1: no padding, not a same convolution");
+        assert_eq!(forward_flat(level, &conv(28, 3, 2)).wp, 14, "strided: its phase planes keep their rows");
+        let flat = forward_flat(level, &conv(28, 3, 1));
+        for q in (0..flat.qr).step_by(lanes) {
+            if let Place::Split { col, .. } = Place::of(flat.rows(), q, lanes) {
+                assert!(col + lanes <= flat.wp, "the vector at {q} runs across a row's end");
+            }
+        }
+    }
+}
+
 /// The direct path at every SIMD level this CPU has (the intrinsics and their portable twin), on every odd
 /// "same" or strided shape, whatever its size and channels.
 #[test]
