@@ -348,37 +348,52 @@ pub fn direct_image(level: Simd, job: DirectImage) {
     assert!(packed.len() >= c_out.div_ceil(c) * c * c_in * taps.len() && y.len() >= y_end);
     assert!(bias.is_none_or(|b| b.len() >= c_out));
     let args = DirectImage { xpad, flat, taps, c_in, packed, c_out, bias, y };
-    // SAFETY: the level is supported (checked above), and the asserts cover every access of the tiles.
+    // SAFETY: the level is supported (checked above), and the asserts cover every access of the tiles; each
+    // fixed count T is the taps' length.
     unsafe {
-        match (level, nv) {
-            #[cfg(target_arch = "x86_64")]
-            (Simd::Avx512, 2) => direct_avx512::<2>(args),
-            #[cfg(target_arch = "x86_64")]
-            (Simd::Avx512, _) => direct_avx512::<3>(args),
-            #[cfg(target_arch = "x86_64")]
-            (Simd::Avx2, _) => direct_avx2(args),
-            #[cfg(target_arch = "aarch64")]
-            (_, 2) => direct_tiles::<vector::Neon, 8, 2>(args),
-            #[cfg(target_arch = "aarch64")]
-            _ => direct_tiles::<vector::Neon, 8, 3>(args),
-            #[cfg(not(target_arch = "aarch64"))]
-            (_, 2) => direct_tiles::<vector::Portable, 4, 2>(args),
-            #[cfg(not(target_arch = "aarch64"))]
-            _ => direct_tiles::<vector::Portable, 4, 3>(args),
+        match taps.len() {
+            1 => direct_at::<1>(level, nv, args),
+            2 => direct_at::<2>(level, nv, args),
+            4 => direct_at::<4>(level, nv, args),
+            9 => direct_at::<9>(level, nv, args),
+            _ => direct_at::<0>(level, nv, args),
         }
+    }
+}
+
+/// [`direct_tiles`] at this level and NV, for T taps (0: any number).
+///
+/// # Safety
+/// As [`direct_tiles`].
+unsafe fn direct_at<const T: usize>(level: Simd, nv: usize, args: DirectImage) {
+    match (level, nv) {
+        #[cfg(target_arch = "x86_64")]
+        (Simd::Avx512, 2) => direct_avx512::<2, T>(args),
+        #[cfg(target_arch = "x86_64")]
+        (Simd::Avx512, _) => direct_avx512::<3, T>(args),
+        #[cfg(target_arch = "x86_64")]
+        (Simd::Avx2, _) => direct_avx2::<T>(args),
+        #[cfg(target_arch = "aarch64")]
+        (_, 2) => direct_tiles::<vector::Neon, 8, 2, T>(args),
+        #[cfg(target_arch = "aarch64")]
+        _ => direct_tiles::<vector::Neon, 8, 3, T>(args),
+        #[cfg(not(target_arch = "aarch64"))]
+        (_, 2) => direct_tiles::<vector::Portable, 4, 2, T>(args),
+        #[cfg(not(target_arch = "aarch64"))]
+        _ => direct_tiles::<vector::Portable, 4, 3, T>(args),
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn direct_avx512<const NV: usize>(args: DirectImage) {
-    direct_tiles::<vector::Avx512, 8, NV>(args)
+unsafe fn direct_avx512<const NV: usize, const T: usize>(args: DirectImage) {
+    direct_tiles::<vector::Avx512, 8, NV, T>(args)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn direct_avx2(args: DirectImage) {
-    direct_tiles::<vector::Avx2, 6, 2>(args)
+unsafe fn direct_avx2<const T: usize>(args: DirectImage) {
+    direct_tiles::<vector::Avx2, 6, 2, T>(args)
 }
 
 /// The tile loop: for each L = NV·lanes positions q0.., for each block of C output channels, the register
@@ -388,9 +403,11 @@ unsafe fn direct_avx2(args: DirectImage) {
 /// # Safety
 /// V's instruction set is available, and [`direct_image`]'s asserts hold.
 #[inline(always)]
-unsafe fn direct_tiles<V: F32Vector, const C: usize, const NV: usize>(
+unsafe fn direct_tiles<V: F32Vector, const C: usize, const NV: usize, const T: usize>(
     DirectImage { xpad, flat, taps, c_in, packed, c_out, bias, y }: DirectImage,
 ) {
+    // The taps as an array of their fixed count, if they have one (see below).
+    let fixed: Option<[usize; T]> = (T > 0).then(|| taps.try_into().expect("T is the taps' count"));
     let l = NV * V::LANES;
     let block = c_in * taps.len() * C; // one block of C channels in `packed`
     let rows = flat.rows();
@@ -405,20 +422,18 @@ unsafe fn direct_tiles<V: F32Vector, const C: usize, const NV: usize>(
                 }
             }
             // The loop over taps with their count fixed where a convolution has few (one for a 1×1, one to
-            // four for a stride-2 phase, nine for a 3×3): a loop over a slice, one pass long for a 1×1
-            // convolution, held the products to about half the rate. [32,128,7,7]→384 forward took 2.02 ms
-            // that way against 1.53 with one loop over the channels (AMD EPYC Zen 3, `unet_kernels`, the
-            // builds alternated, three rounds, medians); a stand-alone copy of the tile on one thread ran 73
-            // GFLOP/s without the inner loop and 39–47 with it (90 is the FMA peak).
+            // four for a stride-2 phase, nine for a 3×3), each count its own function (`direct_at`): a loop
+            // over a slice, one pass long for a 1×1 convolution, held the products to about half the rate.
+            // [32,128,7,7]→384 forward took 2.02 ms that way against 1.53 with one loop over the channels
+            // (AMD EPYC Zen 3, `unet_kernels`, the builds alternated, three rounds, medians); a stand-alone
+            // copy of the tile on one thread ran 73 GFLOP/s without the inner loop and 39–47 with it (90 is
+            // the FMA peak). With every count in one function the one-tap loop reloaded its two input
+            // pointers from the stack at each step, and the 1×1 forwards read 8–16% slower.
             let mut w = packed.as_ptr().add(cb * block); // [c_in, taps, C]
             let x0 = xpad.as_ptr().add(q0);
-            let channels = Channels { x0, plane: flat.plane, c_in, w };
-            match *taps {
-                [a] => channels.run(&mut acc, [a]),
-                [a, b] => channels.run(&mut acc, [a, b]),
-                [a, b, c, d] => channels.run(&mut acc, [a, b, c, d]),
-                [a, b, c, d, e, f, g, h, i] => channels.run(&mut acc, [a, b, c, d, e, f, g, h, i]),
-                _ => {
+            match fixed {
+                Some(taps) => Channels { x0, plane: flat.plane, c_in, w }.run(&mut acc, taps),
+                None => {
                     for ci in 0..c_in {
                         let x_ci = x0.add(ci * flat.plane);
                         for &tap in taps {
