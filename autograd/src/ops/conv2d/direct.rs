@@ -491,8 +491,8 @@ impl Channels {
     }
 }
 
-/// One (channel, tap) step of a tile (and one tile's step of the Winograd weight gradient,
-/// `winograd_dweight.rs`): NV vector loads of x at `x`, and acc[c][v] += w[c] · x[v] for the C broadcast
+/// One (channel, tap) step of a tile (and one step of the Winograd products, `winograd.rs`, and weight
+/// gradient, `winograd_dweight.rs`): NV vector loads of x at `x`, and acc[c][v] += w[c] · x[v] for the C broadcast
 /// weights at `w`.
 ///
 /// # Safety

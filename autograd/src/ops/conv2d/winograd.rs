@@ -61,7 +61,7 @@
 //! the direct kernel's (the transforms add up to 9 terms before and after the products), checked against
 //! `conv2d_forward_naive` with the same bound as every other path.
 
-use super::direct::{forward_tile, is_same_conv, store_at, vectors_per_tile, Place, Rows};
+use super::direct::{fma_tap, forward_tile, is_same_conv, store_at, vectors_per_tile, Place, Rows};
 use super::parallel::per_image;
 use super::shape::{ConvShape, SameConv};
 use crate::cpu::Simd;
@@ -362,15 +362,8 @@ unsafe fn winograd_tiles<V: F32Vector, const C: usize, const NV: usize>(
                 let mut u = packed.as_ptr().add((cb * 16 + xi) * spread(c_in * C)); // [c_in, C]
                 let mut vb = vbuf.add(xi * stride) as *const f32; // [c_in, L]
                 for _ in 0..c_in {
-                    let x: [V; NV] = std::array::from_fn(|v| unsafe { V::load(vb.add(v * lanes)) });
-                    for (c, acc_c) in acc.iter_mut().enumerate() {
-                        let u_c = V::splat(*u.add(c));
-                        for v in 0..NV {
-                            acc_c[v] = u_c.mul_add(x[v], acc_c[v]);
-                        }
-                    }
-                    u = u.add(C);
-                    vb = vb.add(l);
+                    fma_tap(&mut acc, vb, u); // acc[c][v] += u[c] · V_ξ[ci, v·lanes ..]
+                    (u, vb) = (u.add(C), vb.add(l));
                 }
                 let finished = acc;
                 let out = mbuf.add((cb * 16 + xi) * C * l);
