@@ -23,6 +23,7 @@ mod narrow_dweight;
 mod parallel;
 mod path;
 mod pointwise;
+mod pointwise_dweight;
 mod shape;
 mod strided;
 mod strided_cm;

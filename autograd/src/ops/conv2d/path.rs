@@ -8,7 +8,7 @@
 //! | other "same" convolutions (5×5, or fewer than 8 channels) | direct, `direct.rs` | direct, `direct_dweight.rs`; under 8 output channels, positions in the lanes, `narrow_dweight.rs` (under 8 input channels, im2col) |
 //! | strided, kernel bigger than 1×1, onto a map of at most 200 pixels (the U-Net's stride-2 3×3 downsampling to 14×14 and 7×7) | forward: channel-minor products per tap, `strided_cm.rs`; input gradient: direct on phase planes, `strided.rs` | channel-minor sums over pixels per tap, `strided_cm.rs` |
 //! | strided onto larger maps | direct on phase planes, `strided.rs` | direct, `direct_dweight.rs` |
-//! | 1×1, stride 1, unpadded, on a map of at most 100 pixels (the U-Net's 7×7) | the direct kernel with one tap, several images side by side, `pointwise.rs` | channel-minor sums over the pixels, `strided_cm.rs` (up to [`POINTWISE_DWEIGHT_MAX_OUT`] output channels; im2col above) |
+//! | 1×1, stride 1, unpadded, on a map of at most 100 pixels (the U-Net's 7×7) | the direct kernel with one tap, several images side by side, `pointwise.rs` | dot products along the pixels of several images side by side, `pointwise_dweight.rs` (up to [`POINTWISE_DWEIGHT_MAX_OUT`] output channels; im2col above) |
 //! | everything else (other 1×1, unpadded) | im2col + matrix product, `im2col.rs` | im2col |
 //!
 //! Why: Winograd does 2.25× fewer multiplications than the definition, but its transforms cost about what
@@ -28,8 +28,8 @@ use rayon::prelude::*;
 
 use super::shape::{ConvShape, SameConv};
 use super::{
-    direct, direct_dweight, im2col, narrow_dweight, pointwise, strided, strided_cm, winograd, winograd_cm,
-    winograd_dweight,
+    direct, direct_dweight, im2col, narrow_dweight, pointwise, pointwise_dweight, strided, strided_cm, winograd,
+    winograd_cm, winograd_dweight,
 };
 use crate::cpu;
 use crate::pool::Scratch;
@@ -162,10 +162,11 @@ fn run(level: cpu::Simd, packing: Packing, job: SameConv) -> Vec<f32> {
 /// `narrow_dweight.rs` (positions in the lanes) and dx stays direct.
 pub const DIRECT_GRADIENT_MIN_CHANNELS: usize = 8;
 
-/// The 1×1 convolutions on small maps with at most this many output channels take `strided_cm::dweight` for
-/// their weight gradient, the others im2col's matrix product. Measured at 7×7, batch 32, three alternated
-/// rounds, backward (both gradients): 64 → 128 0.421 → 0.362 ms, 128 → 128 0.723 → 0.632, 256 → 128 1.24 →
-/// 1.15, but 128 → 384 1.73 → 1.88.
+/// The 1×1 convolutions on small maps with at most this many output channels take `pointwise_dweight.rs`
+/// for their weight gradient, the others im2col's matrix product. On the AMD EPYC (Zen 3), the weight
+/// gradient alone, 400 calls of each path alternated call by call in one process (medians): 256 → 128 at
+/// 7×7, batch 32, 1.27–1.69 ms on `strided_cm::dweight` (which these took before) → 1.14–1.39; 128 → 128
+/// 0.80 → 0.68; 64 → 128 0.38 → 0.39; but 128 → 384 1.77 ms on im2col → 2.02.
 pub const POINTWISE_DWEIGHT_MAX_OUT: usize = 256;
 
 /// The gradients of y = conv2d(x, weight) + bias: (dx if `want_dx`, dweight if `want_dweight`, dbias). Must
@@ -198,12 +199,12 @@ pub fn conv2d_backward(
         let job = SameConv { input: dy, ch_in: s.c_out, packed: &transposed, ch_out: s.c_in, bias: None, shape: s };
         dx = Some(run(level, Packing::Pointwise, job));
     }
-    // Its weight gradient: channel-minor sums over the pixels (`strided_cm::dweight`, one tap), for at most
+    // Its weight gradient: dot products along the pixels (`pointwise_dweight.rs`), for at most
     // POINTWISE_DWEIGHT_MAX_OUT output channels.
     let pointwise_dweight =
         want_dweight && forward_path(s) == Path::Packed(Packing::Pointwise) && s.c_out <= POINTWISE_DWEIGHT_MAX_OUT;
     if pointwise_dweight {
-        dweight = Some(strided_cm::dweight(cpu::simd(), x, dy, s));
+        dweight = Some(pointwise_dweight::dweight(cpu::simd(), x, dy, s));
     }
     // A "same" convolution with few output channels (a last layer): positions in the lanes.
     if narrow_dweight {

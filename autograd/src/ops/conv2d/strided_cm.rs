@@ -179,8 +179,6 @@ fn dweight_group(s: &ConvShape) -> usize {
 /// floats of one xᵀ row) × NV vectors of output channels (dyᵀ[p], loaded), summed over every pixel of the
 /// group in order; then Σ over groups in group order. Must equal `conv2d_backward_naive`'s dweight up to
 /// rounding.
-///
-/// Nothing here needs a stride: the 1×1 convolutions on small maps (`pointwise.rs`'s forward) take it too.
 pub fn dweight(level: Simd, x: &[f32], dy: &[f32], s: &ConvShape) -> Vec<f32> {
     crate::cpu::check_supported(level);
     // The forward's register tile, its R pixels now R input channels (x broadcast), NV vectors of output

@@ -279,17 +279,13 @@ fn strided_cm_equals_naive_at_every_simd_level() {
     }
 }
 
-/// The channel-minor weight gradient at every SIMD level, on the same shapes as the strided forward and on
-/// 1×1 ones on small maps (the pointwise path's), and at 1 and 2 threads (its groups' partial sums must not
-/// depend on them).
+/// The channel-minor weight gradient at every SIMD level, on the same shapes as the strided forward, and at
+/// 1 and 2 threads (its groups' partial sums must not depend on them).
 #[test]
 fn strided_cm_dweight_equals_naive_at_every_simd_level() {
     let mut shapes = strided_cm_shapes();
     shapes.push(([13, 5, 9, 9], [3, 5, 3, 3], 2, 1));
     shapes.push(([24, 8, 9, 9], [9, 8, 3, 3], 2, 1)); // four groups of 6 images
-                                                      // 1×1 on small maps (the pointwise path's weight gradient): odd channels, a batch of uneven groups.
-    shapes.push(([11, 13, 7, 7], [17, 13, 1, 1], 1, 0));
-    shapes.push(([3, 70, 7, 7], [130, 70, 1, 1], 1, 0));
     for (i, (xs, ws, stride, padding)) in shapes.into_iter().enumerate() {
         let s = ConvShape::new(&xs, &ws, stride, padding).unwrap();
         let x = randn(&xs, i as u64);
@@ -306,9 +302,10 @@ fn strided_cm_dweight_equals_naive_at_every_simd_level() {
     }
 }
 
-/// The 1×1 path at every SIMD level, forward and input gradient, on odd shapes: batches that split into
-/// uneven groups of images (11 of 7×7), one image, maps of 1 and 99 pixels, channel
-/// counts that leave partial blocks (1, 13, 65 in; 1, 9, 17 out), whatever the dispatch would choose.
+/// The 1×1 path at every SIMD level, forward, input gradient and weight gradient (the last also at 1 and 2
+/// threads: its groups' partial sums must not depend on them), on odd shapes: batches that split into
+/// uneven groups of images (11 of 7×7), one image, maps of 1 and 99 pixels, channel counts that leave
+/// partial blocks and tiles (1, 13, 65, 70 in; 1, 9, 17, 130 out), whatever the dispatch would choose.
 #[test]
 fn pointwise_equals_naive_at_every_simd_level() {
     let shapes = [
@@ -317,6 +314,7 @@ fn pointwise_equals_naive_at_every_simd_level() {
         ([3, 1, 9, 11], [1, 1, 1, 1]),
         ([5, 9, 1, 1], [13, 9, 1, 1]),
         ([2, 16, 14, 14], [8, 16, 1, 1]),
+        ([3, 70, 7, 7], [130, 70, 1, 1]),
     ];
     for (i, (xs, ws)) in shapes.into_iter().enumerate() {
         let s = ConvShape::new(&xs, &ws, 1, 0).unwrap();
@@ -325,7 +323,7 @@ fn pointwise_equals_naive_at_every_simd_level() {
         let b = randn(&[ws[0]], 200 + i as u64);
         let dy = randn(&[s.n, s.c_out, s.oh, s.ow], 300 + i as u64);
         let naive_y = conv2d_forward_naive(x.data(), w.data(), Some(b.data()), &s);
-        let (ndx, _, _) = conv2d_backward_naive(x.data(), w.data(), dy.data(), &s);
+        let (ndx, ndw, _) = conv2d_backward_naive(x.data(), w.data(), dy.data(), &s);
         for level in crate::cpu::available() {
             let what = format!("{xs:?} * {ws:?} at {level:?}");
             let packed = direct::pack(level, w.data(), &s, false);
@@ -341,6 +339,11 @@ fn pointwise_equals_naive_at_every_simd_level() {
                 shape: &s,
             };
             assert_close(&pointwise::conv(level, job), &ndx, &format!("dx {what}"));
+            let dw = pointwise_dweight::dweight(level, x.data(), dy.data(), &s);
+            assert_close(&dw, &ndw, &format!("dweight {what}"));
+            let one = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+            let dw_one = one.install(|| pointwise_dweight::dweight(level, x.data(), dy.data(), &s));
+            assert_eq!(dw_one, dw, "dweight on 1 thread: {what}");
         }
     }
 }
