@@ -1,7 +1,8 @@
 //! Channel-minor layouts: an image [c, h, w] transposed to [pixel, channel] and back, in registers
 //! (LANES × LANES blocks), for the paths that keep channels in the vector lanes (`winograd_cm.rs`,
 //! `winograd_dweight.rs`, `strided_cm.rs`, and dy's flat layout in `direct_dweight.rs`); attention's
-//! `short.rs` transposes its small matrices with it too (rows as channels, one row of pixels).
+//! `short.rs` and `permute`'s swap of the last two axes transpose their matrices with it too (rows as
+//! channels, one row of pixels).
 
 use crate::cpu::Simd;
 use crate::vector::{self, F32Vector};

@@ -31,6 +31,24 @@ fn fast_equals_naive_on_odd_shapes() {
     }
 }
 
+/// The swap of the last two axes (transposed in registers): matrices with whole blocks of 8 and 16 lanes
+/// and leftovers on both sides, several of them, and a single one.
+#[test]
+fn swapping_the_last_two_axes_equals_naive() {
+    let cases: [(&[usize], &[usize]); 5] = [
+        (&[2, 3, 17, 21], &[0, 1, 3, 2]),
+        (&[2, 4, 32, 49], &[0, 1, 3, 2]),
+        (&[5, 16, 16], &[0, 2, 1]),
+        (&[9, 20], &[1, 0]),
+        (&[1, 1], &[1, 0]),
+    ];
+    for (i, (shape, dims)) in cases.into_iter().enumerate() {
+        let x = Tensor::randn_seeded(shape, 10 + i as u64);
+        let fast = permute_forward(x.data(), x.shape(), dims);
+        assert_eq!(fast, permute_forward_naive(x.data(), x.shape(), dims), "{shape:?} dims {dims:?}");
+    }
+}
+
 #[test]
 #[should_panic(expected = "permute: dims [0, 0, 1] is not a permutation of the axes of x [2, 3, 4]")]
 fn permute_rejects_a_non_permutation() {
