@@ -5,6 +5,8 @@
 //! Broadcasting rule: align shapes at the right; two sizes are compatible when equal or when one is 1; the
 //! result takes the larger. A missing leading dimension counts as 1.
 
+use rayon::prelude::*;
+
 /// The broadcast shape of `a` and `b`, or `None` if they are incompatible.
 pub fn broadcast_shape(a: &[usize], b: &[usize]) -> Option<Vec<usize>> {
     let rank = a.len().max(b.len());
@@ -95,6 +97,17 @@ pub fn expand(x: &[f32], shape: &[usize], out: &[usize]) -> Vec<f32> {
 pub fn sum_to(g: &[f32], from: &[usize], shape: &[usize]) -> Vec<f32> {
     if from == shape {
         return crate::pool::collect(g.len(), g.iter().copied());
+    }
+    // Summed over trailing axes only (the time embedding's [B, C, 1, 1] from [B, C, H, W]): each output is
+    // the sum of one contiguous block, vectorized (`cpu::sum`, its order fixed by the block's length) and
+    // the blocks in parallel. The row loop below added each row in one serial chain, on one thread.
+    let kept = shape.iter().zip(from).take_while(|(a, b)| a == b).count();
+    let trailing_ones = shape.len() == from.len() && shape[kept..].iter().all(|&d| d == 1);
+    if trailing_ones && !g.is_empty() {
+        let block: usize = from[kept..].iter().product();
+        let mut out = crate::pool::take_dirty(g.len() / block);
+        out.par_iter_mut().zip(g.par_chunks(block)).with_min_len(64).for_each(|(o, b)| *o = crate::cpu::sum(b));
+        return out;
     }
     let mut out = crate::pool::take_filled(shape.iter().product(), 0.0);
     let so = broadcast_strides(shape, from);

@@ -26,7 +26,7 @@ fn output_shape(op: &str, a: &Var, b: &Var) -> Vec<usize> {
 }
 
 /// Applies `f` elementwise with broadcasting; the shared forward of the four binary ops.
-fn forward(a: &Tensor, b: &Tensor, out_shape: &[usize], f: impl Fn(f32, f32) -> f32) -> Tensor {
+fn forward(a: &Tensor, b: &Tensor, out_shape: &[usize], f: impl Fn(f32, f32) -> f32 + Sync) -> Tensor {
     Tensor::from_vec(out_shape, binary_forward(a.data(), a.shape(), b.data(), b.shape(), out_shape, f))
 }
 
@@ -48,7 +48,7 @@ fn reduce_to(g: Vec<f32>, from: &[usize], shape: &[usize]) -> Tensor {
 }
 
 /// dout ⊙ f(x) for x broadcast to dout's shape: the product every mul/div backward needs.
-fn times(dout: &Tensor, x: &Tensor, f: impl Fn(f32, f32) -> f32) -> Vec<f32> {
+fn times(dout: &Tensor, x: &Tensor, f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<f32> {
     binary_forward(dout.data(), dout.shape(), x.data(), x.shape(), dout.shape(), f)
 }
 

@@ -49,6 +49,11 @@ fn fast_equals_naive_on_odd_shapes() {
         (&[1], &[3, 13]),
         (&[], &[5]),
         (&[2, 1, 3], &[1, 65, 1]),
+        // From 32768 outputs the slabs along the first axis run in parallel: the time embedding's add, a
+        // broadcast first axis, and a last axis of 1.
+        (&[5, 64, 11, 13], &[5, 64, 1, 1]),
+        (&[1, 64, 1, 13], &[3, 64, 11, 13]),
+        (&[7, 3, 4096, 1], &[1, 3, 1, 1]),
     ];
     for (i, (sa, sb)) in cases.iter().enumerate() {
         let a = randn(sa, i as u64);

@@ -34,6 +34,24 @@ fn expand_and_sum_to_equal_index_loops_on_odd_shapes() {
     }
 }
 
+/// sum_to over trailing axes only (one contiguous block per output, summed in parallel): [B, C, 1, 1] from
+/// [B, C, H, W] as the time embedding's gradient, and [B, 1, 1, 1], against index loops.
+#[test]
+fn sum_to_over_trailing_axes_equals_index_loops() {
+    let from = [5, 67, 9, 11];
+    let g = Tensor::randn_seeded(&from, 5);
+    for kept in [1, 2, 3] {
+        let shape: Vec<usize> = (0..4).map(|i| if i < kept { from[i] } else { 1 }).collect();
+        let s = sum_to(g.data(), &from, &shape);
+        let block: usize = from[kept..].iter().product();
+        assert_eq!(s.len(), g.data().len() / block, "{shape:?}");
+        for (i, got) in s.iter().enumerate() {
+            let want: f64 = g.data()[i * block..][..block].iter().map(|&v| v as f64).sum();
+            assert!((*got as f64 - want).abs() < 1e-4 * (1.0 + want.abs()), "{shape:?} [{i}]: {got} against {want}");
+        }
+    }
+}
+
 #[test]
 #[should_panic(expected = "broadcast_to: x [3, 2] does not broadcast to [3, 4]")]
 fn broadcast_to_rejects_incompatible() {

@@ -4,7 +4,7 @@ mod kernels;
 #[cfg(test)]
 mod tests;
 
-pub use kernels::{concat_forward, narrow_copy};
+pub use kernels::{concat_forward, min_rows, narrow_copy};
 
 use crate::tape::{Op, Tape, Var};
 use crate::tensor::Tensor;

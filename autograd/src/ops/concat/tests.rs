@@ -40,3 +40,31 @@ fn concat_rejects_mismatched_shapes() {
     let b = Var::constant(Tensor::zeros(&[3, 3]));
     Tape::new().concat(&[&a, &b], 1);
 }
+
+/// Large enough that the rows go to several parallel tasks: every value where the definition puts it, and
+/// the gradients back, the two ops' kernels (`concat_forward`, `narrow_copy`) and narrow's backward.
+#[test]
+fn concat_and_narrow_of_large_tensors_put_every_value_in_its_place() {
+    let (a, b) = (Tensor::randn_seeded(&[3, 5, 40, 41], 4), Tensor::randn_seeded(&[3, 2, 40, 41], 5));
+    let mut t = Tape::new();
+    let (va, vb) = (t.leaf(a.clone()), t.leaf(b.clone()));
+    let c = t.concat(&[&va, &vb], 1);
+    let hw = 40 * 41;
+    for n in 0..3 {
+        for ch in 0..7 {
+            let want = match ch < 5 {
+                true => &a.data()[(n * 5 + ch) * hw..][..hw],
+                false => &b.data()[(n * 2 + ch - 5) * hw..][..hw],
+            };
+            assert_eq!(&c.value().data()[(n * 7 + ch) * hw..][..hw], want, "image {n}, channel {ch}");
+        }
+    }
+    // Through narrow back to b, then the gradient of Σ 2·b back to both: zeros for a, twos for b.
+    let nb = t.narrow(&c, 1, 5, 2);
+    assert_eq!(nb.value().data(), b.data());
+    let two = t.add(&nb, &nb);
+    let s = t.sum_all(&two);
+    let g = t.backward(&s);
+    assert!(g.leaf(&va).unwrap().data().iter().all(|&v| v == 0.0));
+    assert!(g.leaf(&vb).unwrap().data().iter().all(|&v| v == 2.0));
+}

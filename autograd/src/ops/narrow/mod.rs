@@ -3,7 +3,9 @@
 #[cfg(test)]
 mod tests;
 
-use crate::ops::concat::narrow_copy;
+use rayon::prelude::*;
+
+use crate::ops::concat::{min_rows, narrow_copy};
 use crate::tape::{Op, Tape, Var};
 use crate::tensor::Tensor;
 
@@ -44,10 +46,15 @@ impl Op for NarrowOp {
         let inner: usize = self.x_shape[self.axis + 1..].iter().product();
         let row = self.x_shape[self.axis] * inner;
         let block = dout.shape()[self.axis] * inner;
-        let mut dx = crate::pool::take_filled(outer * row, 0.0);
-        for o in 0..outer {
-            let at = o * row + self.start * inner;
-            dx[at..at + block].copy_from_slice(&dout.data()[o * block..(o + 1) * block]);
+        let mut dx = crate::pool::take_dirty(outer * row);
+        if row > 0 {
+            // Each row of dx is zeros around its block: written whole, the rows in parallel.
+            let (before, after) = (self.start * inner, self.start * inner + block);
+            dx.par_chunks_mut(row).enumerate().with_min_len(min_rows(row)).for_each(|(o, dst)| {
+                dst[..before].fill(0.0);
+                dst[before..after].copy_from_slice(&dout.data()[o * block..(o + 1) * block]);
+                dst[after..].fill(0.0);
+            });
         }
         vec![Some(Tensor::from_vec(&self.x_shape, dx))]
     }
