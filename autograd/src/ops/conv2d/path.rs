@@ -9,6 +9,7 @@
 //! | strided, kernel bigger than 1×1, onto a map of at most 200 pixels (the U-Net's stride-2 3×3 downsampling to 14×14 and 7×7) | forward: channel-minor products per tap, `strided_cm.rs`; input gradient: direct on phase planes, `strided.rs` | channel-minor sums over pixels per tap, `strided_cm.rs` |
 //! | strided onto larger maps | direct on phase planes, `strided.rs` | direct, `direct_dweight.rs` |
 //! | 1×1, stride 1, unpadded, on a map of at most 100 pixels (the U-Net's 7×7) | the direct kernel with one tap, several images side by side, `pointwise.rs` | dot products along the pixels of several images side by side, `pointwise_dweight.rs` (up to [`POINTWISE_DWEIGHT_MAX_OUT`] output channels; im2col above) |
+//! | the same on maps up to [`POINTWISE_BACKWARD_MAX_PIXELS`] (the U-Net's 14×14 and 28×28) | forward: im2col + matrix product, `im2col.rs`; input gradient: `pointwise.rs` | as on the smaller maps |
 //! | everything else (other 1×1, unpadded) | im2col + matrix product, `im2col.rs` | im2col |
 //!
 //! Why: Winograd does 2.25× fewer multiplications than the definition, but its transforms cost about what
@@ -162,6 +163,15 @@ fn run(level: cpu::Simd, packing: Packing, job: SameConv) -> Vec<f32> {
 /// `narrow_dweight.rs` (positions in the lanes) and dx stays direct.
 pub const DIRECT_GRADIENT_MIN_CHANNELS: usize = 8;
 
+/// The largest map (h·w) whose 1×1 convolutions take `pointwise.rs` (dx) and `pointwise_dweight.rs` for their
+/// gradients: the U-Net's 28×28, where the forward stays on im2col above `pointwise::MAX_PIXELS` (there the
+/// two measured the same). On the AMD EPYC (Zen 3), both gradients, 300 calls of each path alternated call
+/// by call in one process, medians: [32, 96, 28, 28] → 32 4.71–5.30 ms on im2col → 3.66–4.18; [32, 192,
+/// 14, 14] → 64 2.99–3.38 → 2.52–2.95; [32, 64, 28, 28] → 128 8.50 → 7.55; [8, 64, 28, 28] → 64 0.94 →
+/// 0.88; [16, 256, 14, 14] → 256 6.18 → 6.08; [32, 32, 14, 14] → 64 0.49 → 0.48; and [32, 128, 16, 16] →
+/// 128 5.02 → 5.10, the one not faster.
+pub const POINTWISE_BACKWARD_MAX_PIXELS: usize = 784;
+
 /// The 1×1 convolutions on small maps with at most this many output channels take `pointwise_dweight.rs`
 /// for their weight gradient, the others im2col's matrix product. On the AMD EPYC (Zen 3), the weight
 /// gradient alone, 400 calls of each path alternated call by call in one process (medians): 256 → 128 at
@@ -172,8 +182,8 @@ pub const POINTWISE_DWEIGHT_MAX_OUT: usize = 256;
 /// The gradients of y = conv2d(x, weight) + bias: (dx if `want_dx`, dweight if `want_dweight`, dbias). Must
 /// equal `conv2d_backward_naive` up to rounding. "Same" convolutions take [`conv2d_backward_direct`] and
 /// strided ones `strided::conv2d_backward_strided`, unless their channels are few
-/// ([`DIRECT_GRADIENT_MIN_CHANNELS`]); 1×1 ones on small maps take `pointwise.rs` for dx; the rest takes
-/// im2col.
+/// ([`DIRECT_GRADIENT_MIN_CHANNELS`]); 1×1 ones on maps up to [`POINTWISE_BACKWARD_MAX_PIXELS`] take
+/// `pointwise.rs` for dx and `pointwise_dweight.rs` for dweight; the rest takes im2col.
 pub fn conv2d_backward(
     x: &[f32],
     weight: &[f32],
@@ -191,8 +201,10 @@ pub fn conv2d_backward(
         let backward = if strided { strided::conv2d_backward_strided } else { conv2d_backward_direct };
         (dx, dweight) = backward(cpu::simd(), x, weight, dy, s, want_dx && direct_dx, want_dweight && direct_dweight);
     }
-    // A 1×1 convolution on a small map: dx_n = weightᵀ · dy_n, the forward's kernel on the transposed weight.
-    let pointwise_dx = want_dx && forward_path(s) == Path::Packed(Packing::Pointwise);
+    // A 1×1 convolution on a map of at most POINTWISE_BACKWARD_MAX_PIXELS: dx_n = weightᵀ · dy_n, the
+    // pointwise forward's kernel on the transposed weight.
+    let pointwise_backward = pointwise::is_pointwise_conv(s) && s.ohw() <= POINTWISE_BACKWARD_MAX_PIXELS;
+    let pointwise_dx = want_dx && pointwise_backward;
     if pointwise_dx {
         let level = cpu::simd();
         let transposed = Scratch::from(pack(level, Packing::Pointwise, weight, s, true));
@@ -201,8 +213,7 @@ pub fn conv2d_backward(
     }
     // Its weight gradient: dot products along the pixels (`pointwise_dweight.rs`), for at most
     // POINTWISE_DWEIGHT_MAX_OUT output channels.
-    let pointwise_dweight =
-        want_dweight && forward_path(s) == Path::Packed(Packing::Pointwise) && s.c_out <= POINTWISE_DWEIGHT_MAX_OUT;
+    let pointwise_dweight = want_dweight && pointwise_backward && s.c_out <= POINTWISE_DWEIGHT_MAX_OUT;
     if pointwise_dweight {
         dweight = Some(pointwise_dweight::dweight(cpu::simd(), x, dy, s));
     }

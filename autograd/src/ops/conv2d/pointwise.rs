@@ -29,7 +29,8 @@ pub fn is_pointwise_conv(s: &ConvShape) -> bool {
     s.is_pointwise()
 }
 
-/// The largest map (h·w) the dispatch (`path.rs`) sends here. Measured forward against im2col on this
+/// The largest map (h·w) whose forward the dispatch (`path.rs`) sends here (input gradients up to
+/// `path::POINTWISE_BACKWARD_MAX_PIXELS`). Measured forward against im2col on this
 /// Intel Xeon (`unet_kernels`, two rounds, ms): [32, 128, 7, 7] → 384 0.84, 0.96 → 0.64, 0.62; → 128 0.29,
 /// 0.32 → 0.23, 0.23; but [32, 192, 14, 14] → 64 0.69, 0.72 → 0.76, 0.76 and [32, 96, 28, 28] → 32 0.83,
 /// 0.81 → 0.91, 0.88: from 14×14 up the matrix product's panels are long enough, and the copy into the
