@@ -172,8 +172,8 @@ pub const DIRECT_GRADIENT_MIN_CHANNELS: usize = 8;
 /// 128 5.02 → 5.10, the one not faster.
 pub const POINTWISE_BACKWARD_MAX_PIXELS: usize = 784;
 
-/// The 1×1 convolutions on small maps with at most this many output channels take `pointwise_dweight.rs`
-/// for their weight gradient, the others im2col's matrix product. On the AMD EPYC (Zen 3), the weight
+/// The 1×1 convolutions on maps up to [`POINTWISE_BACKWARD_MAX_PIXELS`] with at most this many output
+/// channels take `pointwise_dweight.rs` for their weight gradient, the others im2col's matrix product. On the AMD EPYC (Zen 3), the weight
 /// gradient alone, 400 calls of each path alternated call by call in one process (medians): 256 → 128 at
 /// 7×7, batch 32, 1.27–1.69 ms on `strided_cm::dweight` (which these took before) → 1.14–1.39; 128 → 128
 /// 0.80 → 0.68; 64 → 128 0.38 → 0.39; but 128 → 384 1.77 ms on im2col → 2.02.
