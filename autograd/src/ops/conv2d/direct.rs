@@ -245,17 +245,24 @@ fn split_columns(row: &[f32], pad: usize, columns: SplitColumns, even: &mut [f32
 pub fn pack_weight(weight: &[f32], c_out: usize, c_in: usize, kk: usize, c: usize, rotate: bool) -> Vec<f32> {
     let (rows, cols) = if rotate { (c_in, c_out) } else { (c_out, c_in) };
     let mut packed = crate::pool::take_dirty(rows.div_ceil(c) * c * cols * kk);
-    // Written in order, c values at a time; each is read from its place in weight [c_out, c_in, kk].
+    // Block by block: row r (of `live` in the block) of the packed block holds weight[r, col, t] at
+    // (col·kk + t)·c + r − block·c, or with `rotate` weight[col, r, kk − 1 − t]. Each loop reads the weight
+    // in order where it can: a row of [c_in, kk] at a time, or with `rotate` the c rows side by side.
     for (block, out) in packed.chunks_exact_mut(cols * kk * c).enumerate() {
-        for (col_tap, dst) in out.chunks_exact_mut(c).enumerate() {
-            let (col, t) = (col_tap / kk, col_tap % kk);
-            for (i, d) in dst.iter_mut().enumerate() {
-                let r = block * c + i;
-                *d = match (r < rows, rotate) {
-                    (false, _) => 0.0,
-                    (true, false) => weight[(r * c_in + col) * kk + t],
-                    (true, true) => weight[(col * c_in + r) * kk + (kk - 1 - t)],
-                };
+        let (r0, live) = (block * c, c.min(rows - block * c));
+        if rotate {
+            for (col_tap, d) in out.chunks_exact_mut(c).enumerate() {
+                let (col, t) = (col_tap / kk, col_tap % kk);
+                let first = (col * c_in + r0) * kk + (kk - 1 - t);
+                d[..live].iter_mut().enumerate().for_each(|(i, v)| *v = weight[first + i * kk]);
+                d[live..].fill(0.0);
+            }
+        } else {
+            for i in 0..c {
+                let row = (i < live).then(|| &weight[(r0 + i) * c_in * kk..][..c_in * kk]);
+                for (j, d) in out.chunks_exact_mut(c).enumerate() {
+                    d[i] = row.map_or(0.0, |row| row[j]);
+                }
             }
         }
     }
