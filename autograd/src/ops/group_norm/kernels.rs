@@ -6,7 +6,7 @@
 
 use rayon::prelude::*;
 
-use crate::cpu::{self, exp_fast, sum, sum_and_dot, sum_sq_dev, Simd};
+use crate::cpu::{self, exp_fast, pairwise_sum, sum, sum_and_dot, sum_sq_dev, Simd};
 
 /// Sizes of one group norm.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -199,6 +199,25 @@ fn silu_grad_group(xs: &[f32], dys: &[f32], gamma: &[f32], beta: &[f32], mu: f32
 }
 crate::multiversion!(fn silu_grad_group_at(level: Simd, xs: &[f32], dys: &[f32], gamma: &[f32], beta: &[f32], mu: f32, r: f32, hw: usize, dz: &mut [f32]) => silu_grad_group);
 
+/// (Σ aᵢ, Σ aᵢ·bᵢ) of a channel shorter than 64 values (a 7×7 map's 49), in 8 lanes and one pass, then
+/// pairwise across the lanes. `cpu::sum_and_dot` takes such a slice whole in its tail code, 16 lanes at a
+/// time in two passes with 16-lane reductions: on the AMD EPYC (Zen 3), the backward of group norm + SiLU
+/// [32, 256, 7, 7] ran 17% faster this way (0.713–0.748 → 0.594–0.625 ms, two runs of 1,000 calls each
+/// way, alternated call by call, medians), but [32, 192, 14, 14] 10% slower, so only short channels take it.
+#[inline(always)]
+fn short_sum_and_dot(a: &[f32], b: &[f32]) -> (f32, f32) {
+    let (mut s, mut d) = ([0.0f32; 8], [0.0f32; 8]);
+    let ((a8, a1), (b8, b1)) = (a.as_chunks::<8>(), b.as_chunks::<8>());
+    for (x, y) in a8.iter().zip(b8) {
+        for i in 0..8 {
+            s[i] += x[i];
+            d[i] += x[i] * y[i];
+        }
+    }
+    let (rs, rd) = a1.iter().zip(b1).fold((0.0f32, 0.0f32), |(s, d), (&x, &y)| (s + x, d + x * y));
+    (pairwise_sum(s) + rs, pairwise_sum(d) + rd)
+}
+
 /// One (n, g) slice of the backward: dx, and the per-channel partial sums (Σ dy, Σ dy·x̂) into `part`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
@@ -218,7 +237,8 @@ fn backward_group(
     let (mut s_dxh, mut s_dxh_xh) = (0.0f32, 0.0f32);
     for (j, p) in part.iter_mut().enumerate() {
         let (xc, dc) = (&xs[j * hw..(j + 1) * hw], &dys[j * hw..(j + 1) * hw]);
-        let (sum_dy, sum_dy_x) = sum_and_dot(dc, xc); // one pass over dy and x
+        // One pass over dy and x.
+        let (sum_dy, sum_dy_x) = if hw < 64 { short_sum_and_dot(dc, xc) } else { sum_and_dot(dc, xc) };
         let sum_dy_xh = r * (sum_dy_x - mu * sum_dy);
         s_dxh += gamma[j] * sum_dy;
         s_dxh_xh += gamma[j] * sum_dy_xh;
