@@ -23,6 +23,7 @@ use rayon::prelude::*;
 use super::direct::{direct_image, forward_flat, DirectImage};
 use super::shape::{ConvShape, SameConv};
 use crate::cpu::Simd;
+use crate::pool::Scratch;
 
 /// True for the convolutions this file can compute: 1×1, stride 1, no padding.
 pub fn is_pointwise_conv(s: &ConvShape) -> bool {
@@ -47,6 +48,21 @@ pub fn images_per_group(s: &ConvShape, threads: usize) -> usize {
     s.n.div_ceil(s.n.div_ceil(most).max(1)).max(1)
 }
 
+/// Images n0..n0 + count of src [n, channels, hw] side by side: rows [channels, len], row c holding image
+/// n0 + j's channel c at j·hw, zeros after the count·hw real values (xg in the module doc; also
+/// `pointwise_dweight.rs`'s x and dy).
+pub fn side_by_side(src: &[f32], channels: usize, hw: usize, (n0, count): (usize, usize), len: usize) -> Scratch {
+    assert!(count * hw <= len && src.len() >= (n0 + count) * channels * hw, "side_by_side: {count} × {hw} in {len}");
+    let mut rows = crate::pool::scratch(channels * len);
+    for (c, row) in rows.chunks_exact_mut(len).enumerate() {
+        for j in 0..count {
+            row[j * hw..][..hw].copy_from_slice(&src[((n0 + j) * channels + c) * hw..][..hw]);
+        }
+        row[count * hw..].fill(0.0);
+    }
+    rows
+}
+
 /// out [n, ch_out, hw] = bias + the 1×1 convolution of `job`'s input [n, ch_in, hw] with its weight, packed
 /// by `direct::pack` at this level (with `rotate` for the input gradient). In parallel over groups of
 /// images; the tiles write each image's outputs straight to its place in `out`.
@@ -62,13 +78,7 @@ pub fn conv(level: Simd, job: SameConv) -> Vec<f32> {
         let rows = ConvShape::new(&[1, ch_in, images, hw], &[ch_out, ch_in, 1, 1], 1, 0).expect("a 1×1 shape");
         let mut flat = forward_flat(level, &rows);
         (flat.out_row, flat.out_channel) = (ch_out * hw, hw);
-        let mut xg = crate::pool::scratch(ch_in * flat.plane);
-        for (ci, plane) in xg.chunks_exact_mut(flat.plane).enumerate() {
-            for j in 0..images {
-                plane[j * hw..][..hw].copy_from_slice(&input[((g * group + j) * ch_in + ci) * hw..][..hw]);
-            }
-            plane[images * hw..].fill(0.0);
-        }
+        let xg = side_by_side(input, ch_in, hw, (g * group, images), flat.plane);
         let job =
             DirectImage { xpad: &xg, flat: &flat, taps: &[0], c_in: ch_in, packed, c_out: ch_out, bias, y: out_g };
         direct_image(level, job);

@@ -23,6 +23,7 @@
 use rayon::prelude::*;
 
 use super::parallel::{images_per_call, sum_partials};
+use super::pointwise::side_by_side;
 use super::shape::ConvShape;
 use crate::cpu::Simd;
 use crate::vector::{self, F32Vector};
@@ -52,17 +53,8 @@ pub fn dweight(level: Simd, x: &[f32], dy: &[f32], s: &ConvShape) -> Vec<f32> {
     let mut partial = crate::pool::scratch(groups * wlen);
     partial.par_chunks_mut(wlen).enumerate().for_each(|(g, dw)| {
         let (n0, count) = (g * images, images.min(s.n - g * images));
-        let side_by_side = |src: &[f32], channels: usize| {
-            let mut rows = crate::pool::scratch(channels * len);
-            for (c, row) in rows.chunks_exact_mut(len).enumerate() {
-                for j in 0..count {
-                    row[j * hw..][..hw].copy_from_slice(&src[((n0 + j) * channels + c) * hw..][..hw]);
-                }
-                row[count * hw..].fill(0.0);
-            }
-            rows
-        };
-        let (xg, dyg) = (side_by_side(x, s.c_in), side_by_side(dy, s.c_out));
+        let xg = side_by_side(x, s.c_in, hw, (n0, count), len);
+        let dyg = side_by_side(dy, s.c_out, hw, (n0, count), len);
         let job = Dots { xg: &xg, dyg: &dyg, len, c_in: s.c_in, c_out: s.c_out, dw };
         // SAFETY: the level is supported (checked above); `dots` checks the sizes it relies on.
         unsafe {
